@@ -1,0 +1,28 @@
+# MedViewer — the two set-up commands of a fresh machine are `make demo` and `make test`.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+STAMP := .install.stamp
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[train,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	medviewer --demo
+
+lint: install
+	$(PYTHON) -m ruff check medviewer training tests benchmarks
+
+test: install lint
+	QT_QPA_PLATFORM=offscreen $(PYTHON) -m pytest -q
+
+bench: install
+	$(PYTHON) benchmarks/bench_display.py
+
+clean:
+	rm -rf $(STAMP) build *.egg-info .pytest_cache

@@ -1,0 +1,76 @@
+"""The ``medviewer`` command line.
+
+``medviewer [PATH...] [--model NAME|PATH] [--provider auto|cpu|cuda] [--demo] [--screenshot FILE]``
+starts the workstation (see :mod:`medviewer.gui`); the subcommands ``info``, ``render``, ``infer`` and
+``models`` are headless. Each subcommand lives in its own module with ``add_parser(subparsers)`` and
+``run(args) -> int``. Errors derived from :class:`medviewer.errors.MedViewerError` are printed as one
+line on stderr with a non-zero exit code, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from medviewer import __version__
+from medviewer.errors import MedViewerError
+
+__all__ = ["main", "SUBCOMMANDS"]
+
+#: subcommand name -> module under medviewer.cli implementing add_parser()/run()
+SUBCOMMANDS = {
+    "info": "medviewer.cli.info",
+    "render": "medviewer.cli.render",
+    "infer": "medviewer.cli.infer",
+    "models": "medviewer.cli.models",
+}
+
+
+def _subcommand_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="medviewer", description="MedViewer headless commands.")
+    parser.add_argument("--version", action="version", version=f"medviewer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in SUBCOMMANDS.items():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def gui_parser() -> argparse.ArgumentParser:
+    """Parser of the workstation's own options (no subcommand)."""
+    parser = argparse.ArgumentParser(
+        prog="medviewer",
+        description="MedViewer reading workstation. Subcommands: " + ", ".join(SUBCOMMANDS)
+        + " (run 'medviewer SUBCOMMAND --help').",
+    )
+    parser.add_argument("--version", action="version", version=f"medviewer {__version__}")
+    parser.add_argument("paths", nargs="*", help="DICOM/PNG/JPEG files or folders to open")
+    parser.add_argument("--model", help="model name or package path to load")
+    parser.add_argument("--provider", choices=["auto", "cpu", "cuda"], default=None,
+                        help="ONNX Runtime execution provider (default: saved setting, else auto)")
+    parser.add_argument("--demo", action="store_true",
+                        help="open the demo chest radiograph (RG1_UNCR.dcm) with the default model")
+    parser.add_argument("--screenshot", metavar="FILE",
+                        help="wait until loading and inference finish, save the window to FILE, exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medviewer`` console script; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            args = _subcommand_parser().parse_args(argv)
+            return int(args.run(args) or 0)
+        args = gui_parser().parse_args(argv)
+        from medviewer.gui.app import run_app
+
+        return int(run_app(args) or 0)
+    except MedViewerError as exc:
+        print(f"medviewer: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("medviewer: interrupted", file=sys.stderr)
+        return 130

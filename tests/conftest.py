@@ -1,0 +1,41 @@
+"""Shared fixtures: real data locations (pydicom test files, pydicom-data, ../shared/data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+CT_SERIES = SHARED_DATA / "ct-pancreas-cbct-seg-001"
+KERMANY = SHARED_DATA / "kermany-cxr-224"
+
+
+@pytest.fixture(scope="session")
+def ct_series_dir() -> Path:
+    """The shared 134-slice abdominal CT series; skips when ../shared/data is absent."""
+    if not CT_SERIES.is_dir():
+        pytest.skip(f"shared CT series not found at {CT_SERIES} (../shared/data is absent)")
+    return CT_SERIES
+
+
+@pytest.fixture(scope="session")
+def kermany_dir() -> Path:
+    """The shared Kermany chest X-ray train split; skips when ../shared/data is absent."""
+    if not (KERMANY / "train").is_dir():
+        pytest.skip(f"Kermany data not found at {KERMANY} (../shared/data is absent)")
+    return KERMANY
+
+
+def pydicom_test_file(name: str) -> Path:
+    """Path of a pydicom test file or pydicom-data file by name (uses the local cache, no download)."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} not available offline")
+    return Path(path)
