@@ -1,0 +1,547 @@
+"""One image on disk -- a DICOM instance or a PNG/JPEG file -- read header first, pixels lazily.
+
+DICOM is recognised by content (the ``DICM`` prefix of PS3.10 7.1, or a bare dataset that starts with a
+group 0x0002/0x0008 element), never by file extension. Pixels are decoded by pydicom 3 with the
+pylibjpeg plugins (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K, RLE) one frame at a time,
+so opening a folder or scrolling a multi-frame object never decodes more than is shown.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from medviewer.errors import ReadError
+from medviewer.io.enum import RASTER_MODALITY, PhotometricInterpretation, PixelSpacingSource
+from medviewer.io.transfer_syntax import check_decodable, transfer_syntax_name
+
+__all__ = ["Instance", "read_instance", "sniff_kind", "FileKind"]
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PIXEL_TAGS = {0x7FE00010: "Pixel Data", 0x7FE00008: "Float Pixel Data", 0x7FE00009: "Double Float Pixel Data"}
+_UNDEFINED = 0xFFFFFFFF
+
+
+class FileKind:
+    """What :func:`sniff_kind` recognised a file as (by content)."""
+
+    DICOM = "dicom"
+    PNG = "png"
+    JPEG = "jpeg"
+    UNKNOWN = "unknown"
+
+
+def sniff_kind(path: str | Path) -> str:
+    """Recognise a file by its first bytes: one of the :class:`FileKind` values.
+
+    DICOM Part 10 files carry ``DICM`` at byte 128; bare datasets (no preamble) are accepted when their
+    first element is in group 0x0002 or 0x0008 (either byte order) with a plausible VR or length.
+    """
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(132)
+    except OSError:
+        return FileKind.UNKNOWN
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return FileKind.DICOM
+    if head.startswith(_PNG_MAGIC):
+        return FileKind.PNG
+    if head.startswith(_JPEG_MAGIC):
+        return FileKind.JPEG
+    if len(head) >= 8:
+        for order in "<>":
+            group, elem = struct.unpack(order + "HH", head[:4])
+            if group in (0x0002, 0x0008) and elem < 0x2000:
+                vr = head[4:6]
+                if vr.isalpha() and vr.isupper():
+                    return FileKind.DICOM
+                (length,) = struct.unpack(order + "I", head[4:8])
+                if length < 0x10000 or length == _UNDEFINED:
+                    return FileKind.DICOM
+    return FileKind.UNKNOWN
+
+
+def _text(ds: Dataset | None, keyword: str) -> str:
+    if ds is None:
+        return ""
+    try:
+        value = ds.get(keyword, None)
+    except Exception:  # an unparsable value in an odd file must not stop browsing
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword, None)
+        if value is None or value == "":
+            return None
+        if isinstance(value, pydicom.multival.MultiValue):
+            value = value[0]
+        return int(float(value))
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _floats(ds: Dataset | None, keyword: str, count: int) -> tuple[float, ...] | None:
+    if ds is None:
+        return None
+    try:
+        value = ds.get(keyword, None)
+        if value is None or value == "":
+            return None
+        items = list(value) if isinstance(value, pydicom.multival.MultiValue | list | tuple) else [value]
+        floats = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        return None
+    if len(floats) != count or not all(np.isfinite(floats)):
+        return None
+    return floats
+
+
+def _functional_group(ds: Dataset, sequence: str) -> Dataset | None:
+    """First item of `sequence` in the Shared (else first Per-frame) Functional Groups (PS3.3 C.7.6.16)."""
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        try:
+            item = ds.get(groups)[0].get(sequence)[0]
+        except (TypeError, IndexError, AttributeError, KeyError):
+            continue
+        if item is not None:
+            return item
+    return None
+
+
+@dataclass(eq=False)
+class Instance:
+    """An image file's header: identifiers, geometry, pixel-module attributes; pixels on demand.
+
+    Attributes follow the DICOM keywords they come from (PS3.6). For PNG/JPEG files ``is_dicom`` is
+    False, ``modality`` is ``"OT"``, UIDs are empty, geometry is ``None`` and ``dataset`` is ``None``.
+
+    ``pixel_spacing`` is (row spacing, column spacing) in mm, from Pixel Spacing (0028,0030) or, for
+    projection radiographs without it, Imager Pixel Spacing (0018,1164) -- ``pixel_spacing_source`` says
+    which (PS3.3 10.7.1.3: measurements from Imager Pixel Spacing are at the detector plane).
+    """
+
+    path: Path
+    is_dicom: bool
+    sop_instance_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    patient_id: str = ""
+    patient_name: str = ""
+    patient_sex: str = ""
+    patient_age: str = ""
+    study_date: str = ""
+    study_description: str = ""
+    series_description: str = ""
+    series_number: int | None = None
+    instance_number: int | None = None
+    modality: str = RASTER_MODALITY
+    rows: int = 0
+    columns: int = 0
+    number_of_frames: int = 1
+    samples_per_pixel: int = 1
+    photometric_interpretation: str = PhotometricInterpretation.MONOCHROME2.value
+    bits_allocated: int = 8
+    bits_stored: int = 8
+    pixel_representation: int = 0
+    pixel_spacing: tuple[float, float] | None = None
+    pixel_spacing_source: str | None = None
+    image_orientation_patient: tuple[float, ...] | None = None
+    image_position_patient: tuple[float, ...] | None = None
+    slice_location: float | None = None
+    slice_thickness: float | None = None
+    frame_of_reference_uid: str = ""
+    sop_class_uid: str = ""
+    transfer_syntax_uid: str | None = None
+    dataset: Dataset | None = None
+    _full: Dataset | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ pixels
+    @property
+    def is_color(self) -> bool:
+        """True when :meth:`stored_pixels` returns RGB ``(rows, cols, 3)`` uint8."""
+        return self.samples_per_pixel == 3 or self.photometric_interpretation == "PALETTE COLOR"
+
+    def stored_pixels(self, frame: int = 0) -> np.ndarray:
+        """Decode one frame's stored values.
+
+        Parameters
+        ----------
+        frame
+            0-based frame index, ``0 <= frame < number_of_frames``.
+
+        Returns
+        -------
+        np.ndarray
+            Monochrome: ``(rows, columns)`` stored values, integer dtype as decoded (e.g. uint16/int16;
+            float32/float64 for Float Pixel Data), before any Modality LUT. Colour (RGB, YBR_* -- converted
+            to RGB as PS3.3 C.7.6.3.1.2 defines -- and PALETTE COLOR expanded through its LUTs,
+            PS3.3 C.7.6.3.1.5): ``(rows, columns, 3)`` uint8 RGB.
+
+        Raises
+        ------
+        ReadError
+            The frame index is out of range or the pixel data cannot be decoded (truncated, unsupported
+            transfer syntax -- the message names the plugin that would decode it).
+        """
+        if not 0 <= frame < max(1, self.number_of_frames):
+            raise ReadError(self.path, f"frame {frame} out of range (the image has {self.number_of_frames})")
+        if not self.is_dicom:
+            return _read_raster(self.path)
+        arr = self._decode_dicom(frame)
+        if arr.ndim == 3 and arr.shape[-1] != 3 and self.samples_per_pixel == 1:
+            arr = arr[0]  # a decoder returned all frames
+        pi = self.photometric_interpretation
+        if pi == PhotometricInterpretation.PALETTE_COLOR.value:
+            from pydicom.pixels import apply_color_lut
+
+            try:
+                arr = apply_color_lut(arr, self.dataset)
+            except Exception as exc:
+                raise ReadError(self.path, f"cannot apply the Palette Color Lookup Table: {exc}") from exc
+            return _to_u8_color(arr, 16 if arr.dtype.itemsize > 1 else 8)
+        if arr.ndim == 3:
+            return _to_u8_color(arr, self.bits_stored)
+        return arr
+
+    def _decode_dicom(self, frame: int) -> np.ndarray:
+        from pydicom.pixels import pixel_array
+
+        reason = check_decodable(self.transfer_syntax_uid)
+        if reason:
+            raise ReadError(self.path, reason)
+        index = frame if self.number_of_frames > 1 else None
+        try:
+            if self._full is None:
+                try:
+                    return np.asarray(pixel_array(os.fspath(self.path), index=index))
+                except (ReadError, KeyboardInterrupt):
+                    raise
+                except Exception:
+                    # bare datasets (no file meta), deflated or odd files: read fully once, keep it
+                    self._full = _read_full(self.path, self.dataset)
+            return np.asarray(pixel_array(self._full, index=index))
+        except ReadError:
+            raise
+        except Exception as exc:
+            name = transfer_syntax_name(self.transfer_syntax_uid)
+            raise ReadError(self.path, f"cannot decode the pixel data ({name}): {_one_line(exc)}") from exc
+
+    def __repr__(self) -> str:
+        return (f"Instance({str(self.path)!r}, {self.modality}, {self.rows}x{self.columns}"
+                f"x{self.number_of_frames}, {self.photometric_interpretation})")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__
+
+
+def _read_full(path: Path, header: Dataset | None) -> Dataset:
+    ds = pydicom.dcmread(os.fspath(path), force=True)
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
+                                  pydicom.uid.ExplicitVRLittleEndian if little else
+                                  pydicom.uid.ExplicitVRBigEndian)
+    return ds
+
+
+def _to_u8_color(arr: np.ndarray, bits: int) -> np.ndarray:
+    """RGB samples of `bits` bits -> uint8 by rounding ``x * 255 / (2**bits - 1)``."""
+    if arr.dtype == np.uint8:
+        return arr
+    bits = max(1, min(int(bits), 16))
+    scaled = np.clip(np.rint(arr.astype(np.float32) * (255.0 / (2**bits - 1))), 0, 255)
+    return scaled.astype(np.uint8)
+
+
+# ---------------------------------------------------------------------- raster
+def _read_raster(path: Path) -> np.ndarray:
+    """PNG/JPEG pixels: uint8/uint16 ``(H, W)`` gray or ``(H, W, 3)`` RGB (alpha dropped)."""
+    data = np.fromfile(os.fspath(path), dtype=np.uint8)  # np.fromfile + imdecode handles any path
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise ReadError(path, "not a readable PNG/JPEG image (corrupt or truncated)")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    elif img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ReadError(path, f"unsupported raster sample type {img.dtype} (expected 8- or 16-bit)")
+    return img
+
+
+def _raster_header(path: Path, kind: str) -> tuple[int, int, int, int] | None:
+    """(rows, columns, samples, bits) from a PNG IHDR or a JPEG SOFn marker, without decoding."""
+    with open(path, "rb") as fp:
+        head = fp.read(65536)
+    if kind == FileKind.PNG:
+        if len(head) < 26 or head[12:16] != b"IHDR":
+            return None
+        width, height, bits, color_type = struct.unpack(">IIBB", head[16:26])
+        samples = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}.get(color_type)
+        if samples is None:
+            return None
+        return height, width, samples, 8 if color_type == 3 else bits
+    pos = 2
+    while pos + 4 <= len(head):
+        if head[pos] != 0xFF:
+            return None
+        marker = head[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        (length,) = struct.unpack(">H", head[pos + 2:pos + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 10 > len(head):
+                return None
+            bits, height, width, comps = struct.unpack(">BHHB", head[pos + 4:pos + 10])
+            return height, width, (1 if comps == 1 else 3), bits
+        pos += 2 + length
+    return None
+
+
+def _read_raster_instance(path: Path, kind: str) -> Instance:
+    try:
+        header = _raster_header(path, kind)
+    except OSError as exc:
+        raise ReadError(path, f"cannot read the file: {exc.strerror or exc}") from exc
+    if header is None:  # unusual layout: decode once to learn the size
+        img = _read_raster(path)
+        header = (img.shape[0], img.shape[1], 1 if img.ndim == 2 else 3, img.dtype.itemsize * 8)
+    rows, cols, samples, bits = header
+    if rows <= 0 or cols <= 0:
+        raise ReadError(path, f"invalid image size {cols}x{rows}")
+    bits = 16 if bits > 8 else 8
+    return Instance(
+        path=path, is_dicom=False, modality=RASTER_MODALITY, rows=rows, columns=cols,
+        number_of_frames=1, samples_per_pixel=samples,
+        photometric_interpretation=("RGB" if samples == 3 else "MONOCHROME2"),
+        bits_allocated=bits, bits_stored=bits, pixel_representation=0,
+        sop_instance_uid="", series_description=path.name,
+    )
+
+
+# ----------------------------------------------------------------------- DICOM
+def _probe_pixel_element(fp: Any, ds: Dataset, file_size: int) -> tuple[int, int] | None:
+    """After ``dcmread(stop_before_pixels=True)``: (tag, value length) of the pixel element, or None."""
+    try:
+        implicit, little = ds.original_encoding
+    except Exception:
+        implicit, little = True, True
+    order = "<" if little in (True, None) else ">"
+    start = fp.tell()
+    head = fp.read(12)
+    if len(head) < 8:
+        return None
+    group, elem = struct.unpack(order + "HH", head[:4])
+    tag = (group << 16) | elem
+    if tag not in _PIXEL_TAGS:
+        return None
+    if implicit:
+        (length,) = struct.unpack(order + "I", head[4:8])
+        value_start = start + 8
+    elif head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"UN", b"OV"):
+        (length,) = struct.unpack(order + "I", head[8:12])
+        value_start = start + 12
+    else:
+        (length,) = struct.unpack(order + "H", head[6:8])
+        value_start = start + 8
+    if length != _UNDEFINED and value_start + length > file_size:
+        return tag, -(file_size - value_start)  # negative: bytes actually present
+    return tag, length
+
+
+def _expected_native_bytes(inst: Instance) -> int:
+    bits = inst.bits_allocated
+    pixels = inst.rows * inst.columns * max(1, inst.number_of_frames) * inst.samples_per_pixel
+    if inst.photometric_interpretation == "YBR_FULL_422":
+        pixels = pixels * 2 // 3
+    return (pixels * bits + 7) // 8
+
+
+def _read_dicom_instance(path: Path) -> Instance:
+    file_size = path.stat().st_size
+    try:
+        with open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+            probe = _probe_pixel_element(fp, ds, file_size)
+    except Exception as exc:
+        raise ReadError(path, f"not a readable DICOM file (header): {_one_line(exc)}") from exc
+
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if not ts:
+        try:
+            implicit, little = ds.original_encoding
+            ts = (pydicom.uid.ImplicitVRLittleEndian if implicit else
+                  pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
+        except Exception:
+            ts = ""
+    if len(ds) == 0:
+        raise ReadError(path, "not a DICOM file (no data elements could be parsed)")
+
+    deflated = ts == pydicom.uid.DeflatedExplicitVRLittleEndian
+    if probe is None and not deflated:
+        sop = _text(ds, "SOPClassUID")
+        what = pydicom.uid.UID(sop).name if sop else "unknown SOP class"
+        raise ReadError(path, f"no Pixel Data (7FE0,0010) in this DICOM object ({what}); nothing to display")
+
+    try:
+        inst = _instance_from_header(path, ds, ts or None)
+    except ReadError:
+        raise
+    except Exception as exc:
+        raise ReadError(path, f"invalid image header: {_one_line(exc)}") from exc
+
+    if probe is not None:
+        tag, length = probe
+        if length < 0:
+            raise ReadError(path, f"{_PIXEL_TAGS[tag]} is truncated: {-length} bytes present, "
+                                  f"the element declares more; the file is incomplete")
+        if length == 0:
+            raise ReadError(path, f"{_PIXEL_TAGS[tag]} is empty")
+        if length != _UNDEFINED and tag == 0x7FE00010 and not pydicom.uid.UID(ts).is_compressed:
+            expected = _expected_native_bytes(inst)
+            if length < expected:
+                raise ReadError(path, f"Pixel Data is truncated: {length} bytes for {inst.rows}x{inst.columns}"
+                                      f"x{inst.number_of_frames} frames of {inst.bits_allocated}-bit samples "
+                                      f"({expected} expected)")
+    return inst
+
+
+def _instance_from_header(path: Path, ds: Dataset, ts: str | None) -> Instance:
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    if not rows or not cols:
+        raise ReadError(path, "missing or zero Rows (0028,0010) / Columns (0028,0011)")
+    pi_text = _text(ds, "PhotometricInterpretation").upper()
+    samples = _int(ds, "SamplesPerPixel") or 1
+    if not pi_text:
+        pi_text = "RGB" if samples == 3 else "MONOCHROME2"
+    pi = PhotometricInterpretation.parse(pi_text)
+    if pi is None:
+        raise ReadError(path, f"unsupported Photometric Interpretation (0028,0004) '{pi_text}'")
+    if pi.is_monochrome and samples != 1:
+        raise ReadError(path, f"{pi.value} with Samples per Pixel {samples} (expected 1)")
+    bits_allocated = _int(ds, "BitsAllocated") or 8
+    bits_stored = _int(ds, "BitsStored") or bits_allocated
+    if bits_allocated not in (1, 8, 16, 32, 64):
+        raise ReadError(path, f"unsupported Bits Allocated (0028,0100) {bits_allocated}")
+
+    spacing = _floats(ds, "PixelSpacing", 2)
+    source: str | None = PixelSpacingSource.PIXEL_SPACING.value if spacing else None
+    measures = _functional_group(ds, "PixelMeasuresSequence")
+    if spacing is None and measures is not None:
+        spacing = _floats(measures, "PixelSpacing", 2)
+        source = PixelSpacingSource.PIXEL_SPACING.value if spacing else None
+    if spacing is None:
+        spacing = _floats(ds, "ImagerPixelSpacing", 2)
+        source = PixelSpacingSource.IMAGER_PIXEL_SPACING.value if spacing else None
+    if spacing is not None and min(spacing) <= 0:
+        spacing, source = None, None
+
+    orientation = _floats(ds, "ImageOrientationPatient", 6)
+    position = _floats(ds, "ImagePositionPatient", 3)
+    if orientation is None:
+        orientation = _floats(_functional_group(ds, "PlaneOrientationSequence"), "ImageOrientationPatient", 6)
+    if position is None:
+        position = _floats(_functional_group(ds, "PlanePositionSequence"), "ImagePositionPatient", 3)
+    thickness = _floats(ds, "SliceThickness", 1) or _floats(measures, "SliceThickness", 1)
+    location = _floats(ds, "SliceLocation", 1)
+
+    return Instance(
+        path=path,
+        is_dicom=True,
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        patient_id=_text(ds, "PatientID"),
+        patient_name=_text(ds, "PatientName"),
+        patient_sex=_text(ds, "PatientSex"),
+        patient_age=_text(ds, "PatientAge"),
+        study_date=_text(ds, "StudyDate"),
+        study_description=_text(ds, "StudyDescription"),
+        series_description=_text(ds, "SeriesDescription"),
+        series_number=_int(ds, "SeriesNumber"),
+        instance_number=_int(ds, "InstanceNumber"),
+        modality=_text(ds, "Modality").upper() or RASTER_MODALITY,
+        rows=rows,
+        columns=cols,
+        number_of_frames=max(1, _int(ds, "NumberOfFrames") or 1),
+        samples_per_pixel=samples,
+        photometric_interpretation=pi.value,
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        pixel_representation=_int(ds, "PixelRepresentation") or 0,
+        pixel_spacing=spacing,  # type: ignore[arg-type]
+        pixel_spacing_source=source,
+        image_orientation_patient=orientation,
+        image_position_patient=position,
+        slice_location=location[0] if location else None,
+        slice_thickness=thickness[0] if thickness else None,
+        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        transfer_syntax_uid=ts,
+        dataset=ds,
+    )
+
+
+def read_instance(path: str | Path) -> Instance:
+    """Read an image file's header: DICOM (recognised by content) or PNG/JPEG.
+
+    Only the header is parsed (DICOM: up to Pixel Data, whose presence and length are checked; raster:
+    the PNG IHDR / JPEG SOF marker); pixels are decoded later by :meth:`Instance.stored_pixels`.
+
+    Parameters
+    ----------
+    path
+        A file path.
+
+    Returns
+    -------
+    Instance
+
+    Raises
+    ------
+    ReadError
+        Missing file, not DICOM/PNG/JPEG, no Pixel Data, truncated Pixel Data, unsupported Photometric
+        Interpretation or unparsable header; the one-line message names the file and the cause.
+
+    Examples
+    --------
+    >>> inst = read_instance("CT_small.dcm")  # doctest: +SKIP
+    >>> inst.modality, inst.rows, inst.pixel_spacing  # doctest: +SKIP
+    ('CT', 128, (0.661468, 0.661468))
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ReadError(p, "no such file")
+    if p.is_dir():
+        raise ReadError(p, "is a folder, not a file (use scan() for folders)")
+    kind = sniff_kind(p)
+    if kind == FileKind.DICOM:
+        return _read_dicom_instance(p)
+    if kind in (FileKind.PNG, FileKind.JPEG):
+        return _read_raster_instance(p, kind)
+    if p.stat().st_size == 0:
+        raise ReadError(p, "empty file")
+    raise ReadError(p, "not a DICOM, PNG or JPEG file (unrecognised content)")
