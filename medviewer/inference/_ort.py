@@ -1,0 +1,54 @@
+"""Thin helpers around onnxruntime shared by package validation and sessions (private)."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+
+import onnxruntime as ort
+
+__all__ = ["quiet_session", "cuda_unavailable_reason"]
+
+#: ERROR: what the app keeps from ORT's own log once a session is loaded
+_RUN_SEVERITY = 3
+#: FATAL: while a session is being created; the CUDA provider library failing to load is logged at
+#: ERROR by ORT's provider bridge, and we report that ourselves as a one-line fallback warning
+_LOAD_SEVERITY = 4
+_lock = threading.Lock()
+
+ort.set_default_logger_severity(_RUN_SEVERITY)
+
+
+def quiet_session(model: str | bytes | Path, providers: list, *, optimize: bool = True,
+                  intra_op_threads: int = 0) -> ort.InferenceSession:
+    """Create an :class:`onnxruntime.InferenceSession` with ORT's loader noise silenced.
+
+    Raises whatever ORT raises (callers turn it into a one-line error).
+    """
+    so = ort.SessionOptions()
+    so.log_severity_level = _LOAD_SEVERITY
+    if intra_op_threads:
+        so.intra_op_num_threads = intra_op_threads
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    with _lock:
+        ort.set_default_logger_severity(_LOAD_SEVERITY)
+        try:
+            return ort.InferenceSession(str(model) if isinstance(model, Path) else model, so,
+                                        providers=providers)
+        finally:
+            ort.set_default_logger_severity(_RUN_SEVERITY)
+
+
+def cuda_unavailable_reason() -> str:
+    """One line saying why ORT's CUDA provider did not load here (best effort, never raises)."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return f"this onnxruntime build ({ort.__version__}, device {ort.get_device()}) has no CUDA provider"
+    lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if lib.is_file():
+        try:
+            ctypes.CDLL(str(lib))
+        except OSError as exc:
+            return f"the CUDA provider library could not be loaded ({exc})"
+    return "no usable CUDA device or CUDA/cuDNN runtime was found"

@@ -1,0 +1,351 @@
+"""ONNX Runtime inference: probabilities, findings at the card's operating points, CAMs and regions.
+
+A :class:`Session` wraps one :class:`onnxruntime.InferenceSession`, created once per (model, provider)
+and reused (:func:`open_session` caches them). It reports the execution provider that actually runs the
+model, from ``InferenceSession.get_providers()`` — never ``get_available_providers()``, which lists what
+the build *could* load — and turns a CUDA request that ends up on the CPU into a visible
+:attr:`Session.fallback_warning` instead of a silent fallback.
+
+Class activation maps come out of the graph itself (output ``card.outputs.cam``, ``(N, K, h, w)``: the
+last feature map weighted by the classifier weights, Zhou et al. 2016, "Learning Deep Features for
+Discriminative Localization", CVPR), so they need no gradients and work on every provider. They are
+mapped back onto the original pixels with :meth:`ResizeGeometry.to_original` (undoing squeeze or
+letterbox), normalised with :func:`~medviewer.inference.heatmap.normalize_cam`, and thresholded into
+:class:`~medviewer.inference.regions.Region` s.
+
+Example
+-------
+>>> from medviewer.inference import default_model, open_session  # doctest: +SKIP
+>>> sess = open_session(default_model(), "auto")  # doctest: +SKIP
+>>> sess.provider, sess.fallback_warning  # doctest: +SKIP
+('CPUExecutionProvider', None)
+>>> pred = sess.predict([display_u8], [(0.14, 0.14)])[0]  # doctest: +SKIP
+>>> pred.scores, pred.flagged, pred.cams.shape  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from medviewer.errors import InferenceError
+from medviewer.imaging.preprocess import ResizeGeometry, preprocess
+from medviewer.inference import _ort
+from medviewer.inference.card import ModelCard, Task
+from medviewer.inference.heatmap import normalize_cam
+from medviewer.inference.package import ModelPackage
+from medviewer.inference.regions import DEFAULT_FRACTION, Region, find_regions
+
+__all__ = [
+    "Provider",
+    "CPU",
+    "CUDA",
+    "Prediction",
+    "Prepared",
+    "Session",
+    "open_session",
+    "probabilities",
+    "flag",
+]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+class Provider(str, Enum):
+    """Execution provider preference."""
+
+    AUTO = "auto"  #: CUDA when it loads, else CPU (no warning: CPU is an expected outcome)
+    CUDA = "cuda"  #: CUDA wanted; running on CPU instead sets :attr:`Session.fallback_warning`
+    CPU = "cpu"  #: CPU only
+
+
+def probabilities(logits: np.ndarray, task: Task) -> np.ndarray:
+    """Softmax (multiclass) or sigmoid (multilabel) over the last axis of float ``(N, K)`` logits."""
+    z = np.asarray(logits, np.float64)
+    if Task(task) == Task.MULTICLASS:
+        z = z - z.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def flag(scores: dict[str, float], card: ModelCard) -> list[str]:
+    """Labels flagged at the card's operating points, in label order.
+
+    A positive label (never ``card.negative_label``) is flagged when its probability is at or above its
+    operating point's threshold. A label without an operating point falls back to: the most probable
+    label (multiclass) or probability >= 0.5 (multilabel).
+    """
+    top = max(scores, key=scores.__getitem__) if scores else None
+    out = []
+    for label in card.positive_labels:
+        op = card.operating_point(label)
+        p = scores[label]
+        if op is not None:
+            hit = p >= op.threshold
+        else:
+            hit = label == top if card.task == Task.MULTICLASS else p >= 0.5
+        if hit:
+            out.append(label)
+    return out
+
+
+@dataclass
+class Prediction:
+    """The model's output for one image, on the original image grid.
+
+    Attributes
+    ----------
+    labels
+        The card's labels, in output order.
+    scores
+        label -> probability (softmax or sigmoid).
+    flagged
+        Labels flagged at the card's operating points (never the negative label).
+    cams
+        float32 ``(K, H0, W0)``: each label's class activation map on the ORIGINAL image grid, normalised
+        to 0..1 per label (0 = no positive evidence, 1 = the label's peak).
+    cam_peaks
+        label -> the raw (un-normalised) CAM maximum, to compare evidence between labels.
+    regions
+        :class:`Region` s for the flagged labels (or those asked for), strongest first per label.
+    seconds
+        Wall time for this image: preprocessing, its share of the batched network run, postprocessing.
+    """
+
+    labels: list[str]
+    scores: dict[str, float]
+    flagged: list[str]
+    cams: np.ndarray
+    cam_peaks: dict[str, float]
+    regions: list[Region] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def cam(self, label: str) -> np.ndarray:
+        """float32 ``(H0, W0)`` normalised CAM of ``label``."""
+        return self.cams[self.labels.index(label)]
+
+    @property
+    def top_label(self) -> str:
+        """The most probable label."""
+        return max(self.scores, key=self.scores.__getitem__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One image ready for the network: float32 ``(C, H, W)`` input and how it was fitted."""
+
+    x: np.ndarray
+    geometry: ResizeGeometry
+    pixel_spacing: tuple[float, float] | None
+    seconds: float
+
+
+class Session:
+    """An onnxruntime session for one model package, created once and reused.
+
+    Parameters
+    ----------
+    package
+        A validated :class:`ModelPackage`.
+    provider
+        ``"auto"`` (CUDA, then CPU), ``"cuda"`` or ``"cpu"``.
+    intra_op_threads
+        ONNX Runtime intra-op threads; 0 = ORT's default (one per physical core).
+
+    Attributes
+    ----------
+    provider
+        The execution provider that runs the model, e.g. ``"CPUExecutionProvider"``.
+    providers
+        ``InferenceSession.get_providers()``: the session's providers in priority order.
+    fallback_warning
+        One line when CUDA was requested (``provider="cuda"``) but the model runs on the CPU, else None.
+    notice
+        One line when ``auto`` tried CUDA and it did not load (informational), else None.
+
+    Raises
+    ------
+    InferenceError
+        Unknown provider name, or onnxruntime could not create the session.
+    """
+
+    def __init__(self, package: ModelPackage, provider: str | Provider = "auto", *, intra_op_threads: int = 0) -> None:
+        try:
+            self.requested = Provider(str(provider.value if isinstance(provider, Provider) else provider).lower())
+        except ValueError:
+            raise InferenceError(f"unknown provider {provider!r}; use auto, cuda or cpu") from None
+        self.package = package
+        self.card = package.card
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        wanted = [CPU]
+        if self.requested != Provider.CPU and CUDA in available:
+            wanted = [CUDA, CPU]
+        try:
+            self._sess = _ort.quiet_session(package.onnx_path, wanted, intra_op_threads=intra_op_threads)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InferenceError(f"{package.onnx_path}: onnxruntime could not create a session ({first})") from None
+        self.providers: list[str] = list(self._sess.get_providers())
+        self.provider: str = self.providers[0]
+        self.fallback_warning: str | None = None
+        self.notice: str | None = None
+        if self.requested != Provider.CPU and self.provider != CUDA:
+            reason = _ort.cuda_unavailable_reason()
+            if self.requested == Provider.CUDA:
+                self.fallback_warning = f"CUDA was requested but the model runs on the CPU: {reason}"
+            else:
+                self.notice = f"CUDA not used, running on the CPU: {reason}"
+        inp = self._sess.get_inputs()[0]
+        self.input_name = inp.name
+        self.fixed_batch: int | None = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self._outputs = [self.card.outputs.logits, self.card.outputs.cam]
+
+    def __repr__(self) -> str:
+        return f"Session({self.card.name} {self.card.version}, provider={self.provider})"
+
+    @property
+    def provider_short(self) -> str:
+        """``"cuda"``, ``"cpu"``, ... (the provider name without ``ExecutionProvider``, lower case)."""
+        return self.provider.removesuffix("ExecutionProvider").lower()
+
+    # -- the three steps, usable separately (the CLI overlaps them across threads) -------------------
+
+    def prepare(self, image_u8: np.ndarray, pixel_spacing: tuple[float, float] | None = None) -> Prepared:
+        """Display image (uint8 ``(H, W)`` or ``(H, W, 3)``) -> :class:`Prepared` (thread-safe).
+
+        Raises
+        ------
+        InferenceError
+            The image is not an 8-bit 2-D gray or RGB array.
+        """
+        t0 = time.perf_counter()
+        try:
+            x, geom = preprocess(image_u8, self.card.preprocessing, self.card.input)
+        except ValueError as exc:
+            raise InferenceError(f"cannot prepare the image for {self.card.name}: {exc}") from None
+        spacing = None if pixel_spacing is None else (float(pixel_spacing[0]), float(pixel_spacing[1]))
+        return Prepared(x, geom, spacing, time.perf_counter() - t0)
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the network on float32 ``(N, C, H, W)``; returns logits ``(N, K)`` and CAMs ``(N, K, h, w)``.
+
+        Splits the batch when the graph has a fixed batch size. Thread-safe (ORT sessions are).
+
+        Raises
+        ------
+        InferenceError
+            onnxruntime failed (message is one line).
+        """
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
+            parts = [self.run(x[i : i + self.fixed_batch]) for i in range(0, x.shape[0], self.fixed_batch)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        try:
+            logits, cam = self._sess.run(self._outputs, {self.input_name: x})
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InferenceError(f"{self.card.name}: inference failed on {self.provider} ({first})") from None
+        return np.asarray(logits, np.float32), np.asarray(cam, np.float32)
+
+    def finish(self, prepared: Prepared, logits: np.ndarray, cam: np.ndarray, *, net_seconds: float = 0.0,
+               regions: str | Sequence[str] = "flagged", fraction: float = DEFAULT_FRACTION,
+               min_area_px: int | None = None, max_regions: int = 5) -> Prediction:
+        """One image's logits ``(K,)`` and CAMs ``(K, h, w)`` -> :class:`Prediction` on the original grid.
+
+        ``regions``: ``"flagged"`` (default), ``"all"`` (every positive label), ``"none"``, or a list
+        of labels.
+        """
+        t0 = time.perf_counter()
+        labels = list(self.card.labels)
+        probs = probabilities(logits[None, :], self.card.task)[0]
+        scores = {lab: float(p) for lab, p in zip(labels, probs, strict=True)}
+        flagged = flag(scores, self.card)
+        raw = prepared.geometry.to_original(cam)
+        peaks = {lab: float(raw[i].max()) for i, lab in enumerate(labels)}
+        cams = normalize_cam(raw)
+        if isinstance(regions, str):
+            if regions == "flagged":
+                want = flagged
+            elif regions == "all":
+                want = self.card.positive_labels
+            elif regions == "none":
+                want = []
+            else:
+                raise ValueError(f"regions must be 'flagged', 'all', 'none' or a list of labels, got {regions!r}")
+        else:
+            want = list(regions)
+            unknown = [w for w in want if w not in labels]
+            if unknown:
+                raise ValueError(f"unknown labels {unknown}; the model's labels are {labels}")
+        found: list[Region] = []
+        for lab in want:
+            found += find_regions(cams[labels.index(lab)], lab, prepared.pixel_spacing, fraction=fraction,
+                                  min_area_px=min_area_px, max_regions=max_regions)
+        seconds = prepared.seconds + net_seconds + time.perf_counter() - t0
+        return Prediction(labels, scores, flagged, cams, peaks, found, seconds)
+
+    def predict(self, images_u8: Sequence[np.ndarray],
+                pixel_spacings: Sequence[tuple[float, float] | None] | None = None, *, batch_size: int = 16,
+                regions: str | Sequence[str] = "flagged", fraction: float = DEFAULT_FRACTION,
+                min_area_px: int | None = None) -> list[Prediction]:
+        """Score display images (uint8 ``(H, W)`` gray or ``(H, W, 3)`` RGB, any size) in batches.
+
+        Parameters
+        ----------
+        images_u8
+            What the viewer shows (:func:`medviewer.imaging.display_image`).
+        pixel_spacings
+            ``(row, column)`` mm per image, or None entries / None for unknown (regions then have no mm).
+        batch_size
+            Images per ONNX Runtime call.
+        regions, fraction, min_area_px
+            See :meth:`finish` and :func:`~medviewer.inference.regions.find_regions`.
+
+        Returns
+        -------
+        list[Prediction]
+            One per image, in order.
+
+        Raises
+        ------
+        InferenceError
+            A bad image or an onnxruntime failure.
+        """
+        if pixel_spacings is None:
+            pixel_spacings = [None] * len(images_u8)
+        if len(pixel_spacings) != len(images_u8):
+            raise InferenceError(f"{len(images_u8)} images but {len(pixel_spacings)} pixel spacings")
+        out: list[Prediction] = []
+        for start in range(0, len(images_u8), max(1, batch_size)):
+            prepared = [self.prepare(im, sp) for im, sp in zip(images_u8[start : start + batch_size],
+                                                                pixel_spacings[start : start + batch_size], strict=True)]
+            t0 = time.perf_counter()
+            logits, cams = self.run(np.stack([p.x for p in prepared]))
+            share = (time.perf_counter() - t0) / len(prepared)
+            out += [self.finish(p, logits[i], cams[i], net_seconds=share, regions=regions, fraction=fraction,
+                                min_area_px=min_area_px) for i, p in enumerate(prepared)]
+        return out
+
+
+_sessions: dict[tuple, Session] = {}
+_sessions_lock = threading.Lock()
+
+
+def open_session(package: ModelPackage, provider: str | Provider = "auto") -> Session:
+    """The cached :class:`Session` for ``(package, provider)``: created on first use, then reused."""
+    key = (str(package.onnx_path), package.sha256, str(getattr(provider, "value", provider)).lower())
+    with _sessions_lock:
+        sess = _sessions.get(key)
+        if sess is None:
+            sess = Session(package, provider)
+            _sessions[key] = sess
+        return sess
