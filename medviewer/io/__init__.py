@@ -8,12 +8,21 @@ from __future__ import annotations
 
 from medviewer.io.enum import PhotometricInterpretation, PixelRepresentation, PixelSpacingSource
 from medviewer.io.instance import Instance, read_instance, sniff_kind
+from medviewer.io.scan import Gap, ScanResult, Series, Skipped, SliceOrder, Study, order_instances, scan
 from medviewer.io.transfer_syntax import check_decodable, decoder_hint, transfer_syntax_name
 
 __all__ = [
     "Instance",
     "read_instance",
     "sniff_kind",
+    "scan",
+    "ScanResult",
+    "Study",
+    "Series",
+    "Skipped",
+    "Gap",
+    "SliceOrder",
+    "order_instances",
     "PhotometricInterpretation",
     "PixelRepresentation",
     "PixelSpacingSource",

@@ -402,7 +402,9 @@ def _read_dicom_instance(path: Path) -> Instance:
 
     deflated = ts == pydicom.uid.DeflatedExplicitVRLittleEndian
     if probe is None and not deflated:
-        sop = _text(ds, "SOPClassUID")
+        sop = _text(ds, "SOPClassUID") or (str(meta.get("MediaStorageSOPClassUID", "")) if meta else "")
+        if sop == "1.2.840.10008.1.3.10":
+            raise ReadError(path, "is a DICOMDIR (a directory of other files, no image); open its folder")
         what = pydicom.uid.UID(sop).name if sop else "unknown SOP class"
         raise ReadError(path, f"no Pixel Data (7FE0,0010) in this DICOM object ({what}); nothing to display")
 

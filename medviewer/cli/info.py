@@ -1,0 +1,163 @@
+"""``medviewer info PATH... [--json]``: the patient/study/series tree of files and folders.
+
+Text output (one line per patient, study and series)::
+
+    Patient Pancreas-CT-CB_001  ID Pancreas-CT-CB_001  sex M
+      Study 2012-07-06  PANCREAS  uid 1.3.6.1...
+        Series 2  CT  "PANCREAS DI, iDose (3)"  134 instances  512x512  0.703x0.703 mm (PixelSpacing)
+          slices 3 mm apart (position order)  Implicit VR Little Endian  uid 1.3.6.1...
+    Skipped 2 files:
+      .../LICENSE: not a DICOM, PNG or JPEG file (unrecognised content)
+
+``--json`` prints ``{"studies": [{"study_instance_uid", "patient_id", ..., "series": [{"series_instance_uid",
+"modality", ..., "instances": [{"path", "sop_instance_uid", "instance_number", "image_position_patient",
+...}]}]}], "skipped": [{"path", "reason"}]}`` with instances in display order.
+
+Exit status: 0 when at least one image was read, 1 otherwise (a single bad file: a one-line error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from medviewer.io import read_instance, transfer_syntax_name
+from medviewer.io.scan import ScanResult, Series, Study, scan
+
+__all__ = ["add_parser", "run", "result_to_json", "format_tree"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``info`` on the ``medviewer`` subcommand parser."""
+    p = subparsers.add_parser(
+        "info", help="print the patient/study/series tree of DICOM/PNG/JPEG files and folders",
+        description="Print the patient/study/series tree (modality, size, pixel spacing, transfer syntax, "
+                    "instance counts) of files and folders. Unreadable files are listed under 'skipped'.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (searched recursively)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the text tree")
+    p.set_defaults(run=run)
+    return p
+
+
+def _date(text: str) -> str:
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
+
+
+def _series_json(series: Series) -> dict[str, Any]:
+    head = series.instances[0]
+    return {
+        "series_instance_uid": series.series_instance_uid,
+        "modality": series.modality,
+        "series_number": series.series_number,
+        "series_description": series.series_description,
+        "rows": head.rows,
+        "columns": head.columns,
+        "pixel_spacing": list(head.pixel_spacing) if head.pixel_spacing else None,
+        "pixel_spacing_source": head.pixel_spacing_source,
+        "transfer_syntax": transfer_syntax_name(head.transfer_syntax_uid) if head.is_dicom else None,
+        "ordered_by": series.ordered_by,
+        "slice_spacing_mm": series.slice_spacing_mm,
+        "number_of_instances": len(series.instances),
+        "number_of_frames": series.number_of_frames,
+        "instances": [
+            {
+                "path": str(inst.path),
+                "sop_instance_uid": inst.sop_instance_uid,
+                "instance_number": inst.instance_number,
+                "image_position_patient": list(inst.image_position_patient)
+                if inst.image_position_patient else None,
+                "number_of_frames": inst.number_of_frames,
+            }
+            for inst in series.instances
+        ],
+        "duplicates": [str(inst.path) for inst in series.duplicates],
+        "gaps": [{"index": g.index, "missing": g.missing, "distance_mm": g.distance_mm,
+                  "expected_mm": g.expected_mm} for g in series.gaps],
+    }
+
+
+def _study_json(study: Study) -> dict[str, Any]:
+    return {
+        "study_instance_uid": study.study_instance_uid,
+        "patient_id": study.patient_id,
+        "patient_name": study.patient_name,
+        "study_date": study.study_date,
+        "study_description": study.study_description,
+        "series": [_series_json(s) for s in study.series],
+    }
+
+
+def result_to_json(result: ScanResult) -> dict[str, Any]:
+    """The ``--json`` document of a scan (see the module docstring)."""
+    return {
+        "studies": [_study_json(st) for st in result.studies],
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in result.skipped],
+    }
+
+
+def _series_lines(series: Series) -> list[str]:
+    head = series.instances[0]
+    number = "-" if series.series_number is None else str(series.series_number)
+    desc = f'"{series.series_description}"' if series.series_description else ""
+    frames = f" ({series.number_of_frames} frames)" if series.number_of_frames != len(series.instances) else ""
+    spacing = (f"{head.pixel_spacing[0]:.4g}x{head.pixel_spacing[1]:.4g} mm ({head.pixel_spacing_source})"
+               if head.pixel_spacing else "no pixel spacing")
+    count = len(series.instances)
+    line = (f"    Series {number}  {series.modality}  {desc}  {count} instance{'s' * (count != 1)}{frames}  "
+            f"{head.columns}x{head.rows}  {head.photometric_interpretation}  {spacing}")
+    detail = []
+    if series.slice_spacing_mm:
+        detail.append(f"slices {series.slice_spacing_mm:.4g} mm apart")
+    detail.append(f"{series.ordered_by.replace('_', ' ')} order")
+    if head.is_dicom:
+        detail.append(transfer_syntax_name(head.transfer_syntax_uid))
+        detail.append(f"uid {series.series_instance_uid}")
+    else:
+        detail.append(str(head.path))
+    lines = [line, "      " + "  ".join(detail)]
+    if series.duplicates:
+        lines.append(f"      {len(series.duplicates)} duplicate file(s) of SOP Instances already listed")
+    for gap in series.gaps:
+        where = (f"{gap.distance_mm:.4g} mm between neighbours, {gap.expected_mm:.4g} mm expected"
+                 if gap.distance_mm is not None else "instance numbers jump")
+        lines.append(f"      gap before instance #{gap.index + 1}: ~{gap.missing} missing ({where})")
+    return lines
+
+
+def format_tree(result: ScanResult) -> str:
+    """The text tree of a scan (see the module docstring)."""
+    lines: list[str] = []
+    for (pid, name), studies in result.patients().items():
+        head = studies[0].series[0].instances[0] if studies and studies[0].series else None
+        sex = f"  sex {head.patient_sex}" if head is not None and head.patient_sex else ""
+        age = f"  age {head.patient_age}" if head is not None and head.patient_age else ""
+        who = f"Patient {name or '(no name)'}  ID {pid or '(none)'}{sex}{age}"
+        lines.append(who if head is None or head.is_dicom else "Image file (no patient data)")
+        for st in studies:
+            uid = f"  uid {st.study_instance_uid}" if st.study_instance_uid else ""
+            lines.append(f"  Study {_date(st.study_date) or '(no date)'}  {st.study_description}{uid}")
+            for series in st.series:
+                lines.extend(_series_lines(series))
+    if not result.studies:
+        lines.append("No readable images.")
+    if result.skipped:
+        lines.append(f"Skipped {len(result.skipped)} file{'s' * (len(result.skipped) != 1)}:")
+        lines.extend(f"  {s.path}: {s.reason}" for s in result.skipped)
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``medviewer info``; returns the exit status."""
+    paths = [Path(p) for p in args.paths]
+    if len(paths) == 1 and not paths[0].is_dir() and paths[0].name.upper() != "DICOMDIR":
+        read_instance(paths[0])  # a single bad file: one-line ReadError, exit 1, via the dispatcher
+    result = scan(paths)
+    text = json.dumps(result_to_json(result), indent=2) if args.json else format_tree(result)
+    try:
+        print(text)
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stderr.close()
+    return 0 if result.studies else 1

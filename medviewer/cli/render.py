@@ -1,0 +1,85 @@
+"""``medviewer render PATH --out FILE.png [--frame N] [--window CENTER WIDTH | --preset NAME] [--invert]``.
+
+Writes exactly the image the viewer shows -- :func:`medviewer.imaging.display_image`: full resolution,
+8-bit, no overlays -- as PNG (or any format OpenCV writes, chosen by the extension).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from medviewer.errors import ReadError
+from medviewer.imaging import PRESETS, DisplayPipeline, Window, display_image, find_preset
+from medviewer.io import read_instance
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``render`` on the ``medviewer`` subcommand parser."""
+    p = subparsers.add_parser(
+        "render", help="write the displayed image of a DICOM/PNG/JPEG file to a PNG",
+        description="Write exactly the image the viewer shows (full resolution, no overlays): modality "
+                    "LUT, VOI window or LUT, MONOCHROME1 inversion. Default window: the file's, else "
+                    "automatic (8-bit images unchanged).")
+    p.add_argument("path", metavar="PATH", help="DICOM, PNG or JPEG file")
+    p.add_argument("--out", required=True, metavar="FILE.png", help="output image (PNG recommended)")
+    p.add_argument("--frame", type=int, default=0, metavar="N", help="0-based frame of a multi-frame image")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--window", nargs=2, type=float, metavar=("CENTER", "WIDTH"),
+                       help="window center and width in modality units (HU for CT)")
+    group.add_argument("--preset", metavar="NAME",
+                       help="window preset: " + ", ".join(f"'{p.name}'" for p in PRESETS))
+    p.add_argument("--invert", action="store_true", help="write the negative")
+    p.set_defaults(run=run)
+    return p
+
+
+def _error(message: str) -> int:
+    print(f"medviewer: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``medviewer render``; returns the exit status."""
+    path = Path(args.path)
+    try:
+        window = Window(*args.window) if args.window else None
+        preset = find_preset(args.preset) if args.preset else None
+    except ValueError as exc:
+        return _error(str(exc))
+    inst = read_instance(path)
+    if not 0 <= args.frame < inst.number_of_frames:
+        raise ReadError(path, f"--frame {args.frame} out of range (the image has {inst.number_of_frames} "
+                              f"frame{'s' * (inst.number_of_frames != 1)}: 0..{inst.number_of_frames - 1})")
+    try:
+        image = display_image(inst, frame=args.frame, window=window, preset=preset, invert=args.invert)
+    except ReadError:
+        raise
+    except Exception as exc:  # decoder bugs on odd files: still one line, no traceback
+        raise ReadError(path, f"cannot render: {type(exc).__name__}: {exc}") from exc
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        return _error(f"{out}: output folder {out.parent} does not exist")
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    try:
+        ok = cv2.imwrite(str(out), bgr)
+    except cv2.error as exc:
+        return _error(f"{out}: cannot write image: {' '.join(str(exc).split())[:200]}")
+    if not ok:
+        return _error(f"{out}: cannot write image (unknown extension or unwritable)")
+    if window is None and preset is None and not inst.is_color:
+        used = DisplayPipeline.from_instance(inst)
+        how = "file VOI LUT" if used.voi_luts else (
+            f"window {used.windows[0].center:g}/{used.windows[0].width:g}" if used.windows else "default window")
+    else:
+        w = window or (preset.window if preset else None)
+        how = f"window {w.center:g}/{w.width:g}" if w else "colour, unchanged"
+    kind = "RGB" if image.ndim == 3 else "gray"
+    print(f"wrote {out} ({image.shape[1]}x{image.shape[0]} {kind}, {how}{', inverted' if args.invert else ''})")
+    return 0

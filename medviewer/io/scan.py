@@ -1,0 +1,328 @@
+"""Folder scan: find every image under some paths and group it patient -> study -> series -> instance.
+
+DICOM files are recognised by content, not extension; a DICOMDIR (PS3.10 7.2, PS3.3 F.5), when present,
+lists referenced files (files it misses are still found by walking the folder). Instances of a series are
+put in display order by their position along the slice normal (Image Position (Patient) projected on the
+normal of Image Orientation (Patient), PS3.3 C.7.6.2.1.1), falling back to Instance Number; duplicate
+SOP Instances and gaps in the slice spacing are reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from medviewer.errors import ReadError
+from medviewer.io.instance import FileKind, Instance, read_instance, sniff_kind
+
+__all__ = ["scan", "ScanResult", "Study", "Series", "Skipped", "Gap", "order_instances", "slice_normal",
+           "SliceOrder"]
+
+_MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (DICOMDIR)
+
+
+class SliceOrder:
+    """How a series' instances were ordered (:attr:`Series.ordered_by`)."""
+
+    POSITION = "position"  #: along the slice normal
+    INSTANCE_NUMBER = "instance_number"
+    FILE_NAME = "file_name"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that was not loaded and the one-line reason."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A gap in a series: between ``instances[index - 1]`` and ``instances[index]``.
+
+    ``missing`` is the estimated number of absent slices/instances; ``distance_mm`` the distance found
+    between the two neighbours along the normal (None when ordered by Instance Number) and
+    ``expected_mm`` the series' usual spacing.
+    """
+
+    index: int
+    missing: int
+    distance_mm: float | None = None
+    expected_mm: float | None = None
+
+
+@dataclass
+class Series:
+    """One series: its instances in display order.
+
+    Attributes
+    ----------
+    instances : list[Instance]
+        Display order (see :attr:`ordered_by`), one per SOP Instance UID.
+    duplicates : list[Instance]
+        Further files carrying a SOP Instance UID already in :attr:`instances` (not displayed).
+    gaps : list[Gap]
+        Missing slices detected from the position spacing or Instance Number sequence.
+    slice_spacing_mm : float | None
+        Median distance between consecutive slice positions, when ordered by position.
+    """
+
+    series_instance_uid: str
+    modality: str
+    series_description: str = ""
+    series_number: int | None = None
+    instances: list[Instance] = field(default_factory=list)
+    duplicates: list[Instance] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
+    ordered_by: str = SliceOrder.FILE_NAME
+    slice_spacing_mm: float | None = None
+
+    @property
+    def number_of_frames(self) -> int:
+        """Total frames over all instances (what the viewer scrolls through)."""
+        return sum(i.number_of_frames for i in self.instances)
+
+
+@dataclass
+class Study:
+    """One study of one patient, with its series sorted by Series Number."""
+
+    study_instance_uid: str
+    patient_id: str = ""
+    patient_name: str = ""
+    study_date: str = ""
+    study_description: str = ""
+    series: list[Series] = field(default_factory=list)
+
+
+@dataclass
+class ScanResult:
+    """What :func:`scan` found: studies (sorted by patient, date) and the files it skipped."""
+
+    studies: list[Study] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    cancelled: bool = False
+
+    @property
+    def series(self) -> list[Series]:
+        """All series of all studies, in order."""
+        return [s for st in self.studies for s in st.series]
+
+    @property
+    def instances(self) -> list[Instance]:
+        """All instances in display order."""
+        return [i for s in self.series for i in s.instances]
+
+    def patients(self) -> dict[tuple[str, str], list[Study]]:
+        """Studies grouped by (Patient ID, Patient's Name)."""
+        out: dict[tuple[str, str], list[Study]] = {}
+        for st in self.studies:
+            out.setdefault((st.patient_id, st.patient_name), []).append(st)
+        return out
+
+
+# ------------------------------------------------------------------ ordering
+def slice_normal(orientation: Iterable[float]) -> np.ndarray | None:
+    """Unit normal of an image plane: row direction x column direction (PS3.3 C.7.6.2.1.1)."""
+    v = np.asarray(list(orientation), dtype=np.float64)
+    if v.shape != (6,):
+        return None
+    n = np.cross(v[:3], v[3:])
+    norm = np.linalg.norm(n)
+    return None if norm < 1e-6 else n / norm
+
+
+def _by_number(inst: Instance) -> tuple:
+    return (inst.instance_number is None, inst.instance_number or 0, inst.path.name)
+
+
+def order_instances(instances: list[Instance]) -> tuple[list[Instance], str, list[Gap], float | None]:
+    """Put one series' instances in display order.
+
+    By position along the slice normal when every instance has a position and they share one
+    orientation (within 1e-3): ascending distance, reversed when Instance Number runs the other way so
+    the familiar numbering order is kept. Else by Instance Number, else by file name.
+
+    Returns
+    -------
+    (ordered, ordered_by, gaps, spacing_mm)
+    """
+    if len(instances) < 2:
+        return list(instances), SliceOrder.POSITION if instances and instances[0].image_position_patient \
+            else SliceOrder.INSTANCE_NUMBER, [], None
+    first = instances[0].image_orientation_patient
+    normal = slice_normal(first) if first else None
+    same_plane = normal is not None and all(
+        i.image_position_patient is not None and i.image_orientation_patient is not None
+        and np.allclose(i.image_orientation_patient, first, atol=1e-3) for i in instances)
+    if same_plane:
+        dist = np.array([float(np.dot(i.image_position_patient, normal)) for i in instances])
+        order = sorted(range(len(instances)), key=lambda k: (dist[k], _by_number(instances[k])))
+        numbers = [instances[k].instance_number for k in order]
+        if all(n is not None for n in numbers) and len(set(numbers)) > 1:
+            rho = np.corrcoef(np.arange(len(numbers)), np.asarray(numbers, np.float64))[0, 1]
+            if np.isfinite(rho) and rho < 0:
+                order = order[::-1]
+        ordered = [instances[k] for k in order]
+        d = dist[order]
+        steps = np.abs(np.diff(d))
+        moving = steps[steps > 1e-3]
+        gaps: list[Gap] = []
+        spacing = float(np.median(moving)) if moving.size else None
+        if spacing:
+            for k, step in enumerate(steps):
+                if step > 1.5 * spacing:
+                    gaps.append(Gap(k + 1, int(round(step / spacing)) - 1, float(step), spacing))
+        return ordered, SliceOrder.POSITION, gaps, spacing
+    if all(i.instance_number is not None for i in instances):
+        ordered = sorted(instances, key=_by_number)
+        gaps = []
+        for k in range(1, len(ordered)):
+            jump = ordered[k].instance_number - ordered[k - 1].instance_number  # type: ignore[operator]
+            if jump > 1:
+                gaps.append(Gap(k, jump - 1))
+        return ordered, SliceOrder.INSTANCE_NUMBER, gaps, None
+    return sorted(instances, key=_by_number), SliceOrder.FILE_NAME, [], None
+
+
+# ------------------------------------------------------------------ discovery
+def _dicomdir_files(path: Path) -> list[Path] | None:
+    """Files referenced by a DICOMDIR, or None when `path` is not one."""
+    try:
+        ds = pydicom.dcmread(os.fspath(path), stop_before_pixels=True, force=True)
+        if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) != _MEDIA_DIRECTORY \
+                and "DirectoryRecordSequence" not in ds:
+            return None
+        out = []
+        for rec in ds.get("DirectoryRecordSequence", []):
+            ref = rec.get("ReferencedFileID")
+            if not ref:
+                continue
+            parts = [ref] if isinstance(ref, str) else list(ref)
+            out.append(path.parent.joinpath(*[str(p) for p in parts]))
+        return out
+    except Exception:
+        return None
+
+
+def _walk(paths: Iterable[str | Path], skipped: list[Skipped]) -> list[Path]:
+    files: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            files.append(p)
+
+    for raw in paths:
+        root = Path(raw)
+        if not root.exists():
+            skipped.append(Skipped(root, "no such file or folder"))
+            continue
+        if root.is_file():
+            listed = _dicomdir_files(root) if root.name.upper() == "DICOMDIR" else None
+            if listed is None:
+                add(root)
+                continue
+            candidates = listed
+        else:
+            candidates = []
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                here = Path(dirpath)
+                if "DICOMDIR" in filenames:
+                    listed = _dicomdir_files(here / "DICOMDIR")
+                    if listed is not None:
+                        candidates.extend(listed)
+                        filenames = [f for f in filenames if f != "DICOMDIR"]
+                candidates.extend(here / f for f in sorted(filenames) if not f.startswith("."))
+        for p in candidates:
+            if not p.is_file():
+                skipped.append(Skipped(p, "referenced by DICOMDIR but missing"))
+            else:
+                add(p)
+    return files
+
+
+def _group(instances: list[Instance]) -> list[Study]:
+    studies: dict[str, Study] = {}
+    series: dict[tuple[str, str], list[Instance]] = {}
+    for inst in instances:
+        study_key = inst.study_instance_uid if inst.is_dicom else f"file:{inst.path}"
+        series_key = inst.series_instance_uid if inst.is_dicom else f"file:{inst.path}"
+        if study_key not in studies:
+            studies[study_key] = Study(
+                study_instance_uid=inst.study_instance_uid, patient_id=inst.patient_id,
+                patient_name=inst.patient_name, study_date=inst.study_date,
+                study_description=inst.study_description or ("" if inst.is_dicom else inst.path.name))
+        series.setdefault((study_key, series_key), []).append(inst)
+    for (study_key, _), members in series.items():
+        unique: dict[str, Instance] = {}
+        dups: list[Instance] = []
+        for inst in members:
+            key = inst.sop_instance_uid or f"file:{inst.path}"
+            if key in unique:
+                dups.append(inst)
+            else:
+                unique[key] = inst
+        ordered, how, gaps, spacing = order_instances(list(unique.values()))
+        head = ordered[0]
+        studies[study_key].series.append(Series(
+            series_instance_uid=head.series_instance_uid, modality=head.modality,
+            series_description=head.series_description, series_number=head.series_number,
+            instances=ordered, duplicates=dups, gaps=gaps, ordered_by=how, slice_spacing_mm=spacing))
+    out = list(studies.values())
+    for st in out:
+        st.series.sort(key=lambda s: (s.series_number is None, s.series_number or 0, s.series_description))
+    out.sort(key=lambda st: (st.patient_id, st.patient_name, st.study_date, st.study_instance_uid,
+                             st.study_description))
+    return out
+
+
+def scan(paths: str | Path | Iterable[str | Path],
+         progress: Callable[[int, int], bool | None] | None = None) -> ScanResult:
+    """Find and read (headers only) every DICOM/PNG/JPEG file under `paths`, grouped and ordered.
+
+    Parameters
+    ----------
+    paths
+        Files and/or folders (recursed; hidden entries skipped). DICOMDIR files are followed.
+    progress
+        Called as ``progress(done, total)`` after each file; returning ``False`` cancels the scan (the
+        result then holds what was read so far and ``cancelled`` is True).
+
+    Returns
+    -------
+    ScanResult
+        ``studies`` (patient -> study -> series -> instances in display order) and ``skipped`` files
+        with the one-line reason each (not an image, truncated, no Pixel Data...).
+    """
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    result = ScanResult()
+    files = _walk(paths, result.skipped)
+    instances: list[Instance] = []
+    total = len(files)
+    for done, path in enumerate(files, start=1):
+        kind = sniff_kind(path)
+        if kind == FileKind.UNKNOWN:
+            result.skipped.append(Skipped(path, "not a DICOM, PNG or JPEG file (unrecognised content)"))
+        else:
+            try:
+                instances.append(read_instance(path))
+            except ReadError as exc:
+                result.skipped.append(Skipped(path, exc.reason))
+            except Exception as exc:  # a reader bug on one odd file must not abort a folder scan
+                result.skipped.append(Skipped(path, f"unreadable: {type(exc).__name__}: {exc}"))
+        if progress is not None and progress(done, total) is False:
+            result.cancelled = True
+            break
+    result.studies = _group(instances)
+    return result
