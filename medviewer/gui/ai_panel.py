@@ -1,0 +1,395 @@
+"""The AI panel: model selector, Run/Cancel, per-label scores, heatmap controls, flagged regions.
+
+Scores are shown the way commercial chest X-ray AI shows them: one row per label with a probability
+bar and the model card's operating point as a tick; labels at or above their operating point are
+flagged (amber, bold, "FLAGGED"). The panel only displays; the main window runs the model
+(:class:`medviewer.inference.Session` in a worker) and passes the :class:`~medviewer.inference.Prediction`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPen
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medviewer.gui import theme
+from medviewer.gui.viewport import numpy_to_qimage
+
+__all__ = ["AiPanel", "ScoreRow", "ColorBar"]
+
+
+class ScoreRow(QWidget):
+    """Label, probability bar with the operating-point tick, and the value; amber when flagged."""
+
+    def __init__(self, label: str, score: float, threshold: float | None, flagged: bool, negative: bool,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.label, self.score, self.threshold = label, float(score), threshold
+        self.flagged, self.negative = flagged, negative
+        self.setMinimumHeight(44)
+        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        tip = f"{label}: probability {score:.3f}"
+        if threshold is not None:
+            tip += f"; operating point {threshold:.3f} ({'at or above: flagged' if flagged else 'below'})"
+        if negative:
+            tip += " (the 'no finding' label: never flagged)"
+        self.setToolTip(tip)
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802
+        p = QPainter(self)
+        p.setRenderHint(QPainter.Antialiasing, True)
+        w = self.width()
+        f = QFont(self.font())
+        f.setPointSizeF(10)
+        f.setBold(self.flagged)
+        p.setFont(f)
+        fm = QFontMetrics(f)
+        colour = QColor(theme.FLAG) if self.flagged else QColor(theme.MUTED if self.negative else "#d5d9de")
+        p.setPen(colour)
+        p.drawText(0, fm.ascent() + 2, self.label)
+        right = f"{self.score * 100:.1f} %"
+        p.drawText(w - fm.horizontalAdvance(right), fm.ascent() + 2, right)
+        if self.flagged:
+            tag = "FLAGGED"
+            sf = QFont(f)
+            sf.setPointSizeF(8)
+            p.setFont(sf)
+            sfm = QFontMetrics(sf)
+            x = fm.horizontalAdvance(self.label) + 10
+            r = QRectF(x, 3, sfm.horizontalAdvance(tag) + 10, fm.height() - 2)
+            p.setBrush(QColor(theme.FLAG))
+            p.setPen(Qt.NoPen)
+            p.drawRoundedRect(r, 3, 3)
+            p.setPen(QColor("#111"))
+            p.drawText(r, Qt.AlignCenter, tag)
+        y = fm.height() + 8
+        bar = QRectF(0, y, w - 1, 10)
+        p.setPen(Qt.NoPen)
+        p.setBrush(QColor("#2e333a"))
+        p.drawRoundedRect(bar, 3, 3)
+        fill = QRectF(0, y, max(2.0, (w - 1) * float(np.clip(self.score, 0, 1))), 10)
+        p.setBrush(QColor(theme.FLAG) if self.flagged else QColor("#5b6570" if self.negative else theme.ACCENT))
+        p.drawRoundedRect(fill, 3, 3)
+        if self.threshold is not None:
+            x = (w - 1) * float(np.clip(self.threshold, 0, 1))
+            p.setPen(QPen(QColor("#ffffff"), 2))
+            p.drawLine(int(x), int(y - 4), int(x), int(y + 14))
+            sf = QFont(self.font())
+            sf.setPointSizeF(7.5)
+            p.setFont(sf)
+            p.setPen(QColor(theme.MUTED))
+            text = f"OP {self.threshold:.2f}"
+            sfm = QFontMetrics(sf)
+            tx = min(max(0.0, x - sfm.horizontalAdvance(text) / 2), w - sfm.horizontalAdvance(text))
+            p.drawText(int(tx), int(y + 14 + sfm.ascent()), text)
+        p.end()
+
+
+class ColorBar(QWidget):
+    """Colour bar legend of the heatmap colour map (relative class activation, 0 = none, 1 = peak)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.colormap = "jet"
+        self.setMinimumHeight(34)
+        self._img = None
+
+    def set_colormap(self, name: str) -> None:
+        from medviewer.inference.heatmap import colorize
+
+        self.colormap = name
+        ramp = np.tile(np.linspace(0, 1, 256, dtype=np.float32)[None, :], (8, 1))
+        self._img = numpy_to_qimage(np.ascontiguousarray(colorize(ramp, name)))
+        self.update()
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802
+        p = QPainter(self)
+        if self._img is not None:
+            p.drawImage(QRectF(0, 2, self.width(), 12), self._img)
+        f = QFont(self.font())
+        f.setPointSizeF(8)
+        p.setFont(f)
+        p.setPen(QColor(theme.MUTED))
+        fm = QFontMetrics(f)
+        y = 16 + fm.ascent()
+        p.drawText(0, y, "0")
+        mid = "relative activation (CAM)"
+        p.drawText(int((self.width() - fm.horizontalAdvance(mid)) / 2), y, mid)
+        p.drawText(self.width() - fm.horizontalAdvance("1"), y, "1")
+        p.end()
+
+
+class AiPanel(QWidget):
+    """Dock content of the AI panel (see module docstring)."""
+
+    runRequested = Signal()
+    cancelRequested = Signal()
+    modelChanged = Signal(str)  # package path ("" = none)
+    cardRequested = Signal()
+    heatmapChanged = Signal()
+    regionClicked = Signal(int)
+    autoRunChanged = Signal(bool)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumWidth(300)
+        self.prediction: Any = None
+        self.card: Any = None
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(8, 8, 8, 8)
+        outer.setSpacing(8)
+
+        row = QHBoxLayout()
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("Model (built-in and imported models)")
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
+        self.card_button = QPushButton("Card…")
+        self.card_button.setToolTip("Model card: intended use, limitations, metrics, provenance")
+        self.card_button.clicked.connect(self.cardRequested)
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.card_button)
+        outer.addLayout(row)
+
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run AI")
+        self.run_button.setObjectName("primary")
+        self.run_button.clicked.connect(self.runRequested)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancelRequested)
+        self.cancel_button.setEnabled(False)
+        self.auto_run = QCheckBox("Run on open")
+        self.auto_run.toggled.connect(self.autoRunChanged)
+        row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
+        row.addStretch(1)
+        row.addWidget(self.auto_run)
+        outer.addLayout(row)
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)
+        self.busy.setVisible(False)
+        self.busy.setTextVisible(False)
+        outer.addWidget(self.busy)
+
+        self.status = QLabel("No result yet")
+        self.status.setObjectName("muted")
+        self.status.setWordWrap(True)
+        outer.addWidget(self.status)
+        self.warning = QLabel("")
+        self.warning.setObjectName("warning")
+        self.warning.setWordWrap(True)
+        self.warning.setVisible(False)
+        outer.addWidget(self.warning)
+
+        self.scores_box = QGroupBox("Findings")
+        self.scores_layout = QVBoxLayout(self.scores_box)
+        self.scores_layout.setSpacing(6)
+        outer.addWidget(self.scores_box)
+
+        heat = QGroupBox("Heatmap")
+        hl = QVBoxLayout(heat)
+        r1 = QHBoxLayout()
+        self.heatmap_check = QCheckBox("Show (H)")
+        self.heatmap_check.setChecked(True)
+        self.heatmap_check.toggled.connect(self.heatmapChanged)
+        self.cam_combo = QComboBox()
+        self.cam_combo.setToolTip("Which label's class activation map to show")
+        self.cam_combo.currentIndexChanged.connect(self.heatmapChanged)
+        r1.addWidget(self.heatmap_check)
+        r1.addWidget(QLabel("Map:"))
+        r1.addWidget(self.cam_combo, 1)
+        hl.addLayout(r1)
+        r2 = QHBoxLayout()
+        r2.addWidget(QLabel("Opacity"))
+        self.opacity = QSlider(Qt.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(45)
+        self.opacity.valueChanged.connect(self.heatmapChanged)
+        r2.addWidget(self.opacity, 1)
+        self.colormap_combo = QComboBox()
+        from medviewer.inference.heatmap import COLORMAPS
+
+        self.colormap_combo.addItems(list(COLORMAPS))
+        self.colormap_combo.currentTextChanged.connect(self._colormap_changed)
+        r2.addWidget(self.colormap_combo)
+        hl.addLayout(r2)
+        self.colorbar = ColorBar()
+        self.colorbar.set_colormap("jet")
+        hl.addWidget(self.colorbar)
+        self.regions_check = QCheckBox("Outline flagged regions")
+        self.regions_check.setChecked(True)
+        self.regions_check.toggled.connect(self.heatmapChanged)
+        hl.addWidget(self.regions_check)
+        outer.addWidget(heat)
+
+        reg = QGroupBox("Flagged regions (click to zoom)")
+        rl = QVBoxLayout(reg)
+        self.regions = QListWidget()
+        self.regions.setMinimumHeight(70)
+        self.regions.itemClicked.connect(lambda it: self.regionClicked.emit(int(it.data(Qt.UserRole))))
+        self.regions.itemActivated.connect(lambda it: self.regionClicked.emit(int(it.data(Qt.UserRole))))
+        rl.addWidget(self.regions)
+        outer.addWidget(reg, 1)
+
+        self.disclaimer = QLabel("")
+        self.disclaimer.setObjectName("muted")
+        self.disclaimer.setWordWrap(True)
+        outer.addWidget(self.disclaimer)
+        self.set_models([], None)
+
+    # -- model list ---------------------------------------------------------------------------------
+    def set_models(self, packages: list[Any], current: str | None, note: str = "") -> None:
+        """Fill the selector with :class:`ModelPackage` s; ``current`` = package path to select."""
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for pkg in packages:
+            src = getattr(pkg, "source", "")
+            self.model_combo.addItem(f"{pkg.card.name} {pkg.card.version}" + (f"  ({src})" if src else ""),
+                                     str(pkg.path))
+        if not packages:
+            self.model_combo.addItem("No model available", "")
+        idx = self.model_combo.findData(current) if current else 0
+        self.model_combo.setCurrentIndex(max(idx, 0))
+        self.model_combo.blockSignals(False)
+        has = bool(packages)
+        self.run_button.setEnabled(has)
+        self.card_button.setEnabled(has)
+        if not has:
+            self.status.setText(note or "No model available: AI > Import model… or train one (see README). "
+                                        "The viewer works without one.")
+
+    def current_model_path(self) -> str:
+        return str(self.model_combo.currentData() or "")
+
+    def _model_changed(self, _i: int) -> None:
+        self.modelChanged.emit(self.current_model_path())
+
+    def set_card(self, card: Any) -> None:
+        self.card = card
+        if card is None:
+            self.disclaimer.setText("")
+            return
+        self.disclaimer.setText(f"Intended use: {card.intended_use}")
+
+    # -- heatmap controls ---------------------------------------------------------------------------
+    def _colormap_changed(self, name: str) -> None:
+        self.colorbar.set_colormap(name)
+        self.heatmapChanged.emit()
+
+    def heatmap_on(self) -> bool:
+        return self.heatmap_check.isChecked()
+
+    def set_heatmap_on(self, on: bool) -> None:
+        self.heatmap_check.setChecked(on)
+
+    def opacity_value(self) -> float:
+        return self.opacity.value() / 100.0
+
+    def colormap(self) -> str:
+        return self.colormap_combo.currentText()
+
+    def set_colormap(self, name: str) -> None:
+        i = self.colormap_combo.findText(name)
+        if i >= 0:
+            self.colormap_combo.setCurrentIndex(i)
+
+    def cam_label_index(self) -> int:
+        return max(0, self.cam_combo.currentIndex())
+
+    def next_cam_label(self) -> None:
+        n = self.cam_combo.count()
+        if n:
+            self.cam_combo.setCurrentIndex((self.cam_combo.currentIndex() + 1) % n)
+
+    # -- state ----------------------------------------------------------------------------------------
+    def set_busy(self, busy: bool, text: str = "") -> None:
+        self.busy.setVisible(busy)
+        self.cancel_button.setEnabled(busy)
+        self.run_button.setEnabled(not busy and bool(self.current_model_path()))
+        if text:
+            self.status.setText(text)
+
+    def set_warning(self, text: str | None) -> None:
+        self.warning.setText(text or "")
+        self.warning.setVisible(bool(text))
+
+    def clear_result(self, text: str = "No result yet") -> None:
+        self.prediction = None
+        while self.scores_layout.count():
+            w = self.scores_layout.takeAt(0).widget()
+            if w is not None:
+                w.deleteLater()
+        self.regions.clear()
+        self.status.setText(text)
+
+    def show_prediction(self, pred: Any, card: Any, provider: str, where: str = "") -> None:
+        """Show a :class:`~medviewer.inference.Prediction` of ``card``'s model run on ``provider``."""
+        self.clear_result()
+        self.prediction = pred
+        neg = getattr(card, "negative_label", None)
+        for lab in pred.labels:
+            op = card.operating_point(lab)
+            row = ScoreRow(lab, pred.scores.get(lab, 0.0), op.threshold if op else None,
+                           lab in pred.flagged, lab == neg)
+            self.scores_layout.addWidget(row)
+        if pred.flagged:
+            head = QLabel("Flagged: " + ", ".join(pred.flagged))
+            head.setObjectName("warning")
+            head.setStyleSheet(f"color: {theme.FLAG}; font-weight: bold;")
+        else:
+            head = QLabel("No finding at the operating point")
+            head.setStyleSheet(f"color: {theme.OK};")
+        self.scores_layout.insertWidget(0, head)
+        prov = provider.removesuffix("ExecutionProvider")
+        self.status.setText(f"{card.name} {card.version} · {prov} · {pred.seconds * 1000:.0f} ms"
+                            + (f" · {where}" if where else ""))
+        # CAM selector: flagged label first, else the top positive label
+        self.cam_combo.blockSignals(True)
+        self.cam_combo.clear()
+        self.cam_combo.addItems(list(pred.labels))
+        pos = [lab for lab in pred.labels if lab != neg]
+        pick = pred.flagged[0] if pred.flagged else (max(pos, key=lambda lab: pred.scores[lab]) if pos else pred.labels[0])
+        self.cam_combo.setCurrentIndex(pred.labels.index(pick))
+        self.cam_combo.blockSignals(False)
+        for i, r in enumerate(pred.regions):
+            area = f"{r.area_mm2 / 100:.1f} cm²" if r.area_mm2 is not None else f"{r.area_px} px"
+            size = ""
+            sz = r.size_mm if hasattr(r, "size_mm") else None
+            if sz is not None:
+                size = f" · {sz[0]:.0f}×{sz[1]:.0f} mm"
+            it = QListWidgetItem(f"{i + 1}  {r.label}  peak {r.peak:.2f} · {area}{size}")
+            it.setData(Qt.UserRole, i)
+            it.setForeground(QColor(theme.REGION))
+            self.regions.addItem(it)
+        if not pred.regions:
+            it = QListWidgetItem("none" if pred.flagged == [] else "no region above the threshold")
+            it.setData(Qt.UserRole, -1)
+            it.setFlags(Qt.NoItemFlags)
+            self.regions.addItem(it)
+
+
+def scrollable(panel: QWidget) -> QScrollArea:
+    """Wrap a panel in a frameless vertical scroll area (small screens)."""
+    sa = QScrollArea()
+    sa.setWidget(panel)
+    sa.setWidgetResizable(True)
+    sa.setFrameShape(QScrollArea.NoFrame)
+    sa.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    return sa

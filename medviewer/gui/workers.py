@@ -1,0 +1,142 @@
+"""Background work: scanning, decoding/prefetching, thumbnails, model loading and inference.
+
+Each job is a :class:`Task` (a ``QRunnable``) run on a ``QThreadPool``; results come back to the GUI
+thread through queued signals of :class:`TaskSignals`. A task can be cancelled: it stops at its next
+check point and its result is never delivered (ONNX Runtime cannot interrupt a running ``run()``; a
+cancelled inference finishes in the background and is discarded, the GUI is free at once).
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, QRunnable, Signal
+
+from medviewer.errors import MedViewerError
+
+__all__ = ["TaskSignals", "Task", "FnTask", "PrefetchTask", "error_line"]
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a dialog: the MedViewerError message, else ``Type: message``."""
+    if isinstance(exc, MedViewerError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+
+
+class TaskSignals(QObject):
+    """Signals of a task (created in, and delivered to, the GUI thread)."""
+
+    progress = Signal(int, int)  # done, total
+    item = Signal(object)  # intermediate result (e.g. a decoded frame index)
+    result = Signal(object)  # final result (not emitted when cancelled or failed)
+    failed = Signal(str)  # one-line reason
+    finished = Signal()  # always, last
+
+
+class Task(QRunnable):
+    """Base class: implement :meth:`work`; call :meth:`check` at safe points to honour cancellation."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__()
+        self.setAutoDelete(False)
+        self.name = name or type(self).__name__
+        self.signals = TaskSignals()
+        self._cancel = threading.Event()
+        self.done = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    class Cancelled(Exception):
+        pass
+
+    def check(self) -> None:
+        if self._cancel.is_set():
+            raise Task.Cancelled
+
+    def work(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self) -> None:  # worker thread
+        try:
+            res = self.work()
+        except Task.Cancelled:
+            pass
+        except Exception as exc:  # reported as a one-line reason; the app goes on
+            if not isinstance(exc, MedViewerError):
+                traceback.print_exc()
+            if not self.cancelled:
+                self.signals.failed.emit(error_line(exc))
+        else:
+            if not self.cancelled:
+                self.signals.result.emit(res)
+        finally:
+            self.done.set()
+            self.signals.finished.emit()
+
+
+class FnTask(Task):
+    """Run ``fn(task)`` in the pool; ``fn`` may call ``task.check()`` and ``task.signals.progress``."""
+
+    def __init__(self, fn: Callable[[Task], Any], name: str = "") -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def work(self) -> Any:
+        return self.fn(self)
+
+
+class PrefetchTask(Task):
+    """Decode the frames of a :class:`~medviewer.gui.series.FrameSource`, wanted frame first.
+
+    Emits ``item(k)`` for every decoded frame (the viewport redraws when ``k`` is the one it shows)
+    and ``progress(n_decoded, n_frames)``. :meth:`want` moves a frame to the front of the queue
+    (scrolling ahead of the prefetch). Decoding errors of one frame are reported and skipped.
+    """
+
+    def __init__(self, source: Any, start: int = 0) -> None:
+        super().__init__("prefetch")
+        self.source = source
+        self._wanted = start
+        self._lock = threading.Lock()
+        self.errors: dict[int, str] = {}
+
+    def want(self, k: int) -> None:
+        with self._lock:
+            self._wanted = k
+
+    def _order(self, center: int, todo: set[int]) -> int:
+        # nearest to the wanted frame, preferring forward (scroll direction of a reader)
+        return min(todo, key=lambda k: (abs(k - center) - (0.5 if k > center else 0)))
+
+    def work(self) -> None:
+        n = len(self.source)
+        todo = set(range(n))
+        last_wanted = None
+        while todo:
+            self.check()
+            with self._lock:
+                w = self._wanted
+            if w != last_wanted and w in todo:
+                k = w
+            else:
+                k = self._order(w, todo)
+            last_wanted = w
+            todo.discard(k)
+            try:
+                self.source.decode(k)
+            except Exception as exc:  # keep the rest of the series
+                self.errors[k] = error_line(exc)
+                self.signals.failed.emit(f"image {k + 1}: {error_line(exc)}")
+                continue
+            self.signals.item.emit(k)
+            self.signals.progress.emit(n - len(todo), n)
