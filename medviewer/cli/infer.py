@@ -1,0 +1,226 @@
+"""``medviewer infer``: score files, folders and DICOM series with a model package; write JSON/CSV/overlays.
+
+Exit status: 0 when every image was scored, 2 when some inputs failed (each has an ``error`` entry in
+``results.json``), 1 when nothing could run (invalid model, unwritable output, no images found).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from medviewer.errors import MedViewerError
+
+__all__ = ["add_parser", "run", "EXIT_OK", "EXIT_SOME_FAILED", "write_results"]
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 2
+
+_EPILOG = """\
+outputs:
+  DIR/results.json   {"model": {"name", "version", "sha256"}, "provider", "results": [{"path",
+                     "sop_instance_uid", "scores": {label: probability}, "flagged": [label],
+                     "regions": [{"label", "bbox": [x0, y0, x1, y1], "bbox_mm", "peak", "mean",
+                     "area_px", "area_mm2"}], "seconds", "error", "overlay"}], "summary"}
+  DIR/results.csv    path, one probability column per label, flagged (';'-separated), error
+  DIR/overlays/*.png with --overlays: heat map of the top flagged (else most probable) label,
+                     region outlines and scores, on the original image grid
+
+exit status:
+  0  every image was scored
+  2  some inputs failed (unreadable, not an image, ...): each has an "error" entry; the others are scored
+  1  nothing ran: invalid or missing model, unwritable output folder, or no images found
+
+examples:
+  medviewer infer study/ --out results/
+  medviewer infer a.dcm b.jpeg --model ./my-model --provider cuda --batch 16 --overlays --out results/
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``infer`` on the ``medviewer`` subcommand parser."""
+    from medviewer.inference.heatmap import COLORMAPS
+    from medviewer.inference.registry import DEFAULT_MODEL_NAME
+
+    p = subparsers.add_parser(
+        "infer", help="score images with a model package; write results.json/.csv and overlays",
+        description="Score DICOM/PNG/JPEG files, folders and DICOM series (each instance, first frame) with "
+                    "an ONNX model package: probabilities, findings flagged at the card's operating points, "
+                    "class activation maps and flagged regions.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (scanned recursively)")
+    p.add_argument("--model", metavar="NAME|PATH", default=None,
+                   help=f"model name (see 'medviewer models list') or package path (default: {DEFAULT_MODEL_NAME})")
+    p.add_argument("--out", metavar="DIR", required=True, type=Path, help="output folder (created)")
+    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="ONNX Runtime execution provider; auto = CUDA when it loads, else CPU (default: auto)")
+    p.add_argument("--batch", type=int, default=8, metavar="N", help="images per ONNX Runtime call (default: 8)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="decoding/postprocessing threads (default: min(4, CPUs))")
+    p.add_argument("--overlays", action="store_true", help="write DIR/overlays/<name>.png per image")
+    p.add_argument("--colormap", choices=sorted(COLORMAPS), default="jet", help="heat map colours (default: jet)")
+    p.add_argument("--alpha", type=float, default=0.4, help="heat map opacity 0..1 (default: 0.4)")
+    p.add_argument("--region-threshold", type=float, default=0.5, metavar="F",
+                   help="a region is where the CAM is >= F x its peak (default: 0.5)")
+    p.add_argument("--min-region-area", type=int, default=None, metavar="PX",
+                   help="smallest region in pixels (default: 0.2%% of the image)")
+    p.add_argument("--all-regions", action="store_true",
+                   help="regions for every positive label, not only the flagged ones")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+    return p
+
+
+def _gather(inputs: list[str]):
+    """Scan the inputs; returns (instances and Failed entries in a stable order)."""
+    from medviewer.inference.batch import Failed
+    from medviewer.io.scan import scan
+
+    res = scan(inputs)
+    items: list = list(res.instances)
+    items += [Failed(Path(s.path), s.reason) for s in res.skipped]
+    return items
+
+
+def _overlay_names(items) -> list[str]:
+    used: set[str] = set()
+    names = []
+    for it in items:
+        stem = Path(it.path).stem or "image"
+        name, k = f"{stem}.png", 1
+        while name in used:
+            k += 1
+            name = f"{stem}_{k}.png"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _result_entry(o) -> dict:
+    pred = o.prediction
+    entry = {
+        "path": str(o.path),
+        "sop_instance_uid": o.sop_instance_uid,
+        "scores": {} if pred is None else {k: round(v, 6) for k, v in pred.scores.items()},
+        "flagged": [] if pred is None else list(pred.flagged),
+        "regions": [] if pred is None else [r.to_dict() for r in pred.regions],
+        "seconds": round(o.seconds, 4),
+        "error": o.error,
+    }
+    entry.update(o.extra)
+    return entry
+
+
+def write_results(out_dir: Path, package, session, outcomes, *, options: dict, wall_s: float) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.csv`` into ``out_dir``; returns their paths."""
+    from medviewer import __version__
+
+    labels = list(package.card.labels)
+    failed = sum(1 for o in outcomes if not o.ok)
+    doc = {
+        "model": {"name": package.card.name, "version": package.card.version, "sha256": package.card.sha256,
+                  "path": str(package.path)},
+        "provider": session.provider,
+        "provider_requested": session.requested.value,
+        "fallback_warning": session.fallback_warning,
+        "labels": labels,
+        "operating_points": {op.label: op.threshold for op in package.card.operating_points},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "producer": f"medviewer {__version__}",
+        "options": options,
+        "summary": {"images": len(outcomes), "scored": len(outcomes) - failed, "failed": failed,
+                    "seconds": round(wall_s, 3),
+                    "images_per_second": round((len(outcomes) - failed) / wall_s, 3) if wall_s > 0 else None},
+        "results": [_result_entry(o) for o in outcomes],
+    }
+    json_path, csv_path = out_dir / "results.json", out_dir / "results.csv"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, json_path)
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", *labels, "flagged", "error"])
+        for o in outcomes:
+            scores = o.prediction.scores if o.prediction is not None else {}
+            w.writerow([str(o.path), *(f"{scores[lab]:.6f}" if lab in scores else "" for lab in labels),
+                        ";".join(o.prediction.flagged if o.prediction is not None else []), o.error or ""])
+    return json_path, csv_path
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``medviewer infer``; returns 0 (all scored) or 2 (some failed). Raises MedViewerError (exit 1)."""
+    from tqdm import tqdm
+
+    from medviewer.inference.batch import score_instances
+    from medviewer.inference.registry import resolve_model
+    from medviewer.inference.session import open_session
+
+    if args.batch < 1:
+        raise MedViewerError(f"--batch must be at least 1, got {args.batch}")
+    if not 0.0 < args.region_threshold <= 1.0:
+        raise MedViewerError(f"--region-threshold must be in (0, 1], got {args.region_threshold}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise MedViewerError(f"--alpha must be in [0, 1], got {args.alpha}")
+    package = resolve_model(args.model)
+    out_dir: Path = args.out
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".medviewer-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise MedViewerError(f"{out_dir}: cannot write the output folder ({exc.strerror or exc})") from None
+    session = open_session(package, args.provider)
+    if session.fallback_warning:
+        print(f"medviewer: warning: {session.fallback_warning}", file=sys.stderr)
+
+    items = _gather(args.inputs)
+    if not items:
+        raise MedViewerError(f"no DICOM, PNG or JPEG images found in {' '.join(args.inputs)}")
+
+    on_done = None
+    if args.overlays:
+        from medviewer.export.overlay import render_overlay, save_image
+
+        names = _overlay_names(items)
+        (out_dir / "overlays").mkdir(exist_ok=True)
+        negative = package.card.negative_label
+
+        def on_done(outcome, display_u8, pred):
+            rel = Path("overlays") / names[outcome.index]
+            rgb = render_overlay(display_u8, pred, alpha=args.alpha, colormap=args.colormap, negative_label=negative)
+            save_image(out_dir / rel, rgb)
+            return {"overlay": str(rel)}
+
+    bar = tqdm(total=len(items), unit="img", desc=f"{package.card.name} [{session.provider_short}]",
+               disable=True if args.quiet else None, file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        outcomes = score_instances(
+            session, items, batch_size=args.batch, workers=args.workers,
+            regions="all" if args.all_regions else "flagged", fraction=args.region_threshold,
+            min_area_px=args.min_region_area, on_done=on_done, progress=lambda o: bar.update(1))
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t0
+    options = {"inputs": list(args.inputs), "batch": args.batch, "overlays": bool(args.overlays),
+               "region_threshold": args.region_threshold, "min_region_area": args.min_region_area,
+               "all_regions": bool(args.all_regions), "colormap": args.colormap, "alpha": args.alpha}
+    json_path, _ = write_results(out_dir, package, session, outcomes, options=options, wall_s=wall)
+    failed = [o for o in outcomes if not o.ok]
+    for o in failed[:10]:
+        print(f"medviewer: failed: {o.error if str(o.path) in o.error else f'{o.path}: {o.error}'}", file=sys.stderr)
+    if len(failed) > 10:
+        print(f"medviewer: ... and {len(failed) - 10} more failures (see {json_path})", file=sys.stderr)
+    n_ok = len(outcomes) - len(failed)
+    flagged = sum(1 for o in outcomes if o.prediction is not None and o.prediction.flagged)
+    print(f"{n_ok}/{len(outcomes)} images scored ({flagged} with findings flagged, {len(failed)} failed) by "
+          f"{package.card.name} {package.card.version} on {session.provider} in {wall:.1f} s "
+          f"({n_ok / wall if wall > 0 else 0:.1f} images/s) -> {json_path}")
+    return EXIT_SOME_FAILED if failed else EXIT_OK

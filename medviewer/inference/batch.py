@@ -1,0 +1,224 @@
+"""Scoring many images: batched ONNX Runtime calls with decoding and postprocessing overlapped.
+
+The calling thread feeds the network in batches while a thread pool (``concurrent.futures``) decodes
+and renders the next images (:func:`medviewer.imaging.display_image`, then preprocessing) and
+postprocesses the previous batch (CAMs onto the original grid, regions, optional overlay writing).
+OpenCV, pydicom's decoders and onnxruntime release the GIL, so the stages really run side by side.
+A file that cannot be read or scored becomes an :class:`Outcome` with ``error`` set; the run goes on.
+
+Example
+-------
+>>> from medviewer.io.scan import scan  # doctest: +SKIP
+>>> res = scan(["study/"])  # doctest: +SKIP
+>>> outcomes = score_instances(open_session(default_model()), res.instances, batch_size=8)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medviewer.errors import MedViewerError
+from medviewer.inference.regions import DEFAULT_FRACTION
+from medviewer.inference.session import Prediction, Prepared, Session
+
+__all__ = ["Failed", "Outcome", "score_instances", "one_line"]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """An input known to be bad before decoding (e.g. a file the folder scan skipped)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class Outcome:
+    """The result for one input, in input order.
+
+    ``prediction`` is None when ``error`` is set. Its ``cams`` are dropped (empty ``(K, 0, 0)``) unless
+    ``keep_cams=True`` was passed, so a long run does not hold every CAM in memory. ``extra`` holds what
+    the ``on_done`` callback returned (e.g. the overlay's path).
+    """
+
+    index: int
+    path: Path
+    sop_instance_uid: str | None
+    prediction: Prediction | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def one_line(exc: BaseException) -> str:
+    """A user-facing one-line message for any exception raised while scoring one file."""
+    if isinstance(exc, MedViewerError):
+        msg = str(exc)
+    else:
+        msg = f"{type(exc).__name__}: {exc}"
+    return " ".join(msg.split()) or type(exc).__name__
+
+
+def _display(inst) -> np.ndarray:
+    from medviewer.imaging import display_image
+
+    return display_image(inst)
+
+
+def score_instances(
+    session: Session,
+    instances: Sequence[Any],
+    *,
+    batch_size: int = 8,
+    workers: int | None = None,
+    regions: str | Sequence[str] = "flagged",
+    fraction: float = DEFAULT_FRACTION,
+    min_area_px: int | None = None,
+    keep_cams: bool = False,
+    render: Callable[[Any], np.ndarray] = _display,
+    on_done: Callable[[Outcome, np.ndarray, Prediction], dict | None] | None = None,
+    progress: Callable[[Outcome], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> list[Outcome]:
+    """Score ``instances`` (from :func:`medviewer.io.scan`; :class:`Failed` entries pass through as errors).
+
+    Parameters
+    ----------
+    session
+        An open :class:`Session`.
+    instances
+        :class:`medviewer.io.Instance` objects (anything with ``path``, ``sop_instance_uid`` and
+        ``pixel_spacing`` that ``render`` accepts) or :class:`Failed`.
+    batch_size
+        Images per ONNX Runtime call.
+    workers
+        Decode/postprocess threads; default ``min(4, os.cpu_count())``.
+    regions, fraction, min_area_px
+        See :meth:`Session.finish`.
+    keep_cams
+        Keep each prediction's CAMs (memory: ``K * H * W * 4`` bytes per image).
+    render
+        Instance -> uint8 display image; default :func:`medviewer.imaging.display_image` (frame 0).
+    on_done
+        Called in a worker thread as ``on_done(outcome, display_u8, prediction)`` for each success, before
+        the CAMs are dropped; a returned dict is stored in ``outcome.extra`` (an exception becomes the
+        outcome's error).
+    progress
+        Called in the calling thread with each finished :class:`Outcome`, in input order.
+    cancel
+        Polled between batches; returning True stops the run (finished outcomes are returned).
+
+    Returns
+    -------
+    list[Outcome]
+        One per input, in input order (fewer only when cancelled).
+    """
+    batch_size = max(1, int(batch_size))
+    workers = workers or min(4, os.cpu_count() or 1)
+    results: dict[int, Outcome] = {}
+    next_out = 0
+
+    def emit_ready() -> None:
+        nonlocal next_out
+        while next_out in results:
+            if progress is not None:
+                progress(results[next_out])
+            next_out += 1
+
+    def load(inst) -> tuple[np.ndarray, Prepared, float]:
+        t0 = time.perf_counter()
+        img = render(inst)
+        prepared = session.prepare(img, getattr(inst, "pixel_spacing", None))
+        return img, prepared, time.perf_counter() - t0 - prepared.seconds
+
+    def finish(out: Outcome, img: np.ndarray, prepared: Prepared, logits: np.ndarray, cam: np.ndarray,
+               share: float, decode_s: float) -> Outcome:
+        try:
+            pred = session.finish(prepared, logits, cam, net_seconds=share, regions=regions, fraction=fraction,
+                                  min_area_px=min_area_px)
+            out.seconds = decode_s + pred.seconds
+            if on_done is not None:
+                extra = on_done(out, img, pred)
+                if extra:
+                    out.extra.update(extra)
+            if not keep_cams:
+                pred.cams = np.zeros((pred.cams.shape[0], 0, 0), np.float32)
+            out.prediction = pred
+        except Exception as exc:  # one bad image must not stop the run
+            out.error = one_line(exc)
+        return out
+
+    sources = iter(enumerate(instances))
+    pending: deque[tuple[int, Any, Future | None]] = deque()
+    post: deque[Future] = deque()
+    prefetch = batch_size * 2 + workers
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medviewer-infer") as pool:
+        def refill() -> None:
+            while len(pending) < prefetch:
+                try:
+                    i, inst = next(sources)
+                except StopIteration:
+                    return
+                pending.append((i, inst, None if isinstance(inst, Failed) else pool.submit(load, inst)))
+
+        def collect(block: bool) -> None:
+            while post and (block or post[0].done()):
+                out = post.popleft().result()
+                results[out.index] = out
+            emit_ready()
+
+        refill()
+        batch: list[tuple[Outcome, np.ndarray, Prepared, float]] = []
+        cancelled = False
+        while pending:
+            i, inst, fut = pending.popleft()
+            refill()
+            uid = getattr(inst, "sop_instance_uid", None) or None
+            out = Outcome(i, Path(inst.path), uid)
+            if fut is None:
+                out.error = inst.reason
+                results[i] = out
+            else:
+                try:
+                    img, prepared, decode_s = fut.result()
+                    batch.append((out, img, prepared, decode_s))
+                except Exception as exc:
+                    out.error = one_line(exc)
+                    results[i] = out
+            if batch and (len(batch) >= batch_size or not pending):
+                t0 = time.perf_counter()
+                try:
+                    logits, cams = session.run(np.stack([b[2].x for b in batch]))
+                except Exception as exc:
+                    for b in batch:
+                        b[0].error = one_line(exc)
+                        results[b[0].index] = b[0]
+                else:
+                    share = (time.perf_counter() - t0) / len(batch)
+                    for k, (o, img, prepared, decode_s) in enumerate(batch):
+                        post.append(pool.submit(finish, o, img, prepared, logits[k], cams[k], share, decode_s))
+                batch = []
+                if cancel is not None and cancel():
+                    cancelled = True
+            collect(block=False)
+            if cancelled:
+                for _, _, f in pending:
+                    if f is not None:
+                        f.cancel()
+                break
+        collect(block=True)
+    return [results[k] for k in sorted(results)]
