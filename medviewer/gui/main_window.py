@@ -86,6 +86,7 @@ class MainWindow(QMainWindow):
         self._infer_uid: tuple[str, int] | None = None
         self._first_image_pending = False
         self._auto_uids: set[tuple[str, int]] = set()
+        self._reported: set[str] = set()
         self.models_ready = False
         self.errors: list[str] = []
         self.last_session_info: tuple[str, str | None] = ("", None)
@@ -275,11 +276,12 @@ class MainWindow(QMainWindow):
 
     def _restore_settings(self) -> None:
         s = self.settings
-        self.panel.opacity.setValue(int(round(s.heatmap_opacity * 100)))
-        self.panel.set_colormap(s.colormap)
-        self.panel.set_heatmap_on(s.heatmap_on)
-        self.panel.auto_run.setChecked(s.auto_run)
-        self.auto_run_action.setChecked(s.auto_run)
+        opacity, cmap, heat_on, auto = s.heatmap_opacity, s.colormap, s.heatmap_on, s.auto_run
+        self.panel.opacity.setValue(int(round(opacity * 100)))
+        self.panel.set_colormap(cmap)
+        self.panel.set_heatmap_on(heat_on)
+        self.panel.auto_run.setChecked(auto)
+        self.auto_run_action.setChecked(auto)
         self.provider_label.setText(f"Provider: {self.provider}")
 
     # ==== helpers =====================================================================================
@@ -341,7 +343,7 @@ class MainWindow(QMainWindow):
         self.t_first_image = None
 
         def work(task: Task) -> Any:
-            from medviewer.io.scan import scan
+            from medviewer.io import scan
 
             def progress(*a: Any) -> None:
                 task.check()
@@ -442,7 +444,7 @@ class MainWindow(QMainWindow):
             pf = PrefetchTask(src, start)
             pf.signals.item.connect(lambda k, key=key: self._on_frame_decoded(key, k))
             pf.signals.progress.connect(lambda d, n, key=key: self._on_prefetch_progress(key, d, n))
-            pf.signals.failed.connect(lambda reason: self.set_status(f"Decoding: {reason}"))
+            pf.signals.frameFailed.connect(lambda k, reason, key=key: self._on_frame_failed(key, k, reason))
             self.prefetchers[key] = pf
             self.start(pf)
         else:
@@ -466,6 +468,17 @@ class MainWindow(QMainWindow):
             if vp.source_key == key and vp.state.frame == k and not vp.has_image():
                 vp.on_frame_decoded(k)
                 self._after_image_shown(vp)
+
+    def _on_frame_failed(self, key: str, k: int, reason: str) -> None:
+        shown = [vp for vp in self.viewports if vp.source_key == key and vp.state.frame == k]
+        for vp in shown:
+            vp.message = f"Image {k + 1} could not be decoded"
+            vp.update()
+        if shown and key not in self._reported:
+            self._reported.add(key)
+            self.error("Could not decode image", reason)
+        else:
+            self.set_status(f"Image {k + 1}: {reason}")
 
     def _after_image_shown(self, vp: Viewport) -> None:
         if self._first_image_pending and vp.has_image():
@@ -611,6 +624,8 @@ class MainWindow(QMainWindow):
     def load_models(self, select: str | None = None) -> None:
         """Find model packages in a worker; ``select`` = name or path to select (e.g. ``--model``)."""
         self.models_ready = False
+        self._models_gen = getattr(self, "_models_gen", 0) + 1
+        gen = self._models_gen
         wanted = select
 
         def work(task: Task) -> Any:
@@ -629,8 +644,9 @@ class MainWindow(QMainWindow):
             return pkgs, chosen, err
 
         task = FnTask(work, "models")
-        task.signals.result.connect(self._on_models)
-        task.signals.failed.connect(lambda r: self._on_models(([], None, r)))
+        # only the latest scan counts (e.g. start-up scan and a --model scan racing)
+        task.signals.result.connect(lambda r: self._on_models(r) if gen == self._models_gen else None)
+        task.signals.failed.connect(lambda r: self._on_models(([], None, r)) if gen == self._models_gen else None)
         self.start(task)
 
     def _on_models(self, res: tuple) -> None:
@@ -726,8 +742,8 @@ class MainWindow(QMainWindow):
             return uid, pred, session.provider, session.fallback_warning or session.notice, pkg
 
         task = FnTask(work, "inference")
-        task.signals.result.connect(self._on_prediction)
-        task.signals.failed.connect(self._on_inference_failed)
+        task.signals.result.connect(lambda r, t=task: None if t.cancelled else self._on_prediction(r))
+        task.signals.failed.connect(lambda r, t=task: None if t.cancelled else self._on_inference_failed(r))
         task.signals.finished.connect(lambda t=task: self._on_inference_finished(t))
         self._infer_task = task
         self._infer_uid = uid

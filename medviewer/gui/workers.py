@@ -35,6 +35,7 @@ class TaskSignals(QObject):
     item = Signal(object)  # intermediate result (e.g. a decoded frame index)
     result = Signal(object)  # final result (not emitted when cancelled or failed)
     failed = Signal(str)  # one-line reason
+    frameFailed = Signal(int, str)  # noqa: N815 - frame index, one-line reason (prefetch)
     finished = Signal()  # always, last
 
 
@@ -98,8 +99,8 @@ class FnTask(Task):
 class PrefetchTask(Task):
     """Decode the frames of a :class:`~medviewer.gui.series.FrameSource`, wanted frame first.
 
-    Emits ``item(k)`` for every decoded frame (the viewport redraws when ``k`` is the one it shows)
-    and ``progress(n_decoded, n_frames)``. :meth:`want` moves a frame to the front of the queue
+    Emits ``item(k)`` for every decoded frame (the viewport redraws when ``k`` is the one it shows),
+    ``frameFailed(k, reason)`` for a frame that cannot be decoded, and ``progress(n_done, n_frames)``. :meth:`want` moves a frame to the front of the queue
     (scrolling ahead of the prefetch). Decoding errors of one frame are reported and skipped.
     """
 
@@ -136,7 +137,7 @@ class PrefetchTask(Task):
                 self.source.decode(k)
             except Exception as exc:  # keep the rest of the series
                 self.errors[k] = error_line(exc)
-                self.signals.failed.emit(f"image {k + 1}: {error_line(exc)}")
+                self.signals.frameFailed.emit(k, error_line(exc))
                 continue
             self.signals.item.emit(k)
             self.signals.progress.emit(n - len(todo), n)

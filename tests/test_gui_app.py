@@ -1,0 +1,259 @@
+"""The workstation under pytest-qt (offscreen): opening, W/L, scrolling, presets, AI, errors, settings."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import pydicom_test_file
+from onnx_models import make_package
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import QPoint, QPointF, QSettings, Qt  # noqa: E402
+from PySide6.QtGui import QWheelEvent  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from medviewer.gui.main_window import MainWindow  # noqa: E402
+from medviewer.gui.measure import Shape, distance  # noqa: E402
+from medviewer.gui.settings import Settings  # noqa: E402
+from medviewer.imaging import presets_for  # noqa: E402
+
+TIMEOUT = 15000
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(QSettings(str(tmp_path / "medviewer.ini"), QSettings.IniFormat))
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small real ONNX CAM classifier package (conv -> relu -> GAP -> linear, in-graph CAM)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # isolated user model directory
+    return make_package(tmp_path / "pkgs" / "test-cam", name="test-cam", height=64, width=64,
+                        labels=("NORMAL", "PNEUMONIA"))
+
+
+@pytest.fixture
+def errors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Error dialogs shown (QMessageBox.critical patched so it does not block)."""
+    seen: list[str] = []
+    monkeypatch.setattr("medviewer.gui.dialogs.QMessageBox.critical",
+                        lambda parent, title, text: seen.append(f"{title}: {text}"))
+    return seen
+
+
+def _window(qtbot, settings: Settings, model: Path | None = None) -> MainWindow:
+    win = MainWindow(settings, provider="cpu")
+    qtbot.addWidget(win)
+    win.resize(1200, 800)
+    win.show()
+    if model is not None:
+        win.load_models(str(model))
+    qtbot.waitUntil(lambda: win.models_ready, timeout=TIMEOUT)
+    return win
+
+
+def _open(qtbot, win: MainWindow, path: Path | str) -> None:
+    win.open_paths([str(path)])
+    qtbot.waitUntil(lambda: win.active.has_image(), timeout=TIMEOUT)
+
+
+def _drag(qtbot, widget, button, start: QPoint, end: QPoint) -> None:
+    qtbot.mousePress(widget, button, pos=start)
+    steps = 5
+    for i in range(1, steps + 1):
+        qtbot.mouseMove(widget, start + (end - start) * (i / steps))
+    qtbot.mouseRelease(widget, button, pos=end)
+
+
+def test_open_dicom_and_window_level_drag(qtbot, settings, errors):
+    win = _window(qtbot, settings)
+    _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
+    vp = win.active
+    assert vp.current_instance().modality == "CT"
+    c0, w0 = vp.state.center_w, vp.state.width_w
+    before = vp.render_image(overlays=False)
+    centre = QPoint(vp.width() // 2, vp.height() // 2)
+    _drag(qtbot, vp, Qt.LeftButton, centre, centre + QPoint(100, 40))
+    assert vp.state.width_w > w0 and vp.state.center_w > c0  # right widens, down raises the level
+    assert vp.render_image(overlays=False) != before
+    # readout under the cursor reports HU on CT
+    assert "HU" in vp.readout_text(10, 10)
+    assert not errors
+
+
+def test_wheel_scrolls_frames_and_keys(qtbot, settings):
+    win = _window(qtbot, settings)
+    _open(qtbot, win, pydicom_test_file("emri_small.dcm"))  # MR, 10 frames
+    vp = win.active
+    assert vp.state.n_frames == 10 and vp.state.frame == 0
+    ev = QWheelEvent(QPointF(50, 50), QPointF(50, 50), QPoint(0, 0), QPoint(0, -120), Qt.NoButton,
+                     Qt.NoModifier, Qt.NoScrollPhase, False)
+    QApplication.sendEvent(vp, ev)
+    assert vp.state.frame == 1
+    qtbot.waitUntil(vp.has_image, timeout=TIMEOUT)
+    from medviewer.gui.keybindings import Command
+
+    win.actions[Command.LAST_IMAGE].trigger()
+    assert vp.state.frame == 9
+    win.actions[Command.PAGE_UP].trigger()
+    assert vp.state.frame == 0
+    qtbot.waitUntil(vp.has_image, timeout=TIMEOUT)
+
+
+def test_ct_series_presets_and_distance(qtbot, settings, ct_series_dir):
+    win = _window(qtbot, settings)
+    _open(qtbot, win, ct_series_dir)
+    vp = win.active
+    assert vp.state.n_frames == 134
+    presets = presets_for("CT")
+    win.preset_actions[0].trigger()
+    assert (vp.state.center_w, vp.state.width_w) == (presets[0].center, presets[0].width)
+    win.preset_actions[1].trigger()
+    assert (vp.state.center_w, vp.state.width_w) == (presets[1].center, presets[1].width)
+    win.set_tool(Shape.DISTANCE)
+    a = QPoint(vp.width() // 2 - 100, vp.height() // 2)
+    _drag(qtbot, vp, Qt.LeftButton, a, a + QPoint(200, 0))
+    (m,) = vp.measurements[vp.frame_uid()]
+    assert m.p1[0] - m.p0[0] == pytest.approx(200 / vp.state.zoom)
+    length, unit = distance(m.p0, m.p1, vp.spacing())
+    assert unit == "mm" and length == pytest.approx(200 / vp.state.zoom * vp.spacing()[1], rel=1e-3)
+
+
+def test_inference_in_worker_heatmap_and_region_zoom(qtbot, settings, model_dir, monkeypatch):
+    from medviewer.inference.session import Session
+
+    threads: list[threading.Thread] = []
+    real_predict = Session.predict
+
+    def spy(self, *a, **k):
+        threads.append(threading.current_thread())
+        return real_predict(self, *a, **k)
+
+    monkeypatch.setattr(Session, "predict", spy)
+    win = _window(qtbot, settings, model_dir)
+    assert win.package is not None and win.package.card.name == "test-cam"
+    win.panel.auto_run.setChecked(False)
+    _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
+    vp = win.active
+    with qtbot.waitSignal(win.predictionShown, timeout=TIMEOUT) as blocker:
+        win.run_ai()
+        assert win.panel.busy.isVisible()  # returned at once; the model runs in a worker
+    pred = blocker.args[0]
+    assert threads and threads[0] is not threading.main_thread()
+    assert set(pred.scores) == {"NORMAL", "PNEUMONIA"}
+    assert "CPU" in win.panel.status.text() and "ms" in win.panel.status.text()
+    assert win.panel.scores_layout.count() == 3  # headline + one row per label
+    # heatmap on/off changes the rendered pixels
+    win.panel.set_heatmap_on(True)
+    on = vp.render_image(overlays=False)
+    win.panel.set_heatmap_on(False)
+    off = vp.render_image(overlays=False)
+    assert on != off
+    win.panel.set_heatmap_on(True)
+    assert vp.render_image(overlays=False) == on
+    # a flagged region in the list centres and zooms on it
+    assert pred.flagged == ["PNEUMONIA"] and pred.regions
+    z0 = vp.state.zoom
+    item = win.panel.regions.item(0)
+    rect = win.panel.regions.visualItemRect(item)
+    qtbot.mouseClick(win.panel.regions.viewport(), Qt.LeftButton, pos=rect.center())
+    r = pred.regions[0]
+    assert vp.state.zoom > z0
+    assert vp.state.center == pytest.approx(((r.bbox[0] + r.bbox[2]) / 2, (r.bbox[1] + r.bbox[3]) / 2))
+
+
+def test_cancelled_inference_is_discarded(qtbot, settings, model_dir):
+    win = _window(qtbot, settings, model_dir)
+    win.panel.auto_run.setChecked(False)
+    _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
+    win.run_ai()
+    win.cancel_ai()
+    assert not win.panel.busy.isVisible() and "cancelled" in win.panel.status.text()
+    qtbot.waitUntil(lambda: not win._tasks, timeout=TIMEOUT)
+    assert win.active.frame_uid() not in win.predictions
+
+
+def test_bad_file_gives_error_dialog_and_app_goes_on(qtbot, settings, errors, tmp_path):
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI" + bytes(range(40)))
+    win = _window(qtbot, settings)
+    win.open_paths([str(bad)])
+    qtbot.waitUntil(lambda: bool(errors), timeout=TIMEOUT)
+    assert "broken.dcm" in errors[0] and "\n" not in errors[0]
+    _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
+    assert win.active.has_image()
+    # pixel data cut short: another one-line dialog, and the CT stays usable
+    cut = tmp_path / "truncated.dcm"
+    data = pydicom_test_file("MR_small.dcm").read_bytes()
+    cut.write_bytes(data[: len(data) - 4000])
+    win.open_paths([str(cut)])
+    qtbot.waitUntil(lambda: len(errors) == 2, timeout=TIMEOUT)
+    assert "truncated.dcm" in errors[1] and "\n" not in errors[1]
+    assert win.active.has_image() and win.active.current_instance().modality == "CT"
+    w0 = win.active.state.width_w
+    win.preset_actions[0].trigger()
+    assert win.active.state.width_w != w0
+
+
+def test_model_import_refuses_a_broken_package(qtbot, settings, errors, model_dir):
+    onnx_file = model_dir / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-20])  # truncated: hash and graph no longer match
+    win = _window(qtbot, settings)
+    win.import_model_from(str(model_dir))
+    qtbot.waitUntil(lambda: bool(errors), timeout=TIMEOUT)
+    assert errors[0].startswith("Model refused: ") and "\n" not in errors[0]
+    assert win.package is None or win.package.card.name != "test-cam"
+
+
+def test_no_model_the_viewer_still_works(qtbot, settings, tmp_path, monkeypatch):
+    monkeypatch.setattr("medviewer.inference.registry.find_models", lambda: [])
+    monkeypatch.setattr("medviewer.inference.find_models", lambda: [], raising=False)
+    win = _window(qtbot, settings)
+    assert win.package is None and "No model" in win.panel.status.text()
+    _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
+    win.run_ai()  # explains instead of failing
+    assert "No model" in win.status_msg.text()
+
+
+def test_settings_round_trip(qtbot, tmp_path):
+    path = str(tmp_path / "s.ini")
+    s = Settings(QSettings(path, QSettings.IniFormat))
+    s.layout, s.heatmap_opacity, s.colormap, s.provider, s.auto_run = "2x2", 0.7, "turbo", "cpu", False
+    s.last_folder = str(tmp_path)
+    s.add_recent("/a")
+    s.add_recent("/b")
+    s.add_recent("/a")
+    s.sync()
+    t = Settings(QSettings(path, QSettings.IniFormat))
+    assert (t.layout, t.heatmap_opacity, t.colormap, t.provider, t.auto_run) == ("2x2", 0.7, "turbo", "cpu", False)
+    assert t.last_folder == str(tmp_path) and t.recent == ["/a", "/b"]
+    with pytest.raises(ValueError):
+        t.layout = "3x3"
+    # the window restores them and saves its own changes
+    win = _window(qtbot, t)
+    assert win.layout_name() == "2x2" and sum(v.isVisibleTo(win) for v in win.viewports) == 4
+    assert win.panel.colormap() == "turbo" and win.panel.opacity.value() == 70
+    assert not win.panel.auto_run.isChecked()
+    win.set_layout("1x2")
+    win.panel.opacity.setValue(30)
+    t.sync()
+    u = Settings(QSettings(path, QSettings.IniFormat))
+    assert u.layout == "1x2" and u.heatmap_opacity == pytest.approx(0.3)
+
+
+def test_export_png_without_patient_text(qtbot, settings, tmp_path):
+    win = _window(qtbot, settings)
+    _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
+    with_text = tmp_path / "a.png"
+    anon = tmp_path / "b.png"
+    assert win.export_png(str(with_text), overlays=True, patient=True)
+    assert win.export_png(str(anon), overlays=True, patient=False)
+    from PySide6.QtGui import QImage
+
+    a, b = QImage(str(with_text)), QImage(str(anon))
+    assert a.size() == win.active.size() and a != b  # the patient lines are gone
+    assert np.asarray(a.constBits()).size > 0
