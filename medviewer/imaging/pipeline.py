@@ -53,10 +53,16 @@ def _first_item(ds: Dataset | None, keyword: str) -> Dataset | None:
         return None
 
 
-def _functional(ds: Dataset, sequence: str) -> Dataset | None:
-    """First item of `sequence` in the Shared, else first Per-frame, Functional Groups (C.7.6.16)."""
-    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        item = _first_item(_first_item(ds, groups), sequence)
+def _functional(ds: Dataset, sequence: str, frame: int = 0) -> Dataset | None:
+    """Item of `sequence` for `frame`: from the Per-frame Functional Groups item of that frame, else from
+    the Shared Functional Groups (PS3.3 C.7.6.16)."""
+    try:
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        frame_item = per_frame[frame] if per_frame is not None and frame < len(per_frame) else None
+    except (TypeError, IndexError, AttributeError):
+        frame_item = None
+    for group in (frame_item, _first_item(ds, "SharedFunctionalGroupsSequence")):
+        item = _first_item(group, sequence)
         if item is not None:
             return item
     return None
@@ -76,7 +82,7 @@ def _as_floats(value: object) -> list[float]:
     return out
 
 
-def _modality_lut(ds: Dataset, signed: bool, little: bool) -> ModalityLut:
+def _modality_lut(ds: Dataset, signed: bool, little: bool, frame: int = 0) -> ModalityLut:
     item = _first_item(ds, "ModalityLUTSequence")
     if item is not None and "LUTDescriptor" in item and "LUTData" in item:
         first, data, bits = read_lut_item(item, signed, little)
@@ -84,7 +90,7 @@ def _modality_lut(ds: Dataset, signed: bool, little: bool) -> ModalityLut:
                            lut_bits=bits)
     source: Dataset | None = ds
     if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
-        source = _functional(ds, "PixelValueTransformationSequence")
+        source = _functional(ds, "PixelValueTransformationSequence", frame)
     if source is None:
         return ModalityLut()
     slope = _as_floats(source.get("RescaleSlope", 1.0))
@@ -94,10 +100,10 @@ def _modality_lut(ds: Dataset, signed: bool, little: bool) -> ModalityLut:
     return ModalityLut(slope=s, intercept=b, rescale_type=str(source.get("RescaleType", "") or ""))
 
 
-def _file_windows(ds: Dataset) -> list[Window]:
+def _file_windows(ds: Dataset, frame: int = 0) -> list[Window]:
     source: Dataset | None = ds
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
-        source = _functional(ds, "FrameVOILUTSequence")
+        source = _functional(ds, "FrameVOILUTSequence", frame)
     if source is None or "WindowCenter" not in source or "WindowWidth" not in source:
         return []
     centers = _as_floats(source.get("WindowCenter"))
@@ -165,8 +171,13 @@ class DisplayPipeline:
     _tables: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     @classmethod
-    def from_instance(cls, inst: Instance) -> DisplayPipeline:
-        """Precompute the pipeline of `inst` from its header (no pixels are read)."""
+    def from_instance(cls, inst: Instance, frame: int = 0) -> DisplayPipeline:
+        """Precompute the pipeline of `inst` from its header (no pixels are read).
+
+        Rescale and window attributes absent from the top level are taken from the Functional Groups of
+        enhanced multi-frame objects (Pixel Value Transformation / Frame VOI LUT, PS3.3 C.7.6.16.2.9-10):
+        the Per-frame item of `frame`, else the Shared item.
+        """
         color = inst.is_color
         if not inst.is_dicom or inst.dataset is None:
             return cls(modality=inst.modality, color=color,
@@ -179,8 +190,8 @@ class DisplayPipeline:
             little = True
         if color:
             return cls(modality=inst.modality, color=True, identity_default=True)
-        mlut = _modality_lut(ds, signed, little)
-        windows = _file_windows(ds)
+        mlut = _modality_lut(ds, signed, little, frame)
+        windows = _file_windows(ds, frame)
         vois = _voi_luts(ds, signed, little)
         shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
         inverse = (inst.photometric_interpretation == PhotometricInterpretation.MONOCHROME1.value
@@ -352,6 +363,6 @@ def display_image(inst: Instance, frame: int = 0, window: Window | tuple[float, 
         Unknown preset, both window and preset given, or an invalid window.
     """
     win = _resolve_window(window, preset)
-    pipeline = DisplayPipeline.from_instance(inst)
+    pipeline = DisplayPipeline.from_instance(inst, frame)
     stored = inst.stored_pixels(frame)
     return pipeline.render(stored, win, invert)

@@ -267,8 +267,8 @@ def _to_u8_color(arr: np.ndarray, bits: int) -> np.ndarray:
     """RGB samples of `bits` bits -> uint8 by rounding ``x * 255 / (2**bits - 1)``."""
     if arr.dtype == np.uint8:
         return arr
-    bits = max(1, min(int(bits), 16))
-    scaled = np.clip(np.rint(arr.astype(np.float32) * (255.0 / (2**bits - 1))), 0, 255)
+    bits = max(1, min(int(bits), 32))
+    scaled = np.clip(np.rint(arr.astype(np.float64) * (255.0 / (2**bits - 1))), 0, 255)
     return scaled.astype(np.uint8)
 
 
@@ -357,10 +357,11 @@ def _probe_pixel_element(fp: Any, ds: Dataset, file_size: int) -> tuple[int, int
     tag = (group << 16) | elem
     if tag not in _PIXEL_TAGS:
         return None
-    if implicit:
+    vr = head[4:6]
+    if implicit or not (vr.isalpha() and vr.isupper()):  # some writers put implicit-VR Pixel Data here
         (length,) = struct.unpack(order + "I", head[4:8])
         value_start = start + 8
-    elif head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"UN", b"OV"):
+    elif vr in (b"OB", b"OW", b"OF", b"OD", b"OL", b"UN", b"OV"):
         (length,) = struct.unpack(order + "I", head[8:12])
         value_start = start + 12
     else:
