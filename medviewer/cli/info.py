@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medviewer.io import read_instance, transfer_syntax_name
+from medviewer.io import quiet_pydicom_warnings, read_instance, transfer_syntax_name
 from medviewer.io.scan import ScanResult, Series, Study, scan
 
 __all__ = ["add_parser", "run", "result_to_json", "format_tree"]
@@ -106,8 +106,9 @@ def _series_lines(series: Series) -> list[str]:
     spacing = (f"{head.pixel_spacing[0]:.4g}x{head.pixel_spacing[1]:.4g} mm ({head.pixel_spacing_source})"
                if head.pixel_spacing else "no pixel spacing")
     count = len(series.instances)
-    line = (f"    Series {number}  {series.modality}  {desc}  {count} instance{'s' * (count != 1)}{frames}  "
-            f"{head.columns}x{head.rows}  {head.photometric_interpretation}  {spacing}")
+    parts = [f"Series {number}", series.modality, desc, f"{count} instance{'s' * (count != 1)}{frames}",
+             f"{head.columns}x{head.rows}", head.photometric_interpretation, spacing]
+    line = "    " + "  ".join(p for p in parts if p)
     detail = []
     if series.slice_spacing_mm:
         detail.append(f"slices {series.slice_spacing_mm:.4g} mm apart")
@@ -138,7 +139,8 @@ def format_tree(result: ScanResult) -> str:
         lines.append(who if head is None or head.is_dicom else "Image file (no patient data)")
         for st in studies:
             uid = f"  uid {st.study_instance_uid}" if st.study_instance_uid else ""
-            lines.append(f"  Study {_date(st.study_date) or '(no date)'}  {st.study_description}{uid}")
+            desc = f"  {st.study_description}" if st.study_description else ""
+            lines.append(f"  Study {_date(st.study_date) or '(no date)'}{desc}{uid}")
             for series in st.series:
                 lines.extend(_series_lines(series))
     if not result.studies:
@@ -151,6 +153,7 @@ def format_tree(result: ScanResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``medviewer info``; returns the exit status."""
+    quiet_pydicom_warnings()
     paths = [Path(p) for p in args.paths]
     if len(paths) == 1 and not paths[0].is_dir() and paths[0].name.upper() != "DICOMDIR":
         read_instance(paths[0])  # a single bad file: one-line ReadError, exit 1, via the dispatcher

@@ -15,7 +15,7 @@ import cv2
 
 from medviewer.errors import ReadError
 from medviewer.imaging import PRESETS, DisplayPipeline, Window, display_image, find_preset
-from medviewer.io import read_instance
+from medviewer.io import quiet_pydicom_warnings, read_instance
 
 __all__ = ["add_parser", "run"]
 
@@ -47,6 +47,7 @@ def _error(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``medviewer render``; returns the exit status."""
+    quiet_pydicom_warnings()
     path = Path(args.path)
     try:
         window = Window(*args.window) if args.window else None

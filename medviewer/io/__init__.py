@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from medviewer.io.enum import PhotometricInterpretation, PixelRepresentation, PixelSpacingSource
-from medviewer.io.instance import Instance, read_instance, sniff_kind
+from medviewer.io.instance import Instance, quiet_pydicom_warnings, read_instance, sniff_kind
 from medviewer.io.scan import Gap, ScanResult, Series, Skipped, SliceOrder, Study, order_instances, scan
 from medviewer.io.transfer_syntax import check_decodable, decoder_hint, transfer_syntax_name
 
@@ -15,6 +15,7 @@ __all__ = [
     "Instance",
     "read_instance",
     "sniff_kind",
+    "quiet_pydicom_warnings",
     "scan",
     "ScanResult",
     "Study",

@@ -23,7 +23,18 @@ from medviewer.errors import ReadError
 from medviewer.io.enum import RASTER_MODALITY, PhotometricInterpretation, PixelSpacingSource
 from medviewer.io.transfer_syntax import check_decodable, transfer_syntax_name
 
-__all__ = ["Instance", "read_instance", "sniff_kind", "FileKind"]
+__all__ = ["Instance", "read_instance", "sniff_kind", "FileKind", "quiet_pydicom_warnings"]
+
+
+def quiet_pydicom_warnings() -> None:
+    """Silence pydicom's UserWarnings about non-conformant values (odd VRs, padding, VR mismatches).
+
+    Reading continues past them and real problems surface as :class:`ReadError`, so command-line tools
+    call this to keep their error output to one line.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -94,6 +105,28 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return int(float(value))
     except (TypeError, ValueError, IndexError):
         return None
+
+
+def _checked_int(path: Path, ds: Dataset, keyword: str) -> int | None:
+    """An integer Image Pixel attribute; present but unparsable (odd VR/value) -> ReadError naming it."""
+    if keyword not in ds:
+        return None
+    elem = ds[keyword]
+    value = elem.value
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, pydicom.multival.MultiValue):
+            value = value[0]
+        if isinstance(value, bytes):
+            raise ValueError(value)
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(value)
+        return int(number)
+    except (TypeError, ValueError, IndexError):
+        raise ReadError(path, f"invalid {elem.name} {elem.tag} value {value!r} (VR {elem.VR}); "
+                              f"the header is malformed") from None
 
 
 def _floats(ds: Dataset | None, keyword: str, count: int) -> tuple[float, ...] | None:
@@ -372,6 +405,20 @@ def _probe_pixel_element(fp: Any, ds: Dataset, file_size: int) -> tuple[int, int
     return tag, length
 
 
+def _ends_with_sequence_delimiter(path: Path, file_size: int, ds: Dataset) -> bool:
+    """Encapsulated pixel data must end with (FFFE,E0DD) length 0 (PS3.5 A.4); look in the file's tail."""
+    try:
+        little = ds.original_encoding[1] is not False
+    except Exception:
+        little = True
+    marker = struct.pack("<HHI" if little else ">HHI", 0xFFFE, 0xE0DD, 0)
+    tail_size = min(file_size, 1 << 20)
+    with open(path, "rb") as fp:
+        fp.seek(file_size - tail_size)
+        tail = fp.read(tail_size)
+    return tail.endswith(marker) or marker in tail
+
+
 def _expected_native_bytes(inst: Instance) -> int:
     bits = inst.bits_allocated
     pixels = inst.rows * inst.columns * max(1, inst.number_of_frames) * inst.samples_per_pixel
@@ -423,6 +470,9 @@ def _read_dicom_instance(path: Path) -> Instance:
                                   f"the element declares more; the file is incomplete")
         if length == 0:
             raise ReadError(path, f"{_PIXEL_TAGS[tag]} is empty")
+        if length == _UNDEFINED and not _ends_with_sequence_delimiter(path, file_size, ds):
+            raise ReadError(path, "encapsulated Pixel Data is truncated (no Sequence Delimitation Item "
+                                  "(FFFE,E0DD) at its end); the file is incomplete")
         if length != _UNDEFINED and tag == 0x7FE00010 and not pydicom.uid.UID(ts).is_compressed:
             expected = _expected_native_bytes(inst)
             if length < expected:
@@ -433,11 +483,14 @@ def _read_dicom_instance(path: Path) -> Instance:
 
 
 def _instance_from_header(path: Path, ds: Dataset, ts: str | None) -> Instance:
-    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    rows, cols = _checked_int(path, ds, "Rows"), _checked_int(path, ds, "Columns")
     if not rows or not cols:
         raise ReadError(path, "missing or zero Rows (0028,0010) / Columns (0028,0011)")
     pi_text = _text(ds, "PhotometricInterpretation").upper()
-    samples = _int(ds, "SamplesPerPixel") or 1
+    samples = _checked_int(path, ds, "SamplesPerPixel") or 1
+    frames = _checked_int(path, ds, "NumberOfFrames") or 1
+    if frames < 1:
+        raise ReadError(path, f"invalid Number of Frames (0028,0008) {frames}")
     if not pi_text:
         pi_text = "RGB" if samples == 3 else "MONOCHROME2"
     pi = PhotometricInterpretation.parse(pi_text)
@@ -445,8 +498,8 @@ def _instance_from_header(path: Path, ds: Dataset, ts: str | None) -> Instance:
         raise ReadError(path, f"unsupported Photometric Interpretation (0028,0004) '{pi_text}'")
     if pi.is_monochrome and samples != 1:
         raise ReadError(path, f"{pi.value} with Samples per Pixel {samples} (expected 1)")
-    bits_allocated = _int(ds, "BitsAllocated") or 8
-    bits_stored = _int(ds, "BitsStored") or bits_allocated
+    bits_allocated = _checked_int(path, ds, "BitsAllocated") or 8
+    bits_stored = _checked_int(path, ds, "BitsStored") or bits_allocated
     if bits_allocated not in (1, 8, 16, 32, 64):
         raise ReadError(path, f"unsupported Bits Allocated (0028,0100) {bits_allocated}")
 
@@ -489,12 +542,12 @@ def _instance_from_header(path: Path, ds: Dataset, ts: str | None) -> Instance:
         modality=_text(ds, "Modality").upper() or RASTER_MODALITY,
         rows=rows,
         columns=cols,
-        number_of_frames=max(1, _int(ds, "NumberOfFrames") or 1),
+        number_of_frames=frames,
         samples_per_pixel=samples,
         photometric_interpretation=pi.value,
         bits_allocated=bits_allocated,
         bits_stored=bits_stored,
-        pixel_representation=_int(ds, "PixelRepresentation") or 0,
+        pixel_representation=_checked_int(path, ds, "PixelRepresentation") or 0,
         pixel_spacing=spacing,  # type: ignore[arg-type]
         pixel_spacing_source=source,
         image_orientation_patient=orientation,
@@ -539,7 +592,7 @@ def read_instance(path: str | Path) -> Instance:
     if not p.exists():
         raise ReadError(p, "no such file")
     if p.is_dir():
-        raise ReadError(p, "is a folder, not a file (use scan() for folders)")
+        raise ReadError(p, "is a folder, not an image file")
     kind = sniff_kind(p)
     if kind == FileKind.DICOM:
         return _read_dicom_instance(p)
