@@ -44,7 +44,7 @@ class ScoreRow(QWidget):
         super().__init__(parent)
         self.label, self.score, self.threshold = label, float(score), threshold
         self.flagged, self.negative = flagged, negative
-        self.setMinimumHeight(44)
+        self.setMinimumHeight(52)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
         tip = f"{label}: probability {score:.3f}"
         if threshold is not None:
@@ -326,8 +326,10 @@ class AiPanel(QWidget):
         if text:
             self.status.setText(text)
 
-    def set_warning(self, text: str | None) -> None:
+    def set_warning(self, text: str | None, warning: bool = True) -> None:
+        """A line under the status: amber for a warning (CUDA requested, CPU used), grey for a notice."""
         self.warning.setText(text or "")
+        self.warning.setStyleSheet(f"color: {theme.FLAG if warning else theme.MUTED}; font-size: 9pt;")
         self.warning.setVisible(bool(text))
 
     def clear_result(self, text: str = "No result yet") -> None:
@@ -369,7 +371,7 @@ class AiPanel(QWidget):
         self.cam_combo.setCurrentIndex(pred.labels.index(pick))
         self.cam_combo.blockSignals(False)
         for i, r in enumerate(pred.regions):
-            area = f"{r.area_mm2 / 100:.1f} cm²" if r.area_mm2 is not None else f"{r.area_px} px"
+            area = f"{r.area_mm2 / 100:.1f} cm²" if r.area_mm2 is not None else f"{r.area_px:,} px"
             size = ""
             sz = r.size_mm if hasattr(r, "size_mm") else None
             if sz is not None:

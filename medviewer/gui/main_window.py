@@ -87,9 +87,10 @@ class MainWindow(QMainWindow):
         self._first_image_pending = False
         self._auto_uids: set[tuple[str, int]] = set()
         self._reported: set[str] = set()
+        self._panel_state: tuple = ()
         self.models_ready = False
         self.errors: list[str] = []
-        self.last_session_info: tuple[str, str | None] = ("", None)
+        self.last_session_info: tuple[str, str | None] = ("", None)  # provider, fallback/notice
         self.t_open: float | None = None
         self.t_first_image: float | None = None
 
@@ -739,7 +740,8 @@ class MainWindow(QMainWindow):
             img = display_image(inst, frame=frame)
             task.check()
             pred = session.predict([img], [spacing])[0]
-            return uid, pred, session.provider, session.fallback_warning or session.notice, pkg
+            note = (session.fallback_warning, True) if session.fallback_warning else (session.notice, False)
+            return uid, pred, session.provider, note, pkg
 
         task = FnTask(work, "inference")
         task.signals.result.connect(lambda r, t=task: None if t.cancelled else self._on_prediction(r))
@@ -777,7 +779,7 @@ class MainWindow(QMainWindow):
     def _on_prediction(self, res: tuple) -> None:
         uid, pred, provider, warning, pkg = res
         self.predictions[uid] = (pred, provider, warning, pkg)
-        self.last_session_info = (provider, warning)
+        self.last_session_info = (provider, warning[0])
         short = provider.removesuffix("ExecutionProvider")
         self.provider_label.setText(f"AI: {short} · {pred.seconds * 1000:.0f} ms")
         self.set_status(f"{pkg.card.name}: " + (f"flagged {', '.join(pred.flagged)}" if pred.flagged
@@ -793,7 +795,9 @@ class MainWindow(QMainWindow):
         uid = vp.frame_uid()
         entry = self.predictions.get(uid) if uid is not None else None
         if entry is None:
-            if self._infer_task is None:
+            state = ("none", uid, id(self.package), self.models_ready)
+            if self._infer_task is None and self._panel_state != state:
+                self._panel_state = state
                 if self.package is None:
                     self.panel.clear_result(self.panel.status.text() if not self.packages else "No model selected")
                     if not self.packages and self.models_ready:
@@ -806,9 +810,10 @@ class MainWindow(QMainWindow):
                     v.set_ai(None)
             return
         pred, provider, warning, pkg = entry
+        self._panel_state = ("pred", uid)
         if self.panel.prediction is not pred:
             self.panel.show_prediction(pred, pkg.card, provider, f"image {uid[1] + 1}")
-            self.panel.set_warning(warning)
+            self.panel.set_warning(*warning)
         self._on_heatmap_changed()
 
     def _on_heatmap_changed(self) -> None:

@@ -119,6 +119,7 @@ class Viewport(QWidget):
         self._small: tuple[tuple, QImage, float, float] | None = None
         self._heat: tuple[tuple, np.ndarray] | None = None  # ((frame_uid, label, cmap), rgba)
         self._heat_small: tuple[tuple, QImage, float, float] | None = None
+        self._reduced: tuple[tuple, np.ndarray] | None = None  # stored values at the shown resolution
         self._shown_frame: int | None = None
         self._drag: dict[str, Any] | None = None
         self._drawing: Measurement | None = None
@@ -134,7 +135,7 @@ class Viewport(QWidget):
         self.ai = None
         self._display = None
         self._display_key = None
-        self._small = self._heat = self._heat_small = None
+        self._small = self._heat = self._heat_small = self._reduced = None
         self._shown_frame = None
         self.state = ViewState()
         self.message = ""
@@ -153,7 +154,8 @@ class Viewport(QWidget):
         return None if self.source is None else (self.source_key, self.state.frame)
 
     def has_image(self) -> bool:
-        return self._display is not None and self._shown_frame == self.state.frame
+        return (self.source is not None and self._shown_frame == self.state.frame
+                and self.source.cached(self.state.frame) is not None)
 
     def current_instance(self) -> Any:
         return None if self.source is None else self.source.instance(self.state.frame)
@@ -182,14 +184,7 @@ class Viewport(QWidget):
         pipe = src.pipeline(k)
         if self.state.center_w is None:
             self._apply_default_window(stored, pipe)
-        from medviewer.imaging import Window
-
-        key = (self.source_key, k, self.state.center_w, self.state.width_w, self.state.invert)
-        if key != self._display_key:
-            win = Window(float(self.state.center_w), float(self.state.width_w)) if self.state.width_w else None
-            self._display = pipe.render(stored, win, invert=self.state.invert)
-            self._display_key = key
-            self._small = None
+        self._display = None  # rendered lazily at paint time, at the resolution shown
         if self._shown_frame != k:
             sp = src.spacing(k)
             self.state.set_image_size(int(stored.shape[1]), int(stored.shape[0]), sp[1] / sp[0] if sp else 1.0)
@@ -210,19 +205,64 @@ class Viewport(QWidget):
         m = self.state.matrix(self.width(), self.height())
         return QTransform(m[0, 0], m[1, 0], m[0, 1], m[1, 1], m[0, 2], m[1, 2])
 
-    def _scaled_layer(self, arr: np.ndarray, cache_key: tuple, cached: tuple | None
-                      ) -> tuple[tuple, QImage, float, float]:
-        """The layer image to draw: downsampled with area averaging when zoomed out (crisp, fast)."""
-        z = self.state.zoom
-        zy = z / self.state.aspect
-        fx, fy = min(1.0, z), min(1.0, zy)
-        key = (cache_key, round(fx, 4), round(fy, 4))
-        if cached is not None and cached[0] == key:
-            return cached
-        small = _downscale(arr, fx, fy) if (fx < 0.9 or fy < 0.9) else arr
-        sx = arr.shape[1] / small.shape[1]
-        sy = arr.shape[0] / small.shape[0]
-        return key, numpy_to_qimage(small), sx, sy
+    def _factors(self) -> tuple[float, float]:
+        """Minification factors for the layers, quantised to quarter octaves (1.0 = full resolution)."""
+        out = []
+        for z in (self.state.zoom, self.state.zoom / self.state.aspect):
+            f = 1.0 if z >= 0.9 else 2.0 ** (math.ceil(math.log2(max(z, 1e-3)) * 4) / 4)
+            out.append(min(1.0, f))
+        return out[0], out[1]
+
+    def _reduced_stored(self, stored: np.ndarray, fx: float, fy: float) -> np.ndarray:
+        """Stored values area-averaged to the shown resolution (cached per frame and factor), so a
+        W/L drag on a 2k radiograph windows ~1M pixels instead of 4M and needs no per-frame resize."""
+        if fx >= 1.0 and fy >= 1.0:
+            return stored
+        key = (self.source_key, self.state.frame, fx, fy)
+        if self._reduced is not None and self._reduced[0] == key:
+            return self._reduced[1]
+        if stored.dtype in (np.uint8, np.uint16, np.int16, np.float32):
+            small = _downscale(stored, fx, fy)
+        else:  # e.g. int32: no area resize in OpenCV; render at full resolution instead
+            return stored
+        self._reduced = (key, small)
+        return small
+
+    def _ensure_display(self) -> None:
+        """Render the shown frame (pipeline LUT at the shown resolution) if the state changed."""
+        src = self.source
+        if src is None or self._shown_frame != self.state.frame:
+            return
+        stored = src.cached(self.state.frame)
+        if stored is None:
+            return
+        fx, fy = self._factors()
+        key = (self.source_key, self.state.frame, self.state.center_w, self.state.width_w, self.state.invert, fx, fy)
+        if key == self._display_key and self._display is not None and self._small is not None:
+            return
+        from medviewer.imaging import Window
+
+        pipe = src.pipeline(self.state.frame)
+        win = Window(float(self.state.center_w), float(self.state.width_w)) if self.state.width_w else None
+        shown = self._reduced_stored(stored, fx, fy)
+        disp = pipe.render(shown, win, invert=self.state.invert)
+        if shown is stored and (fx < 1.0 or fy < 1.0):
+            disp = _downscale(disp, fx, fy)
+        self._display = disp
+        self._display_key = key
+        qimg = numpy_to_qimage(disp)
+        qimg = qimg.convertToFormat(QImage.Format_RGB32)  # the raster engine scales RGB32 ~2x faster
+        self._small = (key, qimg, stored.shape[1] / disp.shape[1], stored.shape[0] / disp.shape[0])
+
+    def _heat_layer(self, rgba: np.ndarray, key: tuple) -> tuple[tuple, QImage, float, float]:
+        fx, fy = self._factors()
+        k = (key, fx, fy)
+        if self._heat_small is not None and self._heat_small[0] == k:
+            return self._heat_small
+        small = _downscale(rgba, fx, fy) if (fx < 1.0 or fy < 1.0) else rgba
+        q = numpy_to_qimage(small).convertToFormat(QImage.Format_ARGB32_Premultiplied)
+        self._heat_small = (k, q, rgba.shape[1] / small.shape[1], rgba.shape[0] / small.shape[0])
+        return self._heat_small
 
     def _heat_rgba(self) -> np.ndarray | None:
         ai = self.ai
@@ -232,7 +272,7 @@ class Viewport(QWidget):
         if cams is None or len(cams) == 0:
             return None
         li = int(np.clip(ai.cam_label, 0, len(cams) - 1))
-        key = (ai.frame_uid, li, ai.colormap)
+        key = (ai.frame_uid, id(ai.prediction), li, ai.colormap)
         if self._heat is not None and self._heat[0] == key:
             return self._heat[1]
         from medviewer.inference.heatmap import colorize
@@ -258,8 +298,8 @@ class Viewport(QWidget):
         p.setRenderHint(QPainter.SmoothPixmapTransform, True)
         p.setRenderHint(QPainter.Antialiasing, True)
         t = self.transform()
-        if self._display is not None:
-            self._small = self._scaled_layer(self._display, self._display_key, self._small)
+        self._ensure_display()
+        if self._display is not None and self._small is not None and self._shown_frame == self.state.frame:
             _, qimg, sx, sy = self._small
             p.save()
             p.setTransform(t)
@@ -268,8 +308,7 @@ class Viewport(QWidget):
             p.restore()
             heat = self._heat_rgba()
             if heat is not None:
-                self._heat_small = self._scaled_layer(heat, self._heat[0], self._heat_small)
-                _, himg, hx, hy = self._heat_small
+                _, himg, hx, hy = self._heat_layer(heat, self._heat[0])
                 p.save()
                 p.setTransform(t)
                 p.scale(hx, hy)
@@ -400,8 +439,14 @@ class Viewport(QWidget):
             x0, y0, x1, y1 = r.bbox
             corners = [t.map(QPointF(x, y)) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
             top = min(corners, key=lambda q: (q.y(), q.x()))
-            self._shadow_text(p, top.x(), top.y() - 6, f"{i + 1} {r.label} {r.peak:.2f}"
-                              if hasattr(r, "peak") else f"{i + 1} {r.label}", theme.REGION)
+            text = f"{i + 1} {r.label}"
+            fm = QFontMetrics(p.font())
+            # keep the tag on screen and clear of the corner text (inside the box when at the top)
+            tx = min(max(top.x(), 8.0), self.width() - fm.horizontalAdvance(text) - 8)
+            ty = top.y() - 6
+            if ty < 6 * fm.height():
+                ty = max(top.y(), 6 * fm.height()) + fm.ascent() + 4
+            self._shadow_text(p, tx, ty, text, theme.REGION)
 
     def _values(self) -> tuple[np.ndarray | None, str]:
         """Modality values of the shown frame (HU on CT) and their unit."""
@@ -560,8 +605,9 @@ class Viewport(QWidget):
             self.update()
 
     def set_ai(self, ai: AiOverlay | None) -> None:
-        self.ai = ai
-        self._heat = self._heat_small = None
+        self.ai = ai  # the heat layers are cached by (frame, prediction, label, colormap)
+        if ai is None:
+            self._heat = self._heat_small = None
         self.update()
 
     def centre_on(self, bbox: tuple[float, float, float, float]) -> None:
