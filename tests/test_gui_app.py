@@ -257,3 +257,68 @@ def test_export_png_without_patient_text(qtbot, settings, tmp_path):
     a, b = QImage(str(with_text)), QImage(str(anon))
     assert a.size() == win.active.size() and a != b  # the patient lines are gone
     assert np.asarray(a.constBits()).size > 0
+
+
+def test_series_into_second_viewport_and_layouts(qtbot, settings):
+    win = _window(qtbot, settings)
+    win.set_layout("1x2")
+    _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
+    _open(qtbot, win, pydicom_test_file("MR_small.dcm"))  # fills the empty second viewport
+    left, right = win.viewports[0], win.viewports[1]
+    qtbot.waitUntil(lambda: right.has_image() or left.current_instance().modality == "MR", timeout=TIMEOUT)
+    keys = win.browser.keys()
+    assert len(keys) == 2
+    win.set_active(right)
+    win.browser.seriesActivated.emit(keys[0])  # double click in the browser -> active viewport
+    qtbot.waitUntil(right.has_image, timeout=TIMEOUT)
+    assert right.current_instance().modality == "CT"
+    win.set_layout("2x2")
+    assert sum(v.isVisibleTo(win) for v in win.viewports) == 4
+    win.set_layout("1x1")
+    assert win.active is win.viewports[0]
+
+
+def test_tag_browser_search_and_dialogs(qtbot, settings, model_dir):
+    import pydicom
+
+    from medviewer.gui.dialogs import ModelCardDialog, ShortcutsDialog, TagBrowser
+    from medviewer.gui.keybindings import KEYS
+    from medviewer.inference import ModelPackage
+
+    ds = pydicom.dcmread(pydicom_test_file("CT_small.dcm"), stop_before_pixels=True)
+    tags = TagBrowser(ds)
+    qtbot.addWidget(tags)
+    assert tags.filter("0028,0030") >= 1
+    assert tags.filter("PixelSpacing") >= 1
+    assert tags.filter("no-such-keyword-xyz") == 0
+    card = ModelCardDialog(ModelPackage.load(model_dir))
+    qtbot.addWidget(card)
+    text = card.browser.toPlainText()
+    assert "tests only" in text and card.browser.toPlainText().count(ModelPackage.load(model_dir).card.sha256) == 1
+    shortcuts = ShortcutsDialog()
+    qtbot.addWidget(shortcuts)
+    listed = {shortcuts.table.item(r, 1).text() for r in range(shortcuts.table.rowCount())}
+    assert {b.key for b in KEYS} <= listed
+
+
+def test_run_app_demo_screenshot(qtbot, tmp_path, model_dir, monkeypatch):
+    import argparse
+
+    from medviewer.gui.app import demo_path, run_app
+
+    if demo_path() is None:
+        pytest.skip("RG1_UNCR.dcm (pydicom-data) not available offline")
+    QSettings.setPath(QSettings.NativeFormat, QSettings.UserScope, str(tmp_path / "cfg"))
+    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path / "cfg"))
+    monkeypatch.setenv("MEDVIEWER_MODEL_PATH", str(model_dir.parent))
+    out = tmp_path / "demo.png"
+    args = argparse.Namespace(paths=[], model="test-cam", provider="cpu", demo=True, screenshot=str(out))
+    assert run_app(args) == 0
+    from PySide6.QtGui import QImage
+
+    img = QImage(str(out))
+    assert not img.isNull() and img.width() >= 800
+    win = next(w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow))
+    qtbot.addWidget(win)
+    assert win.active.current_instance().modality == "CR" and win.predictions  # loaded and inferred
+    assert win.panel.heatmap_on()

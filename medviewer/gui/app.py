@@ -18,6 +18,7 @@ from medviewer.gui.theme import apply_theme
 __all__ = ["run_app", "demo_path", "create_app", "ScreenshotWhenIdle"]
 
 DEMO_FILE = "RG1_UNCR.dcm"
+ICON = Path(__file__).resolve().parents[2] / "resources" / "icons" / "medviewer.svg"
 
 
 def demo_path() -> Path | None:
@@ -38,6 +39,12 @@ def create_app(argv: list[str] | None = None) -> QApplication:
         app = QApplication(argv or [sys.argv[0]])
     app.setOrganizationName(ORGANISATION)
     app.setApplicationName(APPLICATION)
+    app.setDesktopFileName("medviewer")
+    icon = ICON
+    if icon.is_file():
+        from PySide6.QtGui import QIcon
+
+        app.setWindowIcon(QIcon(str(icon)))
     apply_theme(app)
     return app
 

@@ -455,6 +455,18 @@ class MainWindow(QMainWindow):
             self._after_image_shown(vp)
         self._update_presets_menu()
         self._sync_panel()
+        self._update_title()
+
+    def _update_title(self) -> None:
+        inst = self.active.current_instance()
+        if inst is None:
+            self.setWindowTitle("MedViewer")
+            return
+        from medviewer.gui.overlays import format_person_name
+
+        bits = [format_person_name(getattr(inst, "patient_name", "")), str(getattr(inst, "study_description", "") or ""),
+                Path(str(inst.path)).name]
+        self.setWindowTitle("MedViewer — " + " — ".join(b for b in bits if b))
 
     def _want_frame(self, vp: Viewport, k: int) -> None:
         pf = self.prefetchers.get(vp.source_key)
@@ -526,6 +538,7 @@ class MainWindow(QMainWindow):
         vp.setFocus()
         self._update_presets_menu()
         self._sync_panel()
+        self._update_title()
 
     def next_viewport(self) -> None:
         visible = [v for v in self.viewports if v.isVisibleTo(self)]

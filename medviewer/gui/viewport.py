@@ -385,6 +385,8 @@ class Viewport(QWidget):
                         tl = 7 if i in (0, 5, 10) else 4
                         p.drawLine(QPointF(tx, y + dx), QPointF(tx, y - tl + dx))
                 label = f"{length_mm:g} mm" if length_mm < 10 or length_mm % 10 else f"{length_mm / 10:g} cm"
+                if getattr(self.current_instance(), "pixel_spacing_source", None) == "ImagerPixelSpacing":
+                    label += " (detector)"  # Imager Pixel Spacing: size at the detector, not the patient
                 self._shadow_text(p, x0 - fm.horizontalAdvance(label) - 6, y + fm.ascent() / 2 - 2, label)
         inst = self.current_instance()
         if inst is None:
