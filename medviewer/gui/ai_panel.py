@@ -327,8 +327,14 @@ class AiPanel(QWidget):
             self.status.setText(text)
 
     def set_warning(self, text: str | None, warning: bool = True) -> None:
-        """A line under the status: amber for a warning (CUDA requested, CPU used), grey for a notice."""
-        self.warning.setText(text or "")
+        """A line under the status: amber for a warning (CUDA requested, CPU used), grey for a notice.
+
+        The first clause is shown (e.g. "CUDA was requested but the model runs on the CPU"); the full
+        reason is the tooltip.
+        """
+        text = (text or "").strip()
+        self.warning.setText(text.split(":")[0] if len(text) > 90 and ":" in text else text)
+        self.warning.setToolTip(text)
         self.warning.setStyleSheet(f"color: {theme.FLAG if warning else theme.MUTED}; font-size: 9pt;")
         self.warning.setVisible(bool(text))
 
@@ -339,11 +345,13 @@ class AiPanel(QWidget):
             if w is not None:
                 w.deleteLater()
         self.regions.clear()
+        self.scores_box.setVisible(False)
         self.status.setText(text)
 
     def show_prediction(self, pred: Any, card: Any, provider: str, where: str = "") -> None:
         """Show a :class:`~medviewer.inference.Prediction` of ``card``'s model run on ``provider``."""
         self.clear_result()
+        self.scores_box.setVisible(True)
         self.prediction = pred
         neg = getattr(card, "negative_label", None)
         for lab in pred.labels:

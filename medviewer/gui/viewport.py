@@ -501,6 +501,11 @@ class Viewport(QWidget):
             width = max((fm.horizontalAdvance(x) for x in lines), default=0)
             if anchor.x() + width > self.width() - 4:
                 anchor.setX(max(4, min(a.x(), b.x()) - width - 8))
+            if lines:  # a dark plate behind the values keeps them legible on bright anatomy
+                plate = QRectF(anchor.x() - 4, anchor.y() - fm.ascent() - 3, width + 8, len(lines) * fm.height() + 6)
+                p.setPen(Qt.NoPen)
+                p.setBrush(QColor(0, 0, 0, 160))
+                p.drawRoundedRect(plate, 3, 3)
             for i, line in enumerate(lines):
                 self._shadow_text(p, anchor.x(), anchor.y() + i * fm.height(), line, theme.MEASURE)
 
