@@ -322,3 +322,14 @@ def test_run_app_demo_screenshot(qtbot, tmp_path, model_dir, monkeypatch):
     qtbot.addWidget(win)
     assert win.active.current_instance().modality == "CR" and win.predictions  # loaded and inferred
     assert win.panel.heatmap_on()
+
+
+def test_run_on_open_only_for_projection_radiographs(qtbot, settings, model_dir):
+    win = _window(qtbot, settings, model_dir)
+    win.panel.auto_run.setChecked(True)
+    _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
+    qtbot.waitUntil(lambda: not win._tasks, timeout=TIMEOUT)
+    assert not win.predictions and "skipped" in win.status_msg.text()
+    with qtbot.waitSignal(win.predictionShown, timeout=TIMEOUT):
+        win.run_ai()  # a reader may still run it, with a note
+    assert "not a projection radiograph" in win.panel.warning.text()

@@ -40,6 +40,10 @@ from medviewer.gui.workers import FnTask, PrefetchTask, Task
 
 __all__ = ["MainWindow"]
 
+#: modalities on which "Run on open" runs the model by itself (projection radiographs and plain
+#: images); on others (CT, MR, ...) a reader can still press Run, with a note in the panel
+AUTO_RUN_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT", "SC", "XC"})
+
 _TOOLS = {Command.TOOL_WINDOW: None, Command.TOOL_DISTANCE: Shape.DISTANCE, Command.TOOL_RECT: Shape.RECT,
           Command.TOOL_ELLIPSE: Shape.ELLIPSE}
 
@@ -713,6 +717,10 @@ class MainWindow(QMainWindow):
                 or uid in self.predictions or uid in self._auto_uids or self._infer_task is not None):
             return
         self._auto_uids.add(uid)
+        modality = str(getattr(vp.current_instance(), "modality", "") or "")
+        if modality not in AUTO_RUN_MODALITIES:
+            self.set_status(f"Run on open skipped: {modality} is not a projection radiograph (press Run AI to run anyway)")
+            return
         self.run_ai()
 
     def _session(self, pkg: Any, provider: str) -> Any:
@@ -826,6 +834,10 @@ class MainWindow(QMainWindow):
         self._panel_state = ("pred", uid)
         if self.panel.prediction is not pred:
             self.panel.show_prediction(pred, pkg.card, provider, f"image {uid[1] + 1}")
+            modality = str(getattr(vp.current_instance(), "modality", "") or "")
+            if warning[0] is None and modality not in AUTO_RUN_MODALITIES:
+                warning = (f"{modality} is not a projection radiograph: outside the model's usual input, "
+                           "interpret with care", True)
             self.panel.set_warning(*warning)
         self._on_heatmap_changed()
 

@@ -348,6 +348,8 @@ class Viewport(QWidget):
         win = (s.center_w, s.width_w) if s.width_w is not None else None
         flips = "".join(x for x in ("FlipH" if s.flip_h else "", " FlipV" if s.flip_v else "")).strip()
         c = corner_text(inst, s.frame, s.n_frames, win, s.zoom, s.invert, s.rotation, flips, patient)
+        if self._cine.isActive():
+            c["bl"][0] += f"   ▶ {self.cine_fps} fps"
         p.setFont(self._font(9.5))
         fm = QFontMetrics(p.font())
         lh = fm.height()
