@@ -147,3 +147,17 @@ def test_score_instances_order_progress_failures_and_cancel(tmp_path, model_dir)
     outs = score_instances(sess, imgs, batch_size=2, workers=2, render=lambda it: it.img,
                            cancel=lambda: calls.append(1) or len(calls) >= 2)
     assert 0 < len(outs) < len(imgs) and outs[0].prediction.cams.shape == (2, 0, 0)
+
+
+def test_every_frame_of_a_multiframe_instance(tmp_path, model_dir):
+    src = pydicom_test_file("SC_rgb_rle_2frame.dcm")
+    out = tmp_path / "out"
+    assert main(["infer", str(src), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
+    assert [r["frame"] for r in json.loads((out / "results.json").read_text())["results"]] == [0]
+    assert main(["infer", str(src), "--model", str(model_dir), "--out", str(out), "--quiet", "--frames", "all",
+                 "--overlays"]) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert [(r["frame"], r["error"], r["overlay"]) for r in results] == [
+        (0, None, "overlays/SC_rgb_rle_2frame_f0000.png"), (1, None, "overlays/SC_rgb_rle_2frame_f0001.png")]
+    rows = list(csv.reader((out / "results.csv").open()))
+    assert rows[0][:2] == ["path", "frame"] and [r[1] for r in rows[1:]] == ["0", "1"]

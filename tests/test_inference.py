@@ -118,3 +118,54 @@ def test_regions_selection_and_bad_input(pkg):
         s.predict([img.astype(np.float32)])
     with pytest.raises(InferenceError, match="1 images but 2 pixel spacings"):
         s.predict([img], [None, None])
+
+
+class _FailingCuda:
+    """Stands in for a CUDA session on a machine whose GPU fails (creation works, running does not)."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def get_providers(self):
+        return [CUDA, CPU]
+
+    def get_inputs(self):
+        return self.real.get_inputs()
+
+    def run(self, *args):
+        raise RuntimeError("CUDA error: out of memory\n(stack trace...)")
+
+
+def test_cuda_failure_at_run_time_switches_to_cpu_visibly(pkg, monkeypatch):
+    from medviewer.inference import _ort
+
+    real = _ort.quiet_session
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(_ort, "quiet_session", lambda m, providers, **kw: _FailingCuda(real(m, [CPU], **kw))
+                        if CUDA in providers else real(m, providers, **kw))
+    s = Session(pkg, "cuda")
+    assert s.provider == CUDA and s.fallback_warning is None
+    pred = s.predict([np.zeros((20, 20), np.uint8)])[0]
+    assert set(pred.scores) == {"NORMAL", "PNEUMONIA"}
+    assert s.provider == CPU and s.providers == [CPU]
+    assert s.fallback_warning == ("CUDA was requested but the model runs on the CPU: CUDA failed during inference "
+                                  "(CUDA error: out of memory)")
+
+
+def test_cuda_session_creation_failure_falls_back_with_reason(pkg, monkeypatch, capsys):
+    from medviewer.inference import _ort
+
+    real = _ort.quiet_session
+
+    def fake(m, providers, **kw):
+        if CUDA in providers:
+            raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected ; GPU=0")
+        return real(m, providers, **kw)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(_ort, "quiet_session", fake)
+    s = Session(pkg, "auto")
+    assert s.provider == CPU and s.fallback_warning is None
+    assert s.notice == ("CUDA not used, running on the CPU: creating the CUDA session failed "
+                        "(CUDA failure 100: no CUDA-capable device is detected ; GPU=0)")
+    assert capsys.readouterr().out == ""  # no "EP Error" banner on stdout

@@ -25,10 +25,11 @@ EXIT_SOME_FAILED = 2
 _EPILOG = """\
 outputs:
   DIR/results.json   {"model": {"name", "version", "sha256"}, "provider", "results": [{"path",
-                     "sop_instance_uid", "scores": {label: probability}, "flagged": [label],
+                     "sop_instance_uid", "frame", "scores": {label: probability}, "flagged": [label],
                      "regions": [{"label", "bbox": [x0, y0, x1, y1], "bbox_mm", "peak", "mean",
                      "area_px", "area_mm2"}], "seconds", "error", "overlay"}], "summary"}
-  DIR/results.csv    path, one probability column per label, flagged (';'-separated), error
+  DIR/results.csv    path, [frame (with --frames all),] one probability column per label,
+                     flagged (';'-separated), error
   DIR/overlays/*.png with --overlays: heat map of the top flagged (else most probable) label,
                      region outlines and scores, on the original image grid
 
@@ -50,7 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "infer", help="score images with a model package; write results.json/.csv and overlays",
-        description="Score DICOM/PNG/JPEG files, folders and DICOM series (each instance, first frame) with "
+        description="Score DICOM/PNG/JPEG files, folders and DICOM series (each instance) with "
                     "an ONNX model package: probabilities, findings flagged at the card's operating points, "
                     "class activation maps and flagged regions.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,18 +73,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="smallest region in pixels (default: 0.2%% of the image)")
     p.add_argument("--all-regions", action="store_true",
                    help="regions for every positive label, not only the flagged ones")
+    p.add_argument("--frames", choices=["first", "all"], default="first",
+                   help="multi-frame instances: score the first frame only, or every frame (default: first)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
     return p
 
 
-def _gather(inputs: list[str]):
-    """Scan the inputs; returns (instances and Failed entries in a stable order)."""
-    from medviewer.inference.batch import Failed
+def _gather(inputs: list[str], all_frames: bool):
+    """Scan the inputs: frames to score (study/series/display order), then the files scan skipped."""
+    from medviewer.inference.batch import Failed, expand_frames
     from medviewer.io.scan import scan
 
     res = scan(inputs)
-    items: list = list(res.instances)
+    items = expand_frames(res.instances, all_frames)
     items += [Failed(Path(s.path), s.reason) for s in res.skipped]
     return items
 
@@ -93,6 +96,9 @@ def _overlay_names(items) -> list[str]:
     names = []
     for it in items:
         stem = Path(it.path).stem or "image"
+        frames = getattr(getattr(it, "instance", None), "number_of_frames", 1) or 1
+        if frames > 1 and getattr(it, "frame", None) is not None:
+            stem = f"{stem}_f{it.frame:04d}"
         name, k = f"{stem}.png", 1
         while name in used:
             k += 1
@@ -107,6 +113,7 @@ def _result_entry(o) -> dict:
     entry = {
         "path": str(o.path),
         "sop_instance_uid": o.sop_instance_uid,
+        "frame": o.frame,
         "scores": {} if pred is None else {k: round(v, 6) for k, v in pred.scores.items()},
         "flagged": [] if pred is None else list(pred.flagged),
         "regions": [] if pred is None else [r.to_dict() for r in pred.regions],
@@ -143,12 +150,14 @@ def write_results(out_dir: Path, package, session, outcomes, *, options: dict, w
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, json_path)
+    frame_col = options.get("frames") == "all"  # a frame column only when frames are scored separately
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["path", *labels, "flagged", "error"])
+        w.writerow(["path", *(["frame"] if frame_col else []), *labels, "flagged", "error"])
         for o in outcomes:
             scores = o.prediction.scores if o.prediction is not None else {}
-            w.writerow([str(o.path), *(f"{scores[lab]:.6f}" if lab in scores else "" for lab in labels),
+            w.writerow([str(o.path), *([o.frame if o.frame is not None else ""] if frame_col else []),
+                        *(f"{scores[lab]:.6f}" if lab in scores else "" for lab in labels),
                         ";".join(o.prediction.flagged if o.prediction is not None else []), o.error or ""])
     return json_path, csv_path
 
@@ -180,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     if session.fallback_warning:
         print(f"medviewer: warning: {session.fallback_warning}", file=sys.stderr)
 
-    items = _gather(args.inputs)
+    items = _gather(args.inputs, args.frames == "all")
     if not items:
         raise MedViewerError(f"no DICOM, PNG or JPEG images found in {' '.join(args.inputs)}")
 
@@ -211,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     options = {"inputs": list(args.inputs), "batch": args.batch, "overlays": bool(args.overlays),
                "region_threshold": args.region_threshold, "min_region_area": args.min_region_area,
-               "all_regions": bool(args.all_regions), "colormap": args.colormap, "alpha": args.alpha}
+               "all_regions": bool(args.all_regions), "colormap": args.colormap, "alpha": args.alpha,
+               "frames": args.frames}
     json_path, _ = write_results(out_dir, package, session, outcomes, options=options, wall_s=wall)
     failed = [o for o in outcomes if not o.ok]
     for o in failed[:10]:

@@ -4,6 +4,7 @@
 - :mod:`~medviewer.inference.package`: :class:`ModelPackage` loading and validation;
 - :mod:`~medviewer.inference.registry`: finding packages (built-in, user data dir, paths), import;
 - :mod:`~medviewer.inference.session`: :class:`Session`, :class:`Prediction`;
+- :mod:`~medviewer.inference.batch`: :func:`score_instances` (many images, batched, overlapped);
 - :mod:`~medviewer.inference.heatmap`: CAM colour maps and blending;
 - :mod:`~medviewer.inference.regions`: :class:`Region` s from CAMs.
 
@@ -31,6 +32,10 @@ __all__ = [
     "Session",
     "Prediction",
     "open_session",
+    "score_instances",
+    "Outcome",
+    "Failed",
+    "FrameRef",
     "Region",
     "find_regions",
     "COLORMAPS",
@@ -55,6 +60,10 @@ _WHERE = {
     "Session": "session",
     "Prediction": "session",
     "open_session": "session",
+    "score_instances": "batch",
+    "Outcome": "batch",
+    "Failed": "batch",
+    "FrameRef": "batch",
     "Region": "regions",
     "find_regions": "regions",
     "COLORMAPS": "heatmap",

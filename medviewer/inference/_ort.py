@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-__all__ = ["quiet_session", "cuda_unavailable_reason"]
+__all__ = ["quiet_session", "cuda_unavailable_reason", "first_line"]
 
 #: ERROR: what the app keeps from ORT's own log once a session is loaded
 _RUN_SEVERITY = 3
@@ -35,10 +35,18 @@ def quiet_session(model: str | bytes | Path, providers: list, *, optimize: bool 
     with _lock:
         ort.set_default_logger_severity(_LOAD_SEVERITY)
         try:
+            # enable_fallback=0: ORT's own fallback prints "EP Error" banners to stdout; Session falls back
+            # itself and reports why (Session.fallback_warning)
             return ort.InferenceSession(str(model) if isinstance(model, Path) else model, so,
-                                        providers=providers)
+                                        providers=providers, enable_fallback=0)
         finally:
             ort.set_default_logger_severity(_RUN_SEVERITY)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (ORT errors can span many lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
 def cuda_unavailable_reason() -> str:

@@ -30,7 +30,7 @@ from medviewer.errors import MedViewerError
 from medviewer.inference.regions import DEFAULT_FRACTION
 from medviewer.inference.session import Prediction, Prepared, Session
 
-__all__ = ["Failed", "Outcome", "score_instances", "one_line"]
+__all__ = ["Failed", "FrameRef", "Outcome", "score_instances", "one_line", "expand_frames"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,41 @@ class Failed:
 
     path: Path
     reason: str
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One frame of a (multi-frame) instance, to be scored on its own."""
+
+    instance: Any
+    frame: int = 0
+
+    @property
+    def path(self) -> Path:
+        return self.instance.path
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.instance.sop_instance_uid
+
+    @property
+    def pixel_spacing(self) -> tuple[float, float] | None:
+        return self.instance.pixel_spacing
+
+
+def expand_frames(items: Sequence[Any], all_frames: bool) -> list[Any]:
+    """Instances -> :class:`FrameRef` s: every frame of multi-frame instances if ``all_frames``, else frame 0.
+
+    :class:`Failed` entries are kept as they are.
+    """
+    out: list[Any] = []
+    for it in items:
+        if isinstance(it, Failed | FrameRef):
+            out.append(it)
+            continue
+        n = max(1, int(getattr(it, "number_of_frames", 1) or 1)) if all_frames else 1
+        out += [FrameRef(it, f) for f in range(n)]
+    return out
 
 
 @dataclass
@@ -53,6 +88,7 @@ class Outcome:
     index: int
     path: Path
     sop_instance_uid: str | None
+    frame: int | None = None
     prediction: Prediction | None = None
     error: str | None = None
     seconds: float = 0.0
@@ -72,10 +108,12 @@ def one_line(exc: BaseException) -> str:
     return " ".join(msg.split()) or type(exc).__name__
 
 
-def _display(inst) -> np.ndarray:
+def _display(item) -> np.ndarray:
     from medviewer.imaging import display_image
 
-    return display_image(inst)
+    if isinstance(item, FrameRef):
+        return display_image(item.instance, frame=item.frame)
+    return display_image(item)
 
 
 def score_instances(
@@ -100,8 +138,8 @@ def score_instances(
     session
         An open :class:`Session`.
     instances
-        :class:`medviewer.io.Instance` objects (anything with ``path``, ``sop_instance_uid`` and
-        ``pixel_spacing`` that ``render`` accepts) or :class:`Failed`.
+        :class:`medviewer.io.Instance` or :class:`FrameRef` objects (anything with ``path``,
+        ``sop_instance_uid`` and ``pixel_spacing`` that ``render`` accepts) or :class:`Failed`.
     batch_size
         Images per ONNX Runtime call.
     workers
@@ -111,7 +149,8 @@ def score_instances(
     keep_cams
         Keep each prediction's CAMs (memory: ``K * H * W * 4`` bytes per image).
     render
-        Instance -> uint8 display image; default :func:`medviewer.imaging.display_image` (frame 0).
+        Item -> uint8 display image; default :func:`medviewer.imaging.display_image` (of the
+        :class:`FrameRef`'s frame; frame 0 of an instance).
     on_done
         Called in a worker thread as ``on_done(outcome, display_u8, prediction)`` for each success, before
         the CAMs are dropped; a returned dict is stored in ``outcome.extra`` (an exception becomes the
@@ -188,7 +227,7 @@ def score_instances(
             i, inst, fut = pending.popleft()
             refill()
             uid = getattr(inst, "sop_instance_uid", None) or None
-            out = Outcome(i, Path(inst.path), uid)
+            out = Outcome(i, Path(inst.path), uid, getattr(inst, "frame", None))
             if fut is None:
                 out.error = inst.reason
                 results[i] = out

@@ -166,9 +166,11 @@ class Session:
     providers
         ``InferenceSession.get_providers()``: the session's providers in priority order.
     fallback_warning
-        One line when CUDA was requested (``provider="cuda"``) but the model runs on the CPU, else None.
+        One line when CUDA was requested (``provider="cuda"``) but the model runs on the CPU -- the CUDA
+        provider did not load, the CUDA session could not be created, or CUDA failed at run time (the
+        session then switches to the CPU once) -- with the reason; else None.
     notice
-        One line when ``auto`` tried CUDA and it did not load (informational), else None.
+        The same line for ``provider="auto"``, where running on the CPU is an expected outcome; else None.
 
     Raises
     ------
@@ -189,25 +191,40 @@ class Session:
         wanted = [CPU]
         if self.requested != Provider.CPU and CUDA in available:
             wanted = [CUDA, CPU]
+        self._threads = intra_op_threads
+        reason = None
         try:
             self._sess = _ort.quiet_session(package.onnx_path, wanted, intra_op_threads=intra_op_threads)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InferenceError(f"{package.onnx_path}: onnxruntime could not create a session ({first})") from None
+            if CUDA not in wanted:
+                raise InferenceError(f"{package.onnx_path}: onnxruntime could not create a session "
+                                     f"({_ort.first_line(exc)})") from None
+            reason = f"creating the CUDA session failed ({_ort.first_line(exc)})"
+            self._sess = self._cpu_session()
         self.providers: list[str] = list(self._sess.get_providers())
         self.provider: str = self.providers[0]
         self.fallback_warning: str | None = None
         self.notice: str | None = None
         if self.requested != Provider.CPU and self.provider != CUDA:
-            reason = _ort.cuda_unavailable_reason()
-            if self.requested == Provider.CUDA:
-                self.fallback_warning = f"CUDA was requested but the model runs on the CPU: {reason}"
-            else:
-                self.notice = f"CUDA not used, running on the CPU: {reason}"
+            self._set_fallback(reason or _ort.cuda_unavailable_reason())
         inp = self._sess.get_inputs()[0]
         self.input_name = inp.name
         self.fixed_batch: int | None = inp.shape[0] if isinstance(inp.shape[0], int) else None
         self._outputs = [self.card.outputs.logits, self.card.outputs.cam]
+        self._switch_lock = threading.Lock()
+
+    def _cpu_session(self):
+        try:
+            return _ort.quiet_session(self.package.onnx_path, [CPU], intra_op_threads=self._threads)
+        except Exception as exc:
+            raise InferenceError(f"{self.package.onnx_path}: onnxruntime could not create a session "
+                                 f"({_ort.first_line(exc)})") from None
+
+    def _set_fallback(self, reason: str) -> None:
+        if self.requested == Provider.CUDA:
+            self.fallback_warning = f"CUDA was requested but the model runs on the CPU: {reason}"
+        else:
+            self.notice = f"CUDA not used, running on the CPU: {reason}"
 
     def __repr__(self) -> str:
         return f"Session({self.card.name} {self.card.version}, provider={self.provider})"
@@ -252,8 +269,17 @@ class Session:
         try:
             logits, cam = self._sess.run(self._outputs, {self.input_name: x})
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InferenceError(f"{self.card.name}: inference failed on {self.provider} ({first})") from None
+            if self.provider != CUDA:
+                raise InferenceError(f"{self.card.name}: inference failed on {self.provider} "
+                                     f"({_ort.first_line(exc)})") from None
+            # a CUDA failure at run time (e.g. out of GPU memory): switch to the CPU once, visibly
+            with self._switch_lock:
+                if self.provider == CUDA:
+                    self._sess = self._cpu_session()
+                    self.providers = list(self._sess.get_providers())
+                    self.provider = self.providers[0]
+                    self._set_fallback(f"CUDA failed during inference ({_ort.first_line(exc)})")
+            return self.run(x)
         return np.asarray(logits, np.float32), np.asarray(cam, np.float32)
 
     def finish(self, prepared: Prepared, logits: np.ndarray, cam: np.ndarray, *, net_seconds: float = 0.0,
