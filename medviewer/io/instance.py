@@ -17,6 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from medviewer.errors import ReadError
@@ -81,42 +83,72 @@ def sniff_kind(path: str | Path) -> str:
     return FileKind.UNKNOWN
 
 
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI", "UC"})
+_MISSING = object()
+
+
+def _value(ds: Dataset, keyword: str) -> Any:
+    """An attribute's value, ``None`` when absent or empty.
+
+    Fast path for browsing: an unconverted string element whose bytes are plain ASCII is decoded here
+    (split on backslash into a list when multi-valued) instead of by pydicom's general conversion, which
+    dominates header-reading time. Anything else (binary VRs, non-ASCII text needing the Specific
+    Character Set, already converted elements) goes through pydicom.
+    """
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in ds:
+        return None
+    raw = ds.get_item(tag)
+    if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+        vr = raw.VR or dictionary_VR(tag)
+        if vr in _STRING_VRS and raw.value.isascii():
+            text = raw.value.decode("ascii").rstrip(" \x00")
+            if not text:
+                return None
+            parts = [t.strip() for t in text.split("\\")]
+            return parts if len(parts) > 1 else parts[0]
+    value = ds[tag].value
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        return [str(v) if isinstance(v, pydicom.valuerep.PersonName) else v for v in value]
+    return str(value) if isinstance(value, pydicom.valuerep.PersonName) else value
+
+
 def _text(ds: Dataset | None, keyword: str) -> str:
     if ds is None:
         return ""
     try:
-        value = ds.get(keyword, None)
+        value = _value(ds, keyword)
     except Exception:  # an unparsable value in an odd file must not stop browsing
         return ""
     if value is None:
         return ""
-    if isinstance(value, pydicom.multival.MultiValue):
+    if isinstance(value, list):
         return "\\".join(str(v) for v in value)
     return str(value).strip()
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
     try:
-        value = ds.get(keyword, None)
+        value = _value(ds, keyword)
         if value is None or value == "":
             return None
-        if isinstance(value, pydicom.multival.MultiValue):
+        if isinstance(value, list):
             value = value[0]
         return int(float(value))
-    except (TypeError, ValueError, IndexError):
+    except Exception:
         return None
 
 
 def _checked_int(path: Path, ds: Dataset, keyword: str) -> int | None:
     """An integer Image Pixel attribute; present but unparsable (odd VR/value) -> ReadError naming it."""
-    if keyword not in ds:
-        return None
-    elem = ds[keyword]
-    value = elem.value
-    if value is None or value == "":
-        return None
+    value: Any = _MISSING
     try:
-        if isinstance(value, pydicom.multival.MultiValue):
+        value = _value(ds, keyword)
+        if value is None:
+            return None
+        if isinstance(value, list):
             value = value[0]
         if isinstance(value, bytes):
             raise ValueError(value)
@@ -124,21 +156,24 @@ def _checked_int(path: Path, ds: Dataset, keyword: str) -> int | None:
         if not number.is_integer():
             raise ValueError(value)
         return int(number)
-    except (TypeError, ValueError, IndexError):
-        raise ReadError(path, f"invalid {elem.name} {elem.tag} value {value!r} (VR {elem.VR}); "
-                              f"the header is malformed") from None
+    except Exception:
+        elem = ds[keyword] if keyword in ds else None
+        name = f"{elem.name} {elem.tag}" if elem is not None else keyword
+        shown = value if value is not _MISSING else "(unreadable)"
+        vr = f" (VR {elem.VR})" if elem is not None else ""
+        raise ReadError(path, f"invalid {name} value {shown!r}{vr}; the header is malformed") from None
 
 
 def _floats(ds: Dataset | None, keyword: str, count: int) -> tuple[float, ...] | None:
     if ds is None:
         return None
     try:
-        value = ds.get(keyword, None)
+        value = _value(ds, keyword)
         if value is None or value == "":
             return None
-        items = list(value) if isinstance(value, pydicom.multival.MultiValue | list | tuple) else [value]
+        items = value if isinstance(value, list) else [value]
         floats = tuple(float(v) for v in items)
-    except (TypeError, ValueError):
+    except Exception:
         return None
     if len(floats) != count or not all(np.isfinite(floats)):
         return None
@@ -203,6 +238,7 @@ class Instance:
     transfer_syntax_uid: str | None = None
     dataset: Dataset | None = None
     _full: Dataset | None = field(default=None, repr=False)
+    _pixel_offset: int | None = field(default=None, repr=False)  # file offset of native Pixel Data value
 
     # ------------------------------------------------------------------ pixels
     @property
@@ -252,9 +288,40 @@ class Instance:
             return _to_u8_color(arr, self.bits_stored)
         return arr
 
+    def _read_native_frame(self, frame: int) -> np.ndarray | None:
+        """Little-endian native monochrome/palette frames: read the frame's bytes at their offset.
+
+        Same result as pydicom's native decoder (including its unused-bit correction, PS3.5 8.1.1) without
+        parsing the header a second time. None when the fast path does not apply.
+        """
+        if (self._pixel_offset is None or self.samples_per_pixel != 1
+                or self.bits_allocated not in (8, 16, 32)
+                or self.transfer_syntax_uid not in (pydicom.uid.ImplicitVRLittleEndian,
+                                                    pydicom.uid.ExplicitVRLittleEndian)):
+            return None
+        itemsize = self.bits_allocated // 8
+        count = self.rows * self.columns
+        dtype = np.dtype(f"<{'i' if self.pixel_representation == 1 else 'u'}{itemsize}")
+        try:
+            arr = np.fromfile(os.fspath(self.path), dtype=dtype, count=count,
+                              offset=self._pixel_offset + frame * count * itemsize)
+        except (OSError, ValueError):
+            return None
+        if arr.size != count:
+            return None
+        arr = arr.reshape(self.rows, self.columns)
+        shift = self.bits_allocated - self.bits_stored
+        if 0 < shift < self.bits_allocated:
+            np.left_shift(arr, shift, out=arr)
+            np.right_shift(arr, shift, out=arr)
+        return arr.astype(dtype.newbyteorder("="), copy=False)
+
     def _decode_dicom(self, frame: int) -> np.ndarray:
         from pydicom.pixels import pixel_array
 
+        fast = self._read_native_frame(frame)
+        if fast is not None:
+            return fast
         reason = check_decodable(self.transfer_syntax_uid)
         if reason:
             raise ReadError(self.path, reason)
@@ -375,8 +442,9 @@ def _read_raster_instance(path: Path, kind: str) -> Instance:
 
 
 # ----------------------------------------------------------------------- DICOM
-def _probe_pixel_element(fp: Any, ds: Dataset, file_size: int) -> tuple[int, int] | None:
-    """After ``dcmread(stop_before_pixels=True)``: (tag, value length) of the pixel element, or None."""
+def _probe_pixel_element(fp: Any, ds: Dataset, file_size: int) -> tuple[int, int, int] | None:
+    """After ``dcmread(stop_before_pixels=True)``: (tag, value length, value offset) of the pixel element,
+    or None. A negative length is the number of bytes present when the value is cut short."""
     try:
         implicit, little = ds.original_encoding
     except Exception:
@@ -401,8 +469,8 @@ def _probe_pixel_element(fp: Any, ds: Dataset, file_size: int) -> tuple[int, int
         (length,) = struct.unpack(order + "H", head[6:8])
         value_start = start + 8
     if length != _UNDEFINED and value_start + length > file_size:
-        return tag, -(file_size - value_start)  # negative: bytes actually present
-    return tag, length
+        return tag, -(file_size - value_start), value_start  # negative: bytes actually present
+    return tag, length, value_start
 
 
 def _ends_with_sequence_delimiter(path: Path, file_size: int, ds: Dataset) -> bool:
@@ -464,7 +532,7 @@ def _read_dicom_instance(path: Path) -> Instance:
         raise ReadError(path, f"invalid image header: {_one_line(exc)}") from exc
 
     if probe is not None:
-        tag, length = probe
+        tag, length, offset = probe
         if length < 0:
             raise ReadError(path, f"{_PIXEL_TAGS[tag]} is truncated: {-length} bytes present, "
                                   f"the element declares more; the file is incomplete")
@@ -479,6 +547,8 @@ def _read_dicom_instance(path: Path) -> Instance:
                 raise ReadError(path, f"Pixel Data is truncated: {length} bytes for {inst.rows}x{inst.columns}"
                                       f"x{inst.number_of_frames} frames of {inst.bits_allocated}-bit samples "
                                       f"({expected} expected)")
+            if tag == 0x7FE00010 and inst.photometric_interpretation != "YBR_FULL_422":
+                inst._pixel_offset = offset
     return inst
 
 
