@@ -440,8 +440,7 @@ class MainWindow(QMainWindow):
             return
         vp = vp or self.active
         self.set_active(vp)
-        start = len(src) // 2 if len(src) > 1 and str(getattr(src.instance(0), "modality", "")) == "CT" else 0
-        start = 0 if len(src) <= 1 else start
+        start = 0  # the first image in display order, as PACS viewers do
         self._first_image_pending = True
         vp.set_source(src, key, frame=start)
         pf = self.prefetchers.get(key)
