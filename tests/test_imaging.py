@@ -141,3 +141,74 @@ def test_auto_window_is_robust_to_outliers():
     values[0, 0] = 1e6  # a single hot pixel must not flatten the contrast
     w = auto_window(values)
     assert w.lower <= 0 and w.upper >= 100 and w.width < 1000
+
+
+def _variant(tmp_path, name: str, **attrs) -> object:
+    """CT_small.dcm with some attributes changed, saved and read back."""
+    import pydicom
+
+    ds = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
+    for key, value in attrs.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    out = tmp_path / name
+    ds.save_as(out)
+    return read_instance(out)
+
+
+def test_monochrome1_and_inverse_shape_invert_exactly_once(tmp_path):
+    # the OHIF #818 / Weasis #372 class of bug: MONOCHROME1 must be inverted once, after the VOI
+    mono2 = _variant(tmp_path, "m2.dcm")
+    mono1 = _variant(tmp_path, "m1.dcm", PhotometricInterpretation="MONOCHROME1")
+    mono1_inverse = _variant(tmp_path, "m1i.dcm", PhotometricInterpretation="MONOCHROME1",
+                             PresentationLUTShape="INVERSE")
+    mono2_inverse = _variant(tmp_path, "m2i.dcm", PresentationLUTShape="INVERSE")
+    mono2_identity = _variant(tmp_path, "m2id.dcm", PresentationLUTShape="IDENTITY")
+    base = display_image(mono2, window=(40, 400))
+    assert not np.array_equal(base, 255 - base)
+    for inst in (mono1, mono1_inverse, mono2_inverse):
+        assert np.array_equal(display_image(inst, window=(40, 400)), 255 - base)
+        assert np.array_equal(display_image(inst, window=(40, 400), invert=True), base)
+    assert np.array_equal(display_image(mono2_identity, window=(40, 400)), base)
+
+
+def test_choice_among_multiple_file_windows(tmp_path):
+    inst = _variant(tmp_path, "w.dcm", WindowCenter=[40, -600], WindowWidth=[400, 1500],
+                    WindowCenterWidthExplanation=["ABDOMEN", "LUNG"])
+    pipe = DisplayPipeline.from_instance(inst)
+    assert [w.explanation for w in pipe.windows] == ["ABDOMEN", "LUNG"]
+    stored = inst.stored_pixels()
+    assert pipe.default_window(stored) == pipe.windows[0]
+    assert np.array_equal(pipe.render(stored), pipe.render(stored, Window(40, 400)))
+    assert np.array_equal(pipe.render(stored, voi_index=1), pipe.render(stored, Window(-600, 1500)))
+    assert not np.array_equal(pipe.render(stored, voi_index=1), pipe.render(stored))
+
+
+def test_voi_lut_function_from_file(tmp_path):
+    inst = _variant(tmp_path, "s.dcm", WindowCenter=40, WindowWidth=400, VOILUTFunction="SIGMOID")
+    pipe = DisplayPipeline.from_instance(inst)
+    assert pipe.windows[0].function == VoiLutFunction.SIGMOID
+    stored = inst.stored_pixels()
+    hu = pipe.modality_values(stored).astype(np.float64)
+    expected = np.rint(255 / (1 + np.exp(-4 * (hu - 40) / 400)))
+    assert np.abs(pipe.render(stored).astype(int) - expected).max() <= 1
+
+
+def test_invalid_file_window_is_skipped_not_fatal(tmp_path):
+    inst = _variant(tmp_path, "bad_w.dcm", WindowCenter=40, WindowWidth=0)
+    pipe = DisplayPipeline.from_instance(inst)
+    assert pipe.windows == []
+    img = display_image(inst)  # falls back to the automatic window
+    assert img.dtype == np.uint8 and img.max() > img.min()
+
+
+def test_raster_window_and_preset_apply_per_channel(kermany_dir):
+    f = sorted((kermany_dir / "train" / "NORMAL").glob("*.jpeg"))[0]
+    inst = read_instance(f)
+    raw = display_image(inst)
+    narrow = display_image(inst, window=(128, 64))
+    assert narrow.shape == raw.shape and narrow.dtype == np.uint8
+    assert (narrow == 0).mean() > (raw == 0).mean()  # a narrow window clips more to black
+    assert np.array_equal(display_image(inst, invert=True), 255 - raw)

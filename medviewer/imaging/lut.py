@@ -49,7 +49,7 @@ def read_lut_item(item: Dataset, pixel_signed: bool, little_endian: bool = True
     return first, data[:entries], bits
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModalityLut:
     """Modality LUT (PS3.3 C.11.1): Rescale Slope/Intercept, or a Modality LUT Sequence.
 
@@ -83,7 +83,7 @@ class ModalityLut:
         return y
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class VoiLut:
     """One VOI LUT Sequence item (PS3.3 C.11.2.1.1): a table from modality values to display values."""
 

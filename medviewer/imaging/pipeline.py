@@ -18,6 +18,7 @@ types (32-bit, float) take a vectorised float32 path.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -138,7 +139,7 @@ def _voi_luts(ds: Dataset, signed: bool, little: bool) -> list[VoiLut]:
     return out
 
 
-@dataclass
+@dataclass(eq=False)
 class DisplayPipeline:
     """Modality LUT, VOI choices and Presentation LUT of one instance; renders frames to uint8.
 
@@ -168,7 +169,8 @@ class DisplayPipeline:
     inverse: bool = False
     color: bool = False
     identity_default: bool = False
-    _tables: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _tables: OrderedDict = field(default_factory=OrderedDict, repr=False)  # (dtype, window, ...) -> LUT
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_instance(cls, inst: Instance, frame: int = 0) -> DisplayPipeline:
@@ -250,10 +252,11 @@ class DisplayPipeline:
 
     def _table(self, dtype: np.dtype, window: Window | None, voi_index: int, invert: bool) -> np.ndarray:
         key = (dtype.str, window, voi_index, invert)
-        table = self._tables.get(key)
-        if table is not None:
-            self._tables.move_to_end(key)
-            return table
+        with self._lock:  # the viewer renders from worker threads and the GUI thread
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+                return table
         if dtype.itemsize == 1:
             domain = np.arange(256, dtype=np.uint8).view(dtype)
         else:
@@ -262,9 +265,10 @@ class DisplayPipeline:
         table = to_u8(self._unit(values, window, voi_index))
         if invert:
             table = invert_u8(table)
-        self._tables[key] = table
-        while len(self._tables) > _MAX_CACHED_TABLES:
-            self._tables.popitem(last=False)
+        with self._lock:
+            self._tables[key] = table
+            while len(self._tables) > _MAX_CACHED_TABLES:
+                self._tables.popitem(last=False)
         return table
 
     def render(self, stored: np.ndarray, window: Window | None = None, invert: bool = False,
