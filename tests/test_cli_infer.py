@@ -42,7 +42,8 @@ def folder(tmp_path):
 
 def test_folder_with_a_corrupt_file_completes_with_exit_2(tmp_path, folder, model_dir, capsys):
     shutil.copy(pydicom_test_file("MR_truncated.dcm"), folder / "truncated.dcm")
-    (folder / "notes.txt").write_text("not an image")
+    (folder / "garbage.dcm").write_bytes(bytes(range(256)) * 4)  # named like DICOM, but is not
+    (folder / "notes.txt").write_text("not an image")  # not meant to be an image: ignored
     out = tmp_path / "out"
     rc = main(["infer", str(folder), "--model", str(model_dir), "--out", str(out), "--overlays", "--batch", "2",
                "--quiet"])
@@ -53,8 +54,9 @@ def test_folder_with_a_corrupt_file_completes_with_exit_2(tmp_path, folder, mode
     assert doc["model"]["name"] == "test-cam" and len(doc["model"]["sha256"]) == 64
     assert doc["provider"] == "CPUExecutionProvider" or doc["provider"] == "CUDAExecutionProvider"
     by_name = {r["path"].rsplit("/", 1)[-1]: r for r in doc["results"]}
-    assert set(by_name) == {"wide.png", "tall.png", "ct.dcm", "truncated.dcm", "notes.txt"}
-    for bad in ("truncated.dcm", "notes.txt"):
+    assert set(by_name) == {"wide.png", "tall.png", "ct.dcm", "truncated.dcm", "garbage.dcm"}
+    assert [i["path"].rsplit("/", 1)[-1] for i in doc["ignored"]] == ["notes.txt"]
+    for bad in ("truncated.dcm", "garbage.dcm"):
         assert by_name[bad]["error"] and by_name[bad]["scores"] == {} and "\n" not in by_name[bad]["error"]
     for good in ("wide.png", "tall.png", "ct.dcm"):
         r = by_name[good]
@@ -63,7 +65,7 @@ def test_folder_with_a_corrupt_file_completes_with_exit_2(tmp_path, folder, mode
         assert (out / r["overlay"]).is_file()
     assert by_name["ct.dcm"]["sop_instance_uid"] == "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
     assert by_name["wide.png"]["sop_instance_uid"] is None
-    assert doc["summary"] == {**doc["summary"], "images": 5, "scored": 3, "failed": 2}
+    assert doc["summary"] == {**doc["summary"], "images": 5, "scored": 3, "failed": 2, "ignored": 1}
     # the bright box of wide.png is flagged and its region is where the box is, on the original grid
     wide = by_name["wide.png"]
     assert wide["flagged"] == ["PNEUMONIA"]
@@ -100,6 +102,16 @@ def test_invalid_model_is_one_line_exit_1(tmp_path, folder, model_dir, capsys):
     rc = main(["infer", str(folder), "--model", str(model_dir), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and err.count("\n") == 0 and "SHA-256" in err and err.startswith("medviewer: error:")
+
+
+def test_non_image_files_named_explicitly_fail(tmp_path, folder, model_dir):
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert main(["infer", str(folder / "wide.png"), str(folder / "notes.txt"), "--model", str(model_dir),
+                 "--out", str(out), "--quiet"]) == 2
+    doc = json.loads((out / "results.json").read_text())
+    assert [r["error"] is None for r in doc["results"]] == [True, False] and doc["ignored"] == []
+    assert main(["infer", str(folder), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
 
 
 def test_no_images_found_is_exit_1(tmp_path, model_dir, capsys):

@@ -27,7 +27,8 @@ outputs:
   DIR/results.json   {"model": {"name", "version", "sha256"}, "provider", "results": [{"path",
                      "sop_instance_uid", "frame", "scores": {label: probability}, "flagged": [label],
                      "regions": [{"label", "bbox": [x0, y0, x1, y1], "bbox_mm", "peak", "mean",
-                     "area_px", "area_mm2"}], "seconds", "error", "overlay"}], "summary"}
+                     "area_px", "area_mm2"}], "seconds", "error", "overlay"}], "summary",
+                     "ignored": [{"path", "reason"}]}  (files in folders that are not images)
   DIR/results.csv    path, [frame (with --frames all),] one probability column per label,
                      flagged (';'-separated), error
   DIR/overlays/*.png with --overlays: heat map of the top flagged (else most probable) label,
@@ -35,7 +36,9 @@ outputs:
 
 exit status:
   0  every image was scored
-  2  some inputs failed (unreadable, not an image, ...): each has an "error" entry; the others are scored
+  2  some inputs failed (truncated/undecodable DICOM, a named file that is not an image, ...): each
+     has an "error" entry; the others are scored. Non-image files found in folders (LICENSE, *.txt)
+     are listed under "ignored" and do not count as failures
   1  nothing ran: invalid or missing model, unwritable output folder, or no images found
 
 examples:
@@ -80,15 +83,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _gather(inputs: list[str], all_frames: bool):
-    """Scan the inputs: frames to score (study/series/display order), then the files scan skipped."""
+#: a file found in a folder with one of these suffixes is meant to be an image: unreadable = an error
+IMAGE_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima", ".png", ".jpg", ".jpeg"}
+
+
+def _gather(inputs: list[str], all_frames: bool) -> tuple[list, list[dict]]:
+    """Scan the inputs: frames to score (study/series/display order) then the files that failed, and the
+    files ignored.
+
+    A file found while walking a folder whose content is not DICOM/PNG/JPEG and whose suffix is not an
+    image suffix (``LICENSE``, ``notes.txt``) is ignored, not failed; a file named on the command line,
+    or one with an image suffix (``broken.dcm``), that cannot be read is a failure.
+    """
     from medviewer.inference.batch import Failed, expand_frames
+    from medviewer.io import sniff_kind
+    from medviewer.io.instance import FileKind
     from medviewer.io.scan import scan
 
     res = scan(inputs)
     items = expand_frames(res.instances, all_frames)
-    items += [Failed(Path(s.path), s.reason) for s in res.skipped]
-    return items
+    named = {Path(i).resolve() for i in inputs}
+    ignored: list[dict] = []
+    for sk in res.skipped:
+        path = Path(sk.path)
+        if (path.exists() and path.resolve() not in named and path.suffix.lower() not in IMAGE_SUFFIXES
+                and sniff_kind(path) == FileKind.UNKNOWN):
+            ignored.append({"path": str(path), "reason": sk.reason})
+        else:
+            items.append(Failed(path, sk.reason))
+    return items, ignored
 
 
 def _overlay_names(items) -> list[str]:
@@ -124,7 +147,8 @@ def _result_entry(o) -> dict:
     return entry
 
 
-def write_results(out_dir: Path, package, session, outcomes, *, options: dict, wall_s: float) -> tuple[Path, Path]:
+def write_results(out_dir: Path, package, session, outcomes, *, options: dict, wall_s: float,
+                  ignored: list[dict] | None = None) -> tuple[Path, Path]:
     """Write ``results.json`` and ``results.csv`` into ``out_dir``; returns their paths."""
     from medviewer import __version__
 
@@ -142,9 +166,11 @@ def write_results(out_dir: Path, package, session, outcomes, *, options: dict, w
         "producer": f"medviewer {__version__}",
         "options": options,
         "summary": {"images": len(outcomes), "scored": len(outcomes) - failed, "failed": failed,
+                    "ignored": len(ignored or []),
                     "seconds": round(wall_s, 3),
                     "images_per_second": round((len(outcomes) - failed) / wall_s, 3) if wall_s > 0 else None},
         "results": [_result_entry(o) for o in outcomes],
+        "ignored": ignored or [],
     }
     json_path, csv_path = out_dir / "results.json", out_dir / "results.csv"
     tmp = json_path.with_suffix(".json.tmp")
@@ -169,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
     from medviewer.inference.batch import score_instances
     from medviewer.inference.registry import resolve_model
     from medviewer.inference.session import open_session
+    from medviewer.io import quiet_pydicom_warnings
 
     if args.batch < 1:
         raise MedViewerError(f"--batch must be at least 1, got {args.batch}")
@@ -189,9 +216,11 @@ def run(args: argparse.Namespace) -> int:
     if session.fallback_warning:
         print(f"medviewer: warning: {session.fallback_warning}", file=sys.stderr)
 
-    items = _gather(args.inputs, args.frames == "all")
+    quiet_pydicom_warnings()
+    items, ignored = _gather(args.inputs, args.frames == "all")
     if not items:
-        raise MedViewerError(f"no DICOM, PNG or JPEG images found in {' '.join(args.inputs)}")
+        raise MedViewerError(f"no DICOM, PNG or JPEG images found in {' '.join(args.inputs)}"
+                             + (f" ({len(ignored)} other files ignored)" if ignored else ""))
 
     on_done = None
     if args.overlays:
@@ -222,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
                "region_threshold": args.region_threshold, "min_region_area": args.min_region_area,
                "all_regions": bool(args.all_regions), "colormap": args.colormap, "alpha": args.alpha,
                "frames": args.frames}
-    json_path, _ = write_results(out_dir, package, session, outcomes, options=options, wall_s=wall)
+    json_path, _ = write_results(out_dir, package, session, outcomes, options=options, wall_s=wall, ignored=ignored)
     failed = [o for o in outcomes if not o.ok]
     for o in failed[:10]:
         print(f"medviewer: failed: {o.error if str(o.path) in o.error else f'{o.path}: {o.error}'}", file=sys.stderr)
