@@ -259,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"medviewer: ... and {len(failed) - 10} more failures (see {json_path})", file=sys.stderr)
     n_ok = len(outcomes) - len(failed)
     flagged = sum(1 for o in outcomes if o.prediction is not None and o.prediction.flagged)
-    print(f"{n_ok}/{len(outcomes)} images scored ({flagged} with findings flagged, {len(failed)} failed) by "
+    skipped = f", {len(ignored)} non-image files ignored" if ignored else ""
+    print(f"{n_ok}/{len(outcomes)} images scored ({flagged} with findings flagged, {len(failed)} failed{skipped}) by "
           f"{package.card.name} {package.card.version} on {session.provider} in {wall:.1f} s "
           f"({n_ok / wall if wall > 0 else 0:.1f} images/s) -> {json_path}")
     return EXIT_SOME_FAILED if failed else EXIT_OK

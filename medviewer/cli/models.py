@@ -94,7 +94,13 @@ def _show(pkg) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run ``medviewer models ...``; raises MedViewerError (exit 1) for invalid/unknown packages."""
     from medviewer.inference.package import ModelPackage
-    from medviewer.inference.registry import DEFAULT_MODEL_NAME, import_model, resolve_model, scan_models
+    from medviewer.inference.registry import (
+        DEFAULT_MODEL_NAME,
+        import_model,
+        resolve_model,
+        scan_models,
+        search_dirs,
+    )
 
     cmd = args.models_command
     if cmd == "list":
@@ -105,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
                                           for b in bad]}, indent=2))
         else:
             if not found:
-                print("no valid model packages found")
+                where = ", ".join(str(d) for _, d in search_dirs())
+                print(f"no valid model packages found (searched {where})")
             for p in found:
                 mark = "*" if p.source == "builtin" and p.card.name == DEFAULT_MODEL_NAME else " "
                 print(f"{mark} {p.card.name:<24} {p.card.version:<10} {p.source:<8} {p.card.task.value:<10} "
