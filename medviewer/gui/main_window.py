@@ -92,6 +92,7 @@ class MainWindow(QMainWindow):
         self._auto_uids: set[tuple[str, int]] = set()
         self._reported: set[str] = set()
         self._panel_state: tuple = ()
+        self._pending_thumbs: list[str] = []
         self.models_ready = False
         self.errors: list[str] = []
         self.last_session_info: tuple[str, str | None] = ("", None)  # provider, fallback/notice
@@ -353,7 +354,7 @@ class MainWindow(QMainWindow):
             def progress(*a: Any) -> None:
                 task.check()
                 if len(a) >= 2 and isinstance(a[0], int) and isinstance(a[1], int):
-                    task.signals.progress.emit(a[0], a[1])
+                    task.emit("progress", a[0], a[1])
 
             return scan(paths, progress=progress)
 
@@ -391,8 +392,7 @@ class MainWindow(QMainWindow):
                     self.sources[key] = FrameSource(list(se.instances), se)
                     new_keys.append(key)
         self.browser.add_studies(studies)
-        for key in new_keys:
-            self._start_thumbnail(key)
+        self._pending_thumbs += new_keys  # started once the first image is on screen
         msg = f"Opened {sum(len(s.series) for s in studies)} series"
         if skipped:
             msg += f"; skipped {len(skipped)} file(s), e.g. {Path(str(skipped[0].path)).name}: {skipped[0].reason}"
@@ -404,6 +404,13 @@ class MainWindow(QMainWindow):
         for vp, key in zip(targets, keys, strict=False):
             self.load_series(key, vp)
         self.browser.select(keys[0])
+        if not self._first_image_pending:
+            self._start_pending_thumbnails()
+
+    def _start_pending_thumbnails(self) -> None:
+        keys, self._pending_thumbs = self._pending_thumbs, []
+        for key in keys:
+            self._start_thumbnail(key)
 
     def _update_recent_menu(self) -> None:
         self.recent_menu.clear()
@@ -502,6 +509,7 @@ class MainWindow(QMainWindow):
             if self.t_open is not None and self.t_first_image is None:
                 self.t_first_image = time.perf_counter() - self.t_open
             self.firstImageShown.emit()
+            self._start_pending_thumbnails()
         if vp is self.active:
             self._sync_panel()
             self._maybe_auto_run()

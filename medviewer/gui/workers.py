@@ -67,6 +67,14 @@ class Task(QRunnable):
     def work(self) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def emit(self, signal_name: str, *args: Any) -> None:
+        """Emit one of :attr:`signals` from the worker; a no-op once the receiver side is gone
+        (application shutting down), so a late worker never raises."""
+        try:
+            getattr(self.signals, signal_name).emit(*args)
+        except RuntimeError:  # "Signal source has been deleted"
+            self._cancel.set()
+
     def run(self) -> None:  # worker thread
         try:
             res = self.work()
@@ -76,13 +84,13 @@ class Task(QRunnable):
             if not isinstance(exc, MedViewerError):
                 traceback.print_exc()
             if not self.cancelled:
-                self.signals.failed.emit(error_line(exc))
+                self.emit("failed", error_line(exc))
         else:
             if not self.cancelled:
-                self.signals.result.emit(res)
+                self.emit("result", res)
         finally:
             self.done.set()
-            self.signals.finished.emit()
+            self.emit("finished")
 
 
 class FnTask(Task):
@@ -137,7 +145,7 @@ class PrefetchTask(Task):
                 self.source.decode(k)
             except Exception as exc:  # keep the rest of the series
                 self.errors[k] = error_line(exc)
-                self.signals.frameFailed.emit(k, error_line(exc))
+                self.emit("frameFailed", k, error_line(exc))
                 continue
-            self.signals.item.emit(k)
-            self.signals.progress.emit(n - len(todo), n)
+            self.emit("item", k)
+            self.emit("progress", n - len(todo), n)
