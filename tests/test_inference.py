@@ -169,3 +169,16 @@ def test_cuda_session_creation_failure_falls_back_with_reason(pkg, monkeypatch, 
     assert s.notice == ("CUDA not used, running on the CPU: creating the CUDA session failed "
                         "(CUDA failure 100: no CUDA-capable device is detected ; GPU=0)")
     assert capsys.readouterr().out == ""  # no "EP Error" banner on stdout
+
+
+def test_runtime_imports_neither_torch_nor_qt():
+    """The AI runtime, export and CLI modules run where only onnxruntime is installed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, medviewer.inference as m, medviewer.export, medviewer.cli.infer, medviewer.cli.models\n"
+            "[getattr(m, n) for n in m.__all__]\n"
+            "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'PySide6', 'training', 'onnx'))\n"
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
