@@ -97,6 +97,10 @@ def test_wheel_scrolls_frames_and_keys(qtbot, settings):
     qtbot.waitUntil(vp.has_image, timeout=TIMEOUT)
     from medviewer.gui.keybindings import Command
 
+    win.toggle_cine()  # cine plays through the frames
+    qtbot.waitUntil(lambda: vp.state.frame >= 3, timeout=TIMEOUT)
+    win.toggle_cine()
+    assert not vp.cine_playing()
     win.actions[Command.LAST_IMAGE].trigger()
     assert vp.state.frame == 9
     win.actions[Command.PAGE_UP].trigger()
@@ -272,6 +276,14 @@ def test_series_into_second_viewport_and_layouts(qtbot, settings):
     win.browser.seriesActivated.emit(keys[0])  # double click in the browser -> active viewport
     qtbot.waitUntil(right.has_image, timeout=TIMEOUT)
     assert right.current_instance().modality == "CT"
+    # drag a series from the browser and drop it on a viewport
+    from PySide6.QtGui import QDropEvent
+
+    mr_key = next(k for k in keys if win.sources[k].instance(0).modality == "MR")
+    md = win.browser.tree.mimeData([win.browser._items[mr_key]])
+    right.dropEvent(QDropEvent(QPointF(20, 20), Qt.CopyAction, md, Qt.LeftButton, Qt.NoModifier))
+    qtbot.waitUntil(right.has_image, timeout=TIMEOUT)
+    assert right.current_instance().modality == "MR" and win.active is right
     win.set_layout("2x2")
     assert sum(v.isVisibleTo(win) for v in win.viewports) == 4
     win.set_layout("1x1")
