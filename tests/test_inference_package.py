@@ -120,6 +120,10 @@ def test_discovery_builtin_user_and_env(dirs, tmp_path, monkeypatch):
     assert registry.resolve_model(str(user / "mine")).source == "path"
     with pytest.raises(ModelPackageError, match="SHA-256"):  # a broken package named explicitly says why
         registry.resolve_model("broken")
+    odd = make_package(user / "folder-name", name="card-name")
+    (odd / "model.onnx").write_bytes(b"junk")
+    with pytest.raises(ModelPackageError, match="SHA-256"):  # found by its card's name, still says why
+        registry.resolve_model("card-name")
     with pytest.raises(ModelPackageError, match=r"no model named 'nope' \(installed: mine, other, pneumonia-cxr\)"):
         registry.resolve_model("nope")
 

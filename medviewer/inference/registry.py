@@ -20,6 +20,7 @@ from pathlib import Path
 import platformdirs
 
 from medviewer.errors import ModelPackageError
+from medviewer.inference.card import load_card
 from medviewer.inference.package import CARD_FILE, ONNX_FILE, ModelPackage
 
 __all__ = [
@@ -121,14 +122,19 @@ def resolve_model(name_or_path: str | Path | None) -> ModelPackage:
     first_error: InvalidPackage | None = None
     for source, root in search_dirs():
         for d in _candidates(root):
-            try:
-                pkg = ModelPackage.load(d, source=source)
+            try:  # the card alone says whether this is the one; only that package is fully validated
+                card = load_card(d)
             except ModelPackageError as exc:
                 if d.name == name and first_error is None:
                     first_error = InvalidPackage(d, source, exc.reason)
                 continue
-            if pkg.card.name == name:
-                return pkg
+            if card.name != name:
+                continue
+            try:
+                return ModelPackage.load(d, source=source)
+            except ModelPackageError as exc:
+                if first_error is None:
+                    first_error = InvalidPackage(d, source, exc.reason)
     if first_error is not None:
         raise ModelPackageError(first_error.path, first_error.reason)
     known = ", ".join(sorted(m.card.name for m in find_models())) or "none"
