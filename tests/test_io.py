@@ -157,3 +157,28 @@ def test_raster_files_are_one_image_studies(kermany_dir):
         (inst,) = series.instances
         assert inst.modality == "OT" and not inst.is_dicom and inst.pixel_spacing is None
         assert (inst.rows, inst.columns) == (224, 224)
+
+
+def test_png_and_jpeg_variants(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(2)
+    rgb16 = rng.integers(0, 65536, (20, 30, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "rgb16.png"), cv2.cvtColor(rgb16, cv2.COLOR_RGB2BGR))
+    inst = read_instance(tmp_path / "rgb16.png")
+    assert (inst.rows, inst.columns, inst.samples_per_pixel, inst.photometric_interpretation) == (20, 30, 3, "RGB")
+    px = inst.stored_pixels()
+    assert px.dtype == np.uint8 and px.shape == (20, 30, 3)
+    np.testing.assert_array_equal(px, np.rint(rgb16 / 257.0).astype(np.uint8))
+    rgba = np.dstack([rng.integers(0, 256, (10, 12, 3), dtype=np.uint8), np.full((10, 12), 7, np.uint8)])
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)  # BGRA on disk
+    inst = read_instance(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(inst.stored_pixels(), rgba[:, :, 2::-1])  # alpha dropped, BGR -> RGB
+    gray = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "g.jpg"), gray)
+    inst = read_instance(tmp_path / "g.jpg")
+    assert (inst.rows, inst.columns, inst.samples_per_pixel, inst.modality) == (16, 16, 1, "OT")
+    np.testing.assert_array_equal(inst.stored_pixels(), cv2.imread(str(tmp_path / "g.jpg"), cv2.IMREAD_UNCHANGED))
+    (tmp_path / "cut.png").write_bytes((tmp_path / "rgb16.png").read_bytes()[:40])
+    with pytest.raises(ReadError, match="corrupt or truncated"):
+        read_instance(tmp_path / "cut.png").stored_pixels()

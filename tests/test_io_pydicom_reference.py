@@ -200,6 +200,9 @@ def _check_file(path: Path, counts: dict[str, int]) -> str | None:
                     return f"{path.name} frame {k}: {function.value} window {window} differs"
                 counts["voi"] += 1
         counts["compared"] += 1
+        counts.setdefault("syntaxes", set()).add(str(inst.transfer_syntax_uid))
+        counts.setdefault("photometric", set()).add(pi)
+        counts.setdefault("multiframe", set()).add(inst.number_of_frames > 1)
     return None
 
 
@@ -216,8 +219,17 @@ def test_every_reference_file_matches_pydicom(reference_results):
     assert not failures, "\n".join(failures)
     assert counts["compared"] >= MIN_COMPARED_FILES, counts
     assert counts["voi"] >= MIN_VOI_COMPARISONS, counts
-    # the files pydicom cannot decode are few and named in the module docstring's spirit: keep it so
-    assert counts["undecodable"] <= 10, counts
+    assert counts["undecodable"] <= 10, counts  # only a handful of reference files are undecodable
+    uid = pydicom.uid
+    # every transfer syntax and photometric interpretation the reader promises was exercised (no reference
+    # file uses JPEG Lossless Process 14 (.57): see test_jpeg_lossless_process14 below)
+    assert {uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian, uid.ExplicitVRBigEndian,
+            uid.DeflatedExplicitVRLittleEndian, uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit,
+            uid.JPEGLosslessSV1, uid.JPEGLSLossless, uid.JPEGLSNearLossless, uid.JPEG2000Lossless, uid.JPEG2000,
+            uid.RLELossless} <= counts["syntaxes"]
+    assert {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR"} \
+        <= counts["photometric"]
+    assert counts["multiframe"] == {True, False}
 
 
 def test_offis_modality_and_voi_lut_files_are_compared(reference_results):
@@ -266,3 +278,19 @@ def test_reference_files_are_available():
     assert {"mlut_18.dcm", "vlut_04.dcm", "RG1_UNCR.dcm", "CT_small.dcm"} <= names, \
         "pydicom-data is not installed (pip install pydicom-data)"
     assert os.path.isdir(Path(pydicom.__file__).parent / "data" / "test_files")
+
+
+def test_jpeg_lossless_process14(tmp_path):
+    # A Selection Value 1 stream is a valid Process 14 stream: relabelled as JPEG Lossless (.57) it must
+    # decode to the same pixels (no reference file uses .57 itself)
+    from conftest import pydicom_test_file
+
+    src = pydicom_test_file("JPEG-LL.dcm")
+    ds = pydicom.dcmread(src)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGLossless
+    out = tmp_path / "p14.dcm"
+    ds.save_as(out)
+    relabelled, original = read_instance(out), read_instance(src)
+    assert relabelled.transfer_syntax_uid == pydicom.uid.JPEGLossless
+    np.testing.assert_array_equal(relabelled.stored_pixels(), original.stored_pixels())
+    np.testing.assert_array_equal(relabelled.stored_pixels(), pydicom.dcmread(src).pixel_array)

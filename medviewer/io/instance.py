@@ -271,7 +271,8 @@ class Instance:
         if not 0 <= frame < max(1, self.number_of_frames):
             raise ReadError(self.path, f"frame {frame} out of range (the image has {self.number_of_frames})")
         if not self.is_dicom:
-            return _read_raster(self.path)
+            img = _read_raster(self.path)
+            return _to_u8_color(img, 16) if img.ndim == 3 else img
         arr = self._decode_dicom(frame)
         if arr.ndim == 3 and arr.shape[-1] != 3 and self.samples_per_pixel == 1:
             arr = arr[0]  # a decoder returned all frames
