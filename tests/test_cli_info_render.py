@@ -83,6 +83,18 @@ def test_info_folder_lists_bad_files_under_skipped_and_reads_the_rest(capsys, tm
     assert "not a DICOM" in reasons["readme.txt"]
 
 
+def test_info_reads_a_dicomdir(capsys):
+    dicomdir = pydicom_test_file("DICOMDIR")
+    code, out, _ = run_cli(capsys, "info", dicomdir, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert {s["patient_id"] for s in doc["studies"]} == {"77654033", "98890234"}
+    n = sum(len(se["instances"]) for st in doc["studies"] for se in st["series"])
+    assert n > 0 and all(s["reason"] for s in doc["skipped"])
+    code, text, _ = run_cli(capsys, "info", dicomdir.parent)
+    assert code == 0 and text.count("Patient ") >= 2
+
+
 def test_info_single_bad_file_is_one_line_error(capsys, tmp_path):
     bad = tmp_path / "x.dcm"
     bad.write_bytes(b"\x00" * 10)

@@ -58,7 +58,7 @@ def _series_json(series: Series) -> dict[str, Any]:
         "pixel_spacing": list(head.pixel_spacing) if head.pixel_spacing else None,
         "pixel_spacing_source": head.pixel_spacing_source,
         "transfer_syntax": transfer_syntax_name(head.transfer_syntax_uid) if head.is_dicom else None,
-        "ordered_by": series.ordered_by,
+        "ordered_by": series.ordered_by.value,
         "slice_spacing_mm": series.slice_spacing_mm,
         "number_of_instances": len(series.instances),
         "number_of_frames": series.number_of_frames,
@@ -112,7 +112,7 @@ def _series_lines(series: Series) -> list[str]:
     detail = []
     if series.slice_spacing_mm:
         detail.append(f"slices {series.slice_spacing_mm:.4g} mm apart")
-    detail.append(f"{series.ordered_by.replace('_', ' ')} order")
+    detail.append(f"{series.ordered_by.value.replace('_', ' ')} order")
     if head.is_dicom:
         detail.append(transfer_syntax_name(head.transfer_syntax_uid))
         detail.append(f"uid {series.series_instance_uid}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ _PIXEL_TAGS = {0x7FE00010: "Pixel Data", 0x7FE00008: "Float Pixel Data", 0x7FE00
 _UNDEFINED = 0xFFFFFFFF
 
 
-class FileKind:
+class FileKind(str, Enum):
     """What :func:`sniff_kind` recognised a file as (by content)."""
 
     DICOM = "dicom"
@@ -53,7 +54,7 @@ class FileKind:
     UNKNOWN = "unknown"
 
 
-def sniff_kind(path: str | Path) -> str:
+def sniff_kind(path: str | Path) -> FileKind:
     """Recognise a file by its first bytes: one of the :class:`FileKind` values.
 
     DICOM Part 10 files carry ``DICM`` at byte 128; bare datasets (no preamble) are accepted when their
@@ -244,7 +245,8 @@ class Instance:
     @property
     def is_color(self) -> bool:
         """True when :meth:`stored_pixels` returns RGB ``(rows, cols, 3)`` uint8."""
-        return self.samples_per_pixel == 3 or self.photometric_interpretation == "PALETTE COLOR"
+        palette = self.photometric_interpretation == PhotometricInterpretation.PALETTE_COLOR
+        return self.samples_per_pixel == 3 or palette
 
     def stored_pixels(self, frame: int = 0) -> np.ndarray:
         """Decode one frame's stored values.
@@ -277,7 +279,7 @@ class Instance:
         if arr.ndim == 3 and arr.shape[-1] != 3 and self.samples_per_pixel == 1:
             arr = arr[0]  # a decoder returned all frames
         pi = self.photometric_interpretation
-        if pi == PhotometricInterpretation.PALETTE_COLOR.value:
+        if pi == PhotometricInterpretation.PALETTE_COLOR:
             from pydicom.pixels import apply_color_lut
 
             try:
@@ -436,7 +438,7 @@ def _read_raster_instance(path: Path, kind: str) -> Instance:
     return Instance(
         path=path, is_dicom=False, modality=RASTER_MODALITY, rows=rows, columns=cols,
         number_of_frames=1, samples_per_pixel=samples,
-        photometric_interpretation=("RGB" if samples == 3 else "MONOCHROME2"),
+        photometric_interpretation=(PhotometricInterpretation.RGB if samples == 3 else PhotometricInterpretation.MONOCHROME2).value,
         bits_allocated=bits, bits_stored=bits, pixel_representation=0,
         sop_instance_uid="", series_description=path.name,
     )
@@ -491,7 +493,7 @@ def _ends_with_sequence_delimiter(path: Path, file_size: int, ds: Dataset) -> bo
 def _expected_native_bytes(inst: Instance) -> int:
     bits = inst.bits_allocated
     pixels = inst.rows * inst.columns * max(1, inst.number_of_frames) * inst.samples_per_pixel
-    if inst.photometric_interpretation == "YBR_FULL_422":
+    if inst.photometric_interpretation == PhotometricInterpretation.YBR_FULL_422:
         pixels = pixels * 2 // 3
     return (pixels * bits + 7) // 8
 
@@ -548,7 +550,7 @@ def _read_dicom_instance(path: Path) -> Instance:
                 raise ReadError(path, f"Pixel Data is truncated: {length} bytes for {inst.rows}x{inst.columns}"
                                       f"x{inst.number_of_frames} frames of {inst.bits_allocated}-bit samples "
                                       f"({expected} expected)")
-            if tag == 0x7FE00010 and inst.photometric_interpretation != "YBR_FULL_422":
+            if tag == 0x7FE00010 and inst.photometric_interpretation != PhotometricInterpretation.YBR_FULL_422:
                 inst._pixel_offset = offset
     return inst
 
@@ -563,7 +565,7 @@ def _instance_from_header(path: Path, ds: Dataset, ts: str | None) -> Instance:
     if frames < 1:
         raise ReadError(path, f"invalid Number of Frames (0028,0008) {frames}")
     if not pi_text:
-        pi_text = "RGB" if samples == 3 else "MONOCHROME2"
+        pi_text = (PhotometricInterpretation.RGB if samples == 3 else PhotometricInterpretation.MONOCHROME2).value
     pi = PhotometricInterpretation.parse(pi_text)
     if pi is None:
         raise ReadError(path, f"unsupported Photometric Interpretation (0028,0004) '{pi_text}'")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ __all__ = ["scan", "ScanResult", "Study", "Series", "Skipped", "Gap", "order_ins
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (DICOMDIR)
 
 
-class SliceOrder:
+class SliceOrder(str, Enum):
     """How a series' instances were ordered (:attr:`Series.ordered_by`)."""
 
     POSITION = "position"  #: along the slice normal
@@ -80,7 +81,7 @@ class Series:
     instances: list[Instance] = field(default_factory=list)
     duplicates: list[Instance] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
-    ordered_by: str = SliceOrder.FILE_NAME
+    ordered_by: SliceOrder = SliceOrder.FILE_NAME
     slice_spacing_mm: float | None = None
 
     @property
@@ -142,7 +143,7 @@ def _by_number(inst: Instance) -> tuple:
     return (inst.instance_number is None, inst.instance_number or 0, inst.path.name)
 
 
-def order_instances(instances: list[Instance]) -> tuple[list[Instance], str, list[Gap], float | None]:
+def order_instances(instances: list[Instance]) -> tuple[list[Instance], SliceOrder, list[Gap], float | None]:
     """Put one series' instances in display order.
 
     By position along the slice normal when every instance has a position and they share one
