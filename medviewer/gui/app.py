@@ -113,7 +113,7 @@ def run_app(args: argparse.Namespace) -> int:
         paths.insert(0, str(p))
         win.set_layout("1x1")
         win.panel.set_heatmap_on(True)
-        win.panel.auto_run.setChecked(True)
+        win.force_auto_run = True
     model = getattr(args, "model", None)
     if model:
         win.load_models(model)

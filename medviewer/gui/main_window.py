@@ -93,6 +93,7 @@ class MainWindow(QMainWindow):
         self._reported: set[str] = set()
         self._panel_state: tuple = ()
         self._pending_thumbs: list[str] = []
+        self.force_auto_run = False  # --demo: run on open for this session without changing the setting
         self.models_ready = False
         self.errors: list[str] = []
         self.last_session_info: tuple[str, str | None] = ("", None)  # provider, fallback/notice
@@ -720,7 +721,7 @@ class MainWindow(QMainWindow):
     def _maybe_auto_run(self) -> None:
         vp = self.active
         uid = vp.frame_uid()
-        if (not self.panel.auto_run.isChecked() or self.package is None or uid is None or not vp.has_image()
+        if (not (self.panel.auto_run.isChecked() or self.force_auto_run) or self.package is None or uid is None or not vp.has_image()
                 or uid in self.predictions or uid in self._auto_uids or self._infer_task is not None):
             return
         self._auto_uids.add(uid)
