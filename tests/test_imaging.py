@@ -212,3 +212,23 @@ def test_raster_window_and_preset_apply_per_channel(kermany_dir):
     assert narrow.shape == raw.shape and narrow.dtype == np.uint8
     assert (narrow == 0).mean() > (raw == 0).mean()  # a narrow window clips more to black
     assert np.array_equal(display_image(inst, invert=True), 255 - raw)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "RG1_UNCR.dcm", "emri_small.dcm", "vlut_04.dcm",
+                                  "mlut_18.dcm", "OBXXXX1A.dcm"])
+def test_default_window_rebuilt_from_numbers_renders_the_default_display(name):
+    # a viewer keeps only center/width while dragging: Window(c, w) must reproduce display_image's default
+    inst = read_instance(pydicom_test_file(name))
+    pipe = DisplayPipeline.from_instance(inst)
+    stored = inst.stored_pixels()
+    default = pipe.default_window(stored)
+    shown = display_image(inst)
+    if default is None:  # colour: shown unchanged
+        assert inst.is_color and np.array_equal(shown, stored)
+        return
+    rebuilt = pipe.render(stored, Window(default.center, default.width))
+    if pipe.voi_luts:  # the file's VOI LUT is only used with window=None; W/L starts from the auto window
+        assert np.array_equal(shown, pipe.render(stored, None))
+        assert rebuilt.min() == 0 and rebuilt.max() == 255
+    else:
+        assert np.array_equal(rebuilt, shown)

@@ -18,6 +18,7 @@ from medviewer.imaging.window import (
     auto_window,
     find_preset,
     invert_u8,
+    linear_window,
     presets_for,
 )
 
@@ -38,4 +39,5 @@ __all__ = [
     "apply_window",
     "auto_window",
     "invert_u8",
+    "linear_window",
 ]

@@ -36,6 +36,7 @@ from medviewer.imaging.window import (
     auto_window,
     find_preset,
     invert_u8,
+    linear_window,
     to_u8,
 )
 from medviewer.io.enum import PhotometricInterpretation
@@ -230,15 +231,14 @@ class DisplayPipeline:
         return self.auto_window(stored)
 
     def auto_window(self, stored: np.ndarray) -> Window:
-        """Robust automatic window: 0.5th..99.5th percentile of the frame's modality values."""
+        """Robust automatic window: 0.5th..99.5th percentile of the frame's modality values (LINEAR)."""
         values = np.asarray(stored)
         if values.dtype.kind in "iu" and values.dtype.itemsize <= 2 and self.modality_lut.lut is None:
             # percentiles of stored values, then the (monotonic) rescale -- cheaper on large frames
             w = auto_window(values)
-            a = w.center - w.width / 2
-            b = w.center + w.width / 2
-            lo, hi = sorted(self.modality_lut.apply(np.array([a, b], np.float64), np.float64))
-            return Window((lo + hi) / 2, max(hi - lo, 1.0), VoiLutFunction.LINEAR_EXACT, "auto")
+            ends = self.modality_lut.apply(np.array([w.lower, w.upper], np.float64), np.float64)
+            lo, hi = sorted(float(v) for v in ends)
+            return linear_window(lo, hi)
         return auto_window(self.modality_values(values))
 
     # ------------------------------------------------------------------ render

@@ -20,6 +20,7 @@ __all__ = [
     "find_preset",
     "apply_window",
     "auto_window",
+    "linear_window",
     "invert_u8",
     "to_u8",
 ]
@@ -142,7 +143,10 @@ def auto_window(values: np.ndarray, low: float = 0.5, high: float = 99.5, max_sa
     Returns
     -------
     Window
-        LINEAR_EXACT window spanning ``[p_low, p_high]`` (width at least 1).
+        LINEAR window (PS3.3 C.11.2.1.2.1) whose black and white points (:attr:`Window.lower`,
+        :attr:`Window.upper`) are ``p_low`` and ``p_high``: center ``(p_low + p_high) / 2 + 0.5``, width
+        ``p_high - p_low + 1``. LINEAR, so a viewer that re-creates it from its center/width alone
+        (``Window(center, width)``) renders exactly the same image.
     """
     v = np.asarray(values)
     flat = v.reshape(-1)
@@ -150,14 +154,27 @@ def auto_window(values: np.ndarray, low: float = 0.5, high: float = 99.5, max_sa
         flat = flat[:: int(np.ceil(flat.size / max_samples))]
     flat = flat[np.isfinite(flat)] if flat.dtype.kind == "f" else flat
     if flat.size == 0:
-        return Window(0.5, 1.0, VoiLutFunction.LINEAR_EXACT, "auto")
+        return linear_window(0.0, 1.0)
     lo, hi = np.percentile(flat, [low, high])
     if hi - lo < 1:
         lo, hi = float(flat.min()), float(flat.max())
     if hi - lo < 1:
         mid = (lo + hi) / 2
         lo, hi = mid - 0.5, mid + 0.5
-    return Window((lo + hi) / 2, hi - lo, VoiLutFunction.LINEAR_EXACT, "auto")
+    return linear_window(float(lo), float(hi))
+
+
+def linear_window(black: float, white: float, explanation: str = "auto") -> Window:
+    """The LINEAR window mapping `black` (and below) to 0 and `white` (and above) to 1.
+
+    Raises
+    ------
+    ValueError
+        ``white - black < 0``.
+    """
+    if white < black:
+        raise ValueError(f"white point {white} is below the black point {black}")
+    return Window((black + white) / 2 + 0.5, white - black + 1.0, VoiLutFunction.LINEAR, explanation)
 
 
 @dataclass(frozen=True)
