@@ -112,7 +112,8 @@ def _series_lines(series: Series) -> list[str]:
     detail = []
     if series.slice_spacing_mm:
         detail.append(f"slices {series.slice_spacing_mm:.4g} mm apart")
-    detail.append(f"{series.ordered_by.value.replace('_', ' ')} order")
+    if count > 1:
+        detail.append(f"{series.ordered_by.value.replace('_', ' ')} order")
     if head.is_dicom:
         detail.append(transfer_syntax_name(head.transfer_syntax_uid))
         detail.append(f"uid {series.series_instance_uid}")
