@@ -5,7 +5,7 @@ Every function here is pure: arrays in, arrays out; nothing depends on a file or
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class Window:
     center: float
     width: float
     function: VoiLutFunction = VoiLutFunction.LINEAR
-    explanation: str = ""
+    explanation: str = field(default="", compare=False)  # a label; equal numbers = the same window
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.center) and np.isfinite(self.width)):
