@@ -189,7 +189,7 @@ def test_choice_among_multiple_file_windows(tmp_path):
 def test_voi_lut_function_from_file(tmp_path):
     inst = _variant(tmp_path, "s.dcm", WindowCenter=40, WindowWidth=400, VOILUTFunction="SIGMOID")
     pipe = DisplayPipeline.from_instance(inst)
-    assert pipe.windows[0].function == VoiLutFunction.SIGMOID
+    assert pipe.windows[0].function == pipe.voi_function == VoiLutFunction.SIGMOID
     stored = inst.stored_pixels()
     hu = pipe.modality_values(stored).astype(np.float64)
     expected = np.rint(255 / (1 + np.exp(-4 * (hu - 40) / 400)))

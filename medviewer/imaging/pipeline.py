@@ -204,6 +204,12 @@ class DisplayPipeline:
         return cls(modality=inst.modality, modality_lut=mlut, windows=windows, voi_luts=vois,
                    inverse=inverse, identity_default=identity)
 
+    @property
+    def voi_function(self) -> VoiLutFunction:
+        """The file's VOI LUT Function (0028,1056), LINEAR when absent: use it for windows the user drags,
+        ``Window(center, width, pipeline.voi_function)``, so a SIGMOID image stays SIGMOID."""
+        return self.windows[0].function if self.windows else VoiLutFunction.LINEAR
+
     # ------------------------------------------------------------------ values
     def modality_values(self, stored: np.ndarray) -> np.ndarray:
         """Stored values -> modality values (HU on CT) as float32, same shape (PS3.3 C.11.1).
