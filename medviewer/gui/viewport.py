@@ -243,7 +243,9 @@ class Viewport(QWidget):
         from medviewer.imaging import Window
 
         pipe = src.pipeline(self.state.frame)
-        win = Window(float(self.state.center_w), float(self.state.width_w)) if self.state.width_w else None
+        win = None
+        if self.state.width_w:  # the file's VOI LUT Function (e.g. SIGMOID) is kept while dragging
+            win = Window(float(self.state.center_w), float(self.state.width_w), pipe.voi_function)
         shown = self._reduced_stored(stored, fx, fy)
         disp = pipe.render(shown, win, invert=self.state.invert)
         if shown is stored and (fx < 1.0 or fy < 1.0):
