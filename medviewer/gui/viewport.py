@@ -120,6 +120,7 @@ class Viewport(QWidget):
         self._heat: tuple[tuple, np.ndarray] | None = None  # ((frame_uid, label, cmap), rgba)
         self._heat_small: tuple[tuple, QImage, float, float] | None = None
         self._reduced: tuple[tuple, np.ndarray] | None = None  # stored values at the shown resolution
+        self._values_cache: tuple[tuple, np.ndarray] | None = None  # modality values of the shown frame
         self._shown_frame: int | None = None
         self._drag: dict[str, Any] | None = None
         self._drawing: Measurement | None = None
@@ -135,7 +136,7 @@ class Viewport(QWidget):
         self.ai = None
         self._display = None
         self._display_key = None
-        self._small = self._heat = self._heat_small = self._reduced = None
+        self._small = self._heat = self._heat_small = self._reduced = self._values_cache = None
         self._shown_frame = None
         self.state = ViewState()
         self.message = ""
@@ -187,7 +188,8 @@ class Viewport(QWidget):
         self._display = None  # rendered lazily at paint time, at the resolution shown
         if self._shown_frame != k:
             sp = src.spacing(k)
-            self.state.set_image_size(int(stored.shape[1]), int(stored.shape[0]), sp[1] / sp[0] if sp else 1.0)
+            if self.state.set_image_size(int(stored.shape[1]), int(stored.shape[0]), sp[1] / sp[0] if sp else 1.0):
+                self.state.fit(max(self.width(), 1), max(self.height(), 1))  # a frame of another size
             self._shown_frame = k
         self.update()
 
@@ -462,10 +464,16 @@ class Viewport(QWidget):
         if stored is None:
             return None, ""
         inst = self.current_instance()
+        unit = "HU" if str(getattr(inst, "modality", "")) == "CT" else ""
+        key = (self.source_key, self.state.frame)
+        if self._values_cache is not None and self._values_cache[0] == key:
+            return self._values_cache[1], unit
         if stored.ndim == 3:
-            return stored.astype(np.float32), ""
-        vals = self.source.pipeline(self.state.frame).modality_values(stored)
-        return vals, ("HU" if str(getattr(inst, "modality", "")) == "CT" else "")
+            vals = stored.astype(np.float32)
+        else:
+            vals = self.source.pipeline(self.state.frame).modality_values(stored)
+        self._values_cache = (key, vals)  # ROI statistics reuse it while the frame is shown
+        return vals, unit
 
     def _paint_measurements(self, p: QPainter, t: QTransform) -> None:
         items = list(self.measurements.get(self.frame_uid() or ("", 0), []))

@@ -61,12 +61,14 @@ class ViewState:
     fitted: bool = field(default=True)
 
     # -- geometry -------------------------------------------------------------------------------
-    def set_image_size(self, w: int, h: int, aspect: float = 1.0) -> None:
-        """New image geometry; recentres when the size changes."""
+    def set_image_size(self, w: int, h: int, aspect: float = 1.0) -> bool:
+        """New image geometry; recentres and returns True when the size or aspect changed."""
         if (w, h) != (self.image_w, self.image_h) or aspect != self.aspect:
             self.image_w, self.image_h, self.aspect = int(w), int(h), float(aspect)
             self.center = (w / 2.0, h / 2.0)
             self.fitted = True
+            return True
+        return False
 
     def matrix(self, view_w: float, view_h: float) -> np.ndarray:
         """3x3 affine matrix mapping homogeneous image ``(x, y, 1)`` to screen coordinates."""
