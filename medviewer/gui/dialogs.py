@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt
@@ -86,6 +87,12 @@ def card_html(pkg: Any) -> str:
                 f"Licence: {e(t.data_licence)} · {t.epochs} epochs · seed {t.seed}"
                 f"{(' · ' + e(t.architecture)) if t.architecture else ''}</p>"
                 f"<p><i>Citation:</i> {e(t.citation)}</p>")
+    plots = [pl for pl in getattr(pkg, "plots", ()) or () if str(pl).lower().endswith(".png")]
+    if plots:
+        rows.append("<h3>Evaluation plots</h3><p>")
+        for pl in plots[:6]:
+            rows.append(f"<img src='{e(Path(pl).resolve().as_uri())}' width=340> ")
+        rows.append("</p>")
     rows.append("<h3>Package</h3><p>"
                 f"Licence {e(c.license)} · created {e(c.created)} · ONNX opset {c.onnx_opset} · "
                 f"{e(c.producer.name)} {e(c.producer.version)}<br>"
