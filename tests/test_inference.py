@@ -182,3 +182,11 @@ def test_runtime_imports_neither_torch_nor_qt():
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_onnxruntime_loader_noise_is_silenced(pkg, capfd):
+    """Asking for CUDA where it cannot load prints nothing from ORT itself (C++ log lines on fd 2)."""
+    Session(pkg, "cuda")
+    Session(pkg, "auto")
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
