@@ -1,0 +1,328 @@
+"""Export a trained network as a MedViewer model package: ``model.onnx`` + ``model.json`` + README + plots.
+
+The ONNX graph has one input ``image`` ``(N, C, H, W)`` float32 and two outputs: ``logits`` ``(N, K)`` and
+``cam`` ``(N, K, h, w)``, the class activation maps of Zhou et al. (2016) computed in the graph as the
+classifier applied at every location of the last feature map (``cam.mean((2, 3)) == logits``). The batch
+axis is dynamic (named ``batch``); weights are stored inside the one file.
+
+Before the package is written, :func:`check_parity` runs the ONNX graph (onnxruntime, CPU) and the torch
+model on real images: probabilities agree within 1e-4, CAMs within 1e-3 of their range, and the torch
+CAM equals :class:`monai.visualize.CAM` (with identity upsampler and normaliser).
+
+Example
+-------
+>>> export_package("runs/cxr/best.pt", "resources/models/pneumonia-cxr", name="pneumonia-cxr")
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medviewer.errors import ModelPackageError
+from medviewer.imaging.preprocess import fit_to_input, normalise
+from medviewer.inference.card import (
+    ComparisonRow,
+    InputSpec,
+    Metrics,
+    ModelCard,
+    OperatingPoint,
+    Preprocessing,
+    Provenance,
+    Task,
+    save_card,
+    sha256_file,
+)
+from training.models import CLASSIFIER_LAYER, FEATURE_LAYER, CAMNet
+
+__all__ = [
+    "KERMANY_CITATION",
+    "KERMANY_DATASET",
+    "ParityReport",
+    "export_onnx",
+    "check_parity",
+    "monai_cam",
+    "export_package",
+    "render_readme",
+]
+
+KERMANY_DATASET = ("Pediatric chest X-ray pneumonia data set (Kermany et al. 2018), official train split, "
+                   "images resized to 224x224")
+KERMANY_CITATION = (
+    "Kermany D, Zhang K, Goldbaum M (2018). Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images "
+    "for Classification. Mendeley Data, v2, doi:10.17632/rscbjbr9sj.2. Paper: Kermany DS et al., Identifying "
+    "Medical Diagnoses and Treatable Diseases by Image-Based Deep Learning. Cell 172(5):1122-1131, 2018, "
+    "doi:10.1016/j.cell.2018.02.010.")
+
+OPSET = 18
+
+
+class _WithCam(nn.Module):
+    def __init__(self, model: CAMNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_cam(image)
+
+
+def export_onnx(model: CAMNet, path: str | Path, inp: InputSpec, opset: int = OPSET) -> Path:
+    """Write ``model`` as one self-contained ONNX file with outputs ``logits`` and ``cam``.
+
+    Uses the dynamo-based exporter (``torch.onnx.export(..., dynamo=True, external_data=False)``) with a
+    dynamic batch dimension named ``batch``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _WithCam(model.cpu().eval()).eval()
+    dummy = torch.zeros(2, inp.channels, inp.height, inp.width)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (dummy,), str(path), input_names=[inp.name], output_names=["logits", "cam"],
+                          dynamic_shapes={"image": {0: batch}}, dynamo=True, external_data=False,
+                          opset_version=opset, verbose=False, optimize=True)
+    for extra in path.parent.glob(path.name + ".data"):
+        extra.unlink()
+    return path
+
+
+def monai_cam(model: CAMNet, x: torch.Tensor, class_idx: int) -> torch.Tensor:
+    """``monai.visualize.CAM`` of ``model`` for one class at feature-map resolution, un-normalised.
+
+    MONAI's defaults upsample to the input size and apply a normaliser that maps the maximum to 0; both
+    are replaced by the identity so the raw map can be compared.
+    """
+    from monai.visualize import CAM
+
+    cam = CAM(model, target_layers=FEATURE_LAYER, fc_layers=CLASSIFIER_LAYER,
+              upsampler=lambda _size: (lambda m: m), postprocessing=lambda m: m)
+    idx = torch.full((x.shape[0],), class_idx, dtype=torch.long)
+    with torch.no_grad():
+        return cam(x, class_idx=idx)[:, 0]
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Maximum deviations found by :func:`check_parity` (all must be within tolerance)."""
+
+    n_images: int
+    prob_max_abs: float
+    cam_max_rel: float
+    monai_max_rel: float
+    ok: bool
+
+
+def check_parity(model: CAMNet, onnx_path: str | Path, fitted_u8: np.ndarray, spec: Preprocessing,
+                 prob_tol: float = 1e-4, cam_tol: float = 1e-3) -> ParityReport:
+    """Compare the ONNX graph (onnxruntime CPU) with the torch model and with MONAI's CAM.
+
+    Parameters
+    ----------
+    fitted_u8
+        uint8 ``(N, H, W, C)`` images already fitted to the input size (real images).
+    prob_tol
+        Maximum absolute difference of softmax probabilities.
+    cam_tol
+        Maximum difference of CAMs relative to the torch CAM's range (per image and class).
+    """
+    import onnxruntime as ort
+
+    x = np.stack([normalise(im, spec) for im in fitted_u8]).astype(np.float32)
+    model = model.cpu().eval()
+    with torch.no_grad():
+        logits_t, cam_t = model.forward_with_cam(torch.from_numpy(x))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    logits_o, cam_o = sess.run(["logits", "cam"], {sess.get_inputs()[0].name: x})
+    p_t = torch.softmax(logits_t, 1).numpy()
+    p_o = torch.softmax(torch.from_numpy(logits_o), 1).numpy()
+    rng = (cam_t.amax(dim=(2, 3)) - cam_t.amin(dim=(2, 3))).clamp_min(1e-6)[..., None, None]
+    cam_rel = float(((torch.from_numpy(cam_o) - cam_t).abs() / rng).max())
+    monai_rel = 0.0
+    for k in range(cam_t.shape[1]):
+        ref = monai_cam(model, torch.from_numpy(x), k)
+        monai_rel = max(monai_rel, float(((ref - cam_t[:, k]).abs() / rng[:, k]).max()))
+    prob = float(np.abs(p_o - p_t).max())
+    ok = prob <= prob_tol and cam_rel <= cam_tol and monai_rel <= cam_tol
+    return ParityReport(len(x), prob, cam_rel, monai_rel, ok)
+
+
+def _validation_images(run_dir: Path, spec: Preprocessing, inp: InputSpec, n: int) -> np.ndarray:
+    from training.data import read_display_u8
+
+    paths: list[Path] = []
+    split_csv = run_dir / "split.csv"
+    if split_csv.is_file():
+        with open(split_csv, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["split"] == "val"]
+        step = max(1, len(rows) // n)
+        paths = [Path(r["path"]) for r in rows[::step][:n] if Path(r["path"]).is_file()]
+    if not paths:
+        raise ModelPackageError(run_dir, "no validation images found (split.csv) for the export parity check")
+    return np.stack([fit_to_input(read_display_u8(p), spec, inp)[0] for p in paths])
+
+
+def _fmt(v: float | None, pct: bool = True) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f} %" if pct else f"{v:.3f}"
+
+
+def render_readme(card: ModelCard, parity: ParityReport, plots: list[str]) -> str:
+    """A human-readable model card (Markdown) from the JSON card."""
+    lines = [f"# {card.name} {card.version}", "", card.description, "",
+             "## Intended use", "", card.intended_use, "", "## Limitations", "", card.limitations, "",
+             "## Model", "",
+             f"- Architecture: {card.training.architecture}",
+             f"- Task: {card.task.value}; labels {card.labels}; negative label {card.negative_label!r}",
+             f"- Input `{card.input.name}`: ({card.input.channels}, {card.input.height}, {card.input.width}) float32 "
+             f"from the viewer's 8-bit display image, {card.preprocessing.resize.value} resize "
+             f"({card.preprocessing.interpolation}), x = (u8/255 - {card.preprocessing.mean}) / {card.preprocessing.std}",
+             f"- Outputs: `{card.outputs.logits}` (N, K) and `{card.outputs.cam}` (N, K, h, w) class activation maps "
+             "(Zhou et al. 2016), computed in the graph",
+             f"- ONNX opset {card.onnx_opset}; SHA-256 `{card.sha256}`", ""]
+    for op in card.operating_points:
+        lines += ["## Operating point", "",
+                  f"`{op.label}` is flagged when its probability >= **{op.threshold:.4f}** ({op.criterion}, chosen on "
+                  f"{op.split}): sensitivity {_fmt(op.sensitivity)}, specificity {_fmt(op.specificity)}.", ""]
+    lines += ["## Evaluation", "",
+              "| model | split | n | AUROC (95 % CI) | accuracy | sensitivity | specificity | precision | F1 | Brier |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def row(name: str, m: Metrics) -> str:
+        ci = f" ({m.auroc_ci95[0]:.3f}-{m.auroc_ci95[1]:.3f})" if m.auroc_ci95 else ""
+        return (f"| {name} | {m.split} | {m.n} | {_fmt(m.auroc, False)}{ci} | {_fmt(m.accuracy)} | "
+                f"{_fmt(m.sensitivity)} | {_fmt(m.specificity)} | {_fmt(m.precision)} | {_fmt(m.f1)} | "
+                f"{_fmt(m.brier, False)} |")
+
+    lines += [row(f"**{card.name}**", m) for m in card.metrics]
+    lines += [row(c.name, c.metrics) for c in card.comparisons]
+    if card.metrics and card.metrics[0].confusion_matrix:
+        cm = card.metrics[0].confusion_matrix
+        lines += ["", f"Confusion matrix on {card.metrics[0].split} (rows truth, columns predicted; "
+                      f"{card.labels}): {cm}"]
+    if card.comparisons:
+        lines += ["", "Baselines: " + "; ".join(f"{c.name}: {c.description}" for c in card.comparisons)]
+    lines += ["", f"Export parity on {parity.n_images} real validation images: max |p_onnx - p_torch| = "
+                  f"{parity.prob_max_abs:.2e}; max CAM difference {parity.cam_max_rel:.2e} of its range; "
+                  f"torch CAM vs monai.visualize.CAM {parity.monai_max_rel:.2e}.", ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    t = card.training
+    lines += ["## Training data and provenance", "",
+              f"- Data: {t.dataset}", f"- Licence of the data: {t.data_licence}", f"- Split: {t.split}",
+              f"- Counts: {json.dumps(t.counts)}", f"- Epochs: {t.epochs}; seed {t.seed}",
+              f"- Reproduce: `{t.command}`", "", "## Citation", "", t.citation, "",
+              f"## Licence\n\n{card.license}. Created {card.created} by {card.producer.name} {card.producer.version}.", ""]
+    return "\n".join(lines)
+
+
+def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str = "1.0.0",
+                   description: str | None = None, intended_use: str | None = None,
+                   limitations: str | None = None, comparisons: str | Path | None = None,
+                   dataset: str | None = None, citation: str | None = None, data_licence: str | None = None,
+                   license: str = "CC-BY-4.0", command: str = "", parity_images: int = 16,
+                   authors: list[str] | None = None, negative_label: str | None = None) -> tuple[Path, ParityReport]:
+    """Write a complete, validated model package from a ``best.pt`` checkpoint of :func:`training.engine.fit`.
+
+    Parameters
+    ----------
+    checkpoint
+        ``best.pt``; its run directory must hold ``split.csv`` and ``metrics.json`` (and ``plots/``).
+    out_dir
+        Package directory (created; an existing ``model.onnx``/``model.json`` is replaced).
+    comparisons
+        Optional ``baselines.json`` from ``medviewer-train baseline`` (default: the run's, if present).
+    dataset, citation, data_licence
+        Provenance; default to Kermany et al. (2018), CC BY 4.0 when the data path names it.
+
+    Raises
+    ------
+    ModelPackageError
+        Parity failed, or the run directory lacks metrics.
+    """
+    from training.engine import load_checkpoint_model
+
+    checkpoint = Path(checkpoint)
+    run_dir = checkpoint.parent
+    out = Path(out_dir)
+    model, ck = load_checkpoint_model(checkpoint, "cpu")
+    metrics_file = run_dir / "metrics.json"
+    if not metrics_file.is_file() or "operating_point" not in ck:
+        raise ModelPackageError(run_dir, "metrics.json / operating point missing: finish `fit` first")
+    mj = json.loads(metrics_file.read_text())
+    cfg = ck["config"]
+    inp = InputSpec.model_validate(ck["input"])
+    spec = Preprocessing.model_validate(ck["preprocessing"])
+    classes: list[str] = list(ck["classes"])
+    positive = ck["positive"]
+    neg = negative_label or (next(c for c in classes if c != positive) if len(classes) == 2 else None)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(model, out / "model.onnx", inp)
+    images = _validation_images(run_dir, spec, inp, parity_images)
+    parity = check_parity(model, onnx_path, images, spec)
+    if not parity.ok:
+        raise ModelPackageError(out, f"export parity failed: {parity}")
+    import onnx
+
+    opset = next(o.version for o in onnx.load(str(onnx_path), load_external_data=False).opset_import
+                 if o.domain in ("", "ai.onnx"))
+    op = ck["operating_point"]
+    is_kermany = "kermany" in str(cfg["data"]).lower()
+    comp_rows: list[ComparisonRow] = []
+    comp_file = Path(comparisons) if comparisons else run_dir / "baselines.json"
+    if comp_file.is_file():
+        for r in json.loads(comp_file.read_text()).get("rows", []):
+            comp_rows.append(ComparisonRow(name=r["name"], description=r.get("description", ""),
+                                           metrics=Metrics.model_validate(r["metrics"])))
+    from training.metrics import to_card_metrics
+
+    val = to_card_metrics(mj["validation"], f"{mj['split']}; threshold chosen on this split")
+    metrics = [val]
+    if "internal_test" in mj:
+        metrics.append(to_card_metrics(mj["internal_test"], "internal test (patient-level hold-out)"))
+    counts = {f"{part}/{c}": n for part, d in mj["counts"].items() for c, n in d.items()}
+    plots_src = run_dir / "plots"
+    plots: list[str] = []
+    if plots_src.is_dir():
+        (out / "plots").mkdir(exist_ok=True)
+        for p in sorted(plots_src.glob("*.png")):
+            shutil.copy2(p, out / "plots" / p.name)
+            plots.append(f"plots/{p.name}")
+    arch = f"{cfg['model']} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), input {inp.height}x{inp.width}"
+    card = ModelCard(
+        name=name, version=version,
+        description=description or (f"Classifies frontal chest radiographs as {' / '.join(classes)} and shows "
+                                    f"where the evidence for {positive} lies (class activation map)."),
+        intended_use=intended_use or ("Research and teaching: a second look at paediatric frontal chest X-rays "
+                                      "(AP/PA). Not a medical device; not for diagnosis."),
+        limitations=limitations or (
+            "Trained on one centre's paediatric images (Guangzhou Women and Children's Medical Center, ages 1-5) "
+            "resized to 224x224; expect lower accuracy on adults, lateral views, other scanners and other "
+            "diseases. Bacterial and viral pneumonia are not distinguished. The operating point was chosen on "
+            "the same validation split whose metrics are reported, so threshold metrics are optimistic; the "
+            "official test split was not used."),
+        task=Task.MULTICLASS, labels=classes, negative_label=neg, input=inp, preprocessing=spec,
+        operating_points=[OperatingPoint(label=positive, threshold=op["threshold"], criterion=op["criterion"],
+                                         split=mj["split"], sensitivity=op["sensitivity"],
+                                         specificity=op["specificity"])],
+        metrics=metrics, comparisons=comp_rows,
+        training=Provenance(dataset=dataset or (KERMANY_DATASET if is_kermany else str(cfg["data"])),
+                            citation=citation or (KERMANY_CITATION if is_kermany else "unspecified"),
+                            data_licence=data_licence or ("CC BY 4.0" if is_kermany else "unspecified"),
+                            split=mj["split"], counts=counts, epochs=int(mj.get("epochs_run", ck.get("epoch", 0))),
+                            seed=int(cfg["seed"]), command=command or cfg.get("command", ""), architecture=arch),
+        authors=authors or ["MedViewer developers"], license=license, onnx_opset=int(opset),
+        sha256=sha256_file(onnx_path),
+    )
+    save_card(card, out)
+    (out / "README.md").write_text(render_readme(card, parity, plots), encoding="utf-8")
+    return out, parity

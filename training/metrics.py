@@ -1,0 +1,146 @@
+"""Evaluation metrics (scikit-learn) for a positive label: AUROC with a bootstrap CI, threshold metrics.
+
+The decision threshold (operating point) is chosen on a validation split (:func:`choose_operating_point`)
+and then applied unchanged to any evaluation split (:func:`binary_metrics`).
+
+Example
+-------
+>>> op = choose_operating_point(y_val, p_val, "youden")
+>>> m = binary_metrics(y_test, p_test, op.threshold)
+>>> m["auroc"], m["sensitivity"], m["specificity"]
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+from medviewer.inference.card import Metrics
+
+__all__ = [
+    "OperatingPointChoice",
+    "choose_operating_point",
+    "bootstrap_auroc_ci",
+    "binary_metrics",
+    "calibration",
+    "to_card_metrics",
+]
+
+
+@dataclass(frozen=True)
+class OperatingPointChoice:
+    """A threshold on the positive-class probability (``p >= threshold`` -> positive)."""
+
+    threshold: float
+    criterion: str
+    sensitivity: float
+    specificity: float
+
+
+def choose_operating_point(y_true: np.ndarray, scores: np.ndarray, criterion: str = "youden"
+                           ) -> OperatingPointChoice:
+    """Choose a threshold on validation scores.
+
+    Parameters
+    ----------
+    y_true
+        ``(N,)`` 0/1 ground truth (1 = positive label).
+    scores
+        ``(N,)`` probabilities of the positive label in [0, 1].
+    criterion
+        ``"youden"`` (maximise sensitivity + specificity - 1; Youden 1950) or ``"sensitivity>=X"`` (the
+        highest threshold whose sensitivity is at least X, i.e. the best specificity at that sensitivity).
+
+    Raises
+    ------
+    ValueError
+        Unknown criterion, or only one class present.
+    """
+    y = np.asarray(y_true).astype(int)
+    s = np.asarray(scores, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        raise ValueError("choosing an operating point needs both classes in the validation split")
+    fpr, tpr, thr = roc_curve(y, s)
+    thr = np.clip(thr, 0.0, 1.0)
+    if criterion == "youden":
+        j = np.argmax(tpr - fpr)
+    else:
+        m = re.fullmatch(r"sensitivity\s*>=\s*([0-9.]+)", criterion)
+        if not m:
+            raise ValueError(f"unknown operating-point criterion {criterion!r} (use 'youden' or 'sensitivity>=0.95')")
+        target = float(m.group(1))
+        ok = np.flatnonzero(tpr >= target)
+        j = int(ok[0])  # thresholds decrease along the curve: the first reaching the target is the highest
+    return OperatingPointChoice(float(thr[j]), criterion, float(tpr[j]), float(1 - fpr[j]))
+
+
+def bootstrap_auroc_ci(y_true: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the AUROC (resampling cases with replacement; Efron 1979)."""
+    y = np.asarray(y_true).astype(int)
+    s = np.asarray(scores, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    vals = []
+    n = len(y)
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        if y[idx].min() == y[idx].max():
+            continue
+        vals.append(roc_auc_score(y[idx], s[idx]))
+    a = (1 - level) / 2
+    lo, hi = np.quantile(vals, [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float, n_boot: int = 1000,
+                   seed: int = 0) -> dict:
+    """All metrics for one positive label at ``threshold``.
+
+    Returns
+    -------
+    dict
+        ``n, auroc, auroc_ci95, accuracy, sensitivity (recall), specificity, precision, f1, brier,
+        confusion_matrix`` (``[[TN, FP], [FN, TP]]``, rows = truth), ``threshold``.
+    """
+    y = np.asarray(y_true).astype(int)
+    s = np.asarray(scores, dtype=np.float64)
+    pred = (s >= threshold).astype(int)
+    cm = confusion_matrix(y, pred, labels=[0, 1])
+    tn, fp, fn, tp = (int(v) for v in cm.ravel())
+    both = len(np.unique(y)) == 2
+    return {
+        "n": int(len(y)),
+        "threshold": float(threshold),
+        "auroc": float(roc_auc_score(y, s)) if both else None,
+        "auroc_ci95": bootstrap_auroc_ci(y, s, n_boot, seed) if both and n_boot > 0 else None,
+        "accuracy": float(accuracy_score(y, pred)),
+        "sensitivity": tp / (tp + fn) if tp + fn else None,
+        "specificity": tn / (tn + fp) if tn + fp else None,
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "brier": float(brier_score_loss(y, s)),
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def calibration(y_true: np.ndarray, scores: np.ndarray, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Reliability curve (fraction of positives, mean predicted probability) over ``n_bins`` bins."""
+    return calibration_curve(np.asarray(y_true).astype(int), np.asarray(scores, np.float64), n_bins=n_bins)
+
+
+def to_card_metrics(m: dict, split: str) -> Metrics:
+    """:func:`binary_metrics` output -> the card's :class:`~medviewer.inference.card.Metrics`."""
+    keys = set(Metrics.model_fields) - {"split"}
+    return Metrics(split=split, **{k: v for k, v in m.items() if k in keys})
