@@ -206,3 +206,19 @@ def test_ddp_two_process_cpu(tmp_path: Path) -> None:
     log = (tmp_path / "run" / "train.log").read_text()
     assert "world 2" in log and (tmp_path / "run" / "best.pt").is_file()
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 3
+
+
+def test_time_budget_plans_epochs_and_replay_command(tmp_path: Path) -> None:
+    from training.engine import replay_command
+
+    x, y, _ = synthetic_squares(48, 32, seed=2)
+    data = PreparedData(["normal", "square"], _index(y), _index(y[:16]), None, x, x[:16], None, "synthetic")
+    cfg = FitConfig(data="synthetic", out=str(tmp_path), model="compact-tiny", input_size=32, epochs=50,
+                    batch_size=16, max_minutes=0.002, ema=0.99, progress=False, bootstrap=0, patience=0,
+                    command="medviewer-train fit --data d --epochs 50 --max-minutes 0.002 --ema 0.99")
+    r = fit_arrays(cfg, data)
+    assert 1 <= r.planned_epochs < 50 and r.epochs_run <= r.planned_epochs
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["reproduce"] == f"medviewer-train fit --epochs {r.planned_epochs} --data d --ema 0.99"
+    assert replay_command("medviewer-train fit --epochs=3 --max-minutes=9 --lr 0.1", 7) == \
+        "medviewer-train fit --epochs 7 --lr 0.1"

@@ -65,7 +65,8 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", type=float, default=0.0, help="evaluate an exponential moving average of the weights "
                                                           "with this decay, e.g. 0.998 (0: off)")
     p.add_argument("--max-minutes", type=float, default=0.0,
-                   help="time budget: the cosine schedule anneals by elapsed time and training stops at it (0: off)")
+                   help="time budget: after epoch 1 the epoch count is fixed to what fits (the run's metrics.json "
+                        "records the equivalent --epochs command); 0: off")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")

@@ -56,6 +56,7 @@ __all__ = [
     "predict_probs",
     "fit",
     "fit_arrays",
+    "replay_command",
     "load_checkpoint_model",
 ]
 
@@ -102,7 +103,7 @@ class FitConfig:
     cache_dir: str | None = None
     bootstrap: int = 1000
     progress: bool = True
-    max_minutes: float = 0.0  # > 0: time budget; the schedule anneals by elapsed time and training stops at it
+    max_minutes: float = 0.0  # > 0: time budget; the epoch count is fixed after epoch 1 (see fit)
     fold: int | None = None  # set by `cv`: use patient fold `fold` of `folds` as validation
     folds: int = 5
     command: str = ""
@@ -125,6 +126,7 @@ class FitResult:
     operating_point: dict
     seconds: float
     history: list[dict] = field(default_factory=list)
+    planned_epochs: int = 0
 
 
 @dataclass(frozen=True)
@@ -291,10 +293,10 @@ def _param_groups(model: nn.Module, wd: float) -> list[dict]:
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: FitConfig, steps_per_epoch: int,
-               clock: dict | None = None) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule. With a time budget, cosine progress is ``max(step fraction, clock["frac"])``."""
-    total = max(1, cfg.epochs * steps_per_epoch)
+               plan: dict) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: linear warm-up then cosine to 1 % over ``plan["epochs"]`` (read at every step)."""
     if cfg.schedule == "onecycle":
+        total = max(1, cfg.epochs * steps_per_epoch)
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
     warm = int(cfg.warmup_epochs * steps_per_epoch)
 
@@ -303,9 +305,8 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: FitConfig, steps_per_epoch: int,
             return (step + 1) / warm
         if cfg.schedule == "constant":
             return 1.0
+        total = max(1, plan["epochs"] * steps_per_epoch)
         t = min(1.0, (step - warm) / max(1, total - warm))
-        if clock is not None:
-            t = max(t, min(1.0, clock["frac"]))
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
@@ -380,9 +381,13 @@ def fit_arrays(cfg: FitConfig, data: PreparedData) -> FitResult:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     ema = None
     if cfg.ema > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        def ema_avg(avg: torch.Tensor, cur: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            d = min(cfg.ema, (1.0 + float(n)) / (10.0 + float(n)))  # warm-up: early weights are not over-kept
+            return avg * d + cur * (1.0 - d)
+
+        ema = AveragedModel(model, avg_fn=ema_avg, use_buffers=True)
 
     y_tr = data.train.labels
     y_va = data.val.labels
@@ -395,8 +400,11 @@ def fit_arrays(cfg: FitConfig, data: PreparedData) -> FitResult:
     cw = torch.as_tensor(class_weights(y_tr, k), device=device) if cfg.balance == "weights" else None
     crit = nn.CrossEntropyLoss(weight=cw, label_smoothing=cfg.label_smoothing)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    if cfg.max_minutes > 0 and (cfg.schedule == "onecycle" or cfg.warmup_epochs < 1):
+        raise ValueError("--max-minutes needs --schedule cosine or constant and --warmup-epochs >= 1")
+    plan = {"epochs": cfg.epochs, "truncated": False}
     clock = {"frac": 0.0, "t0": time.time()}
-    sched = _scheduler(opt, cfg, len(loader), clock if cfg.max_minutes > 0 else None)
+    sched = _scheduler(opt, cfg, len(loader), plan)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -413,6 +421,7 @@ def fit_arrays(cfg: FitConfig, data: PreparedData) -> FitResult:
         start_epoch, best_auc, best_loss, best_epoch = ck["epoch"] + 1, ck["best_auc"], ck["best_loss"], ck["best_epoch"]
         bad, history = ck["bad_epochs"], ck["history"]
         clock["t0"] = time.time() - ck.get("elapsed", 0.0)
+        plan["epochs"] = ck.get("planned_epochs", cfg.epochs)
         if dinfo.main:
             log.info("resumed from %s at epoch %d", last_path, start_epoch)
     meta = {"classes": data.classes, "config": dataclasses.asdict(cfg), "input": cfg.input_spec().model_dump(),
@@ -424,13 +433,15 @@ def fit_arrays(cfg: FitConfig, data: PreparedData) -> FitResult:
                  data.train.counts(), data.val.counts())
 
     stop = torch.zeros(1)
-    for epoch in range(start_epoch, cfg.epochs):
+    epoch = start_epoch - 1
+    while epoch + 1 < plan["epochs"]:
+        epoch += 1
         t0 = time.time()
         net.train()
         sampler.set_epoch(epoch)
         ds.set_epoch(epoch)
         tot, nb = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and dinfo.main),
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{plan['epochs']}", disable=not (cfg.progress and dinfo.main),
                    leave=False, file=sys.stderr)
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -454,8 +465,18 @@ def fit_arrays(cfg: FitConfig, data: PreparedData) -> FitResult:
                     f = torch.tensor([clock["frac"]])
                     dist.broadcast(f, src=0)
                     clock["frac"] = float(f)
-                if clock["frac"] >= 1.0:
+                if clock["frac"] >= 1.0:  # the planned epochs overran the budget: stop here (logged)
+                    plan["truncated"] = True
                     break
+        if epoch == 0 and cfg.max_minutes > 0:
+            # Time budget -> a fixed epoch count, decided once after epoch 1 (which is all warm-up, so the
+            # schedule is exactly that of `--epochs N`: the run can be replayed without a budget).
+            n = torch.tensor([max(1, min(cfg.epochs, int(0.92 * 60 * cfg.max_minutes / (time.time() - t0))))])
+            if dinfo.world > 1:
+                dist.broadcast(n, src=0)
+            plan["epochs"] = int(n)
+            if dinfo.main:
+                log.info("time budget %.0f min: %d epochs", cfg.max_minutes, plan["epochs"])
         if dinfo.main:
             eval_model = ema.module if ema is not None else model
             probs = predict_probs(eval_model, data.x_val, spec, device)
@@ -479,7 +500,8 @@ def fit_arrays(cfg: FitConfig, data: PreparedData) -> FitResult:
                         "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                         "ema": ema.state_dict() if ema is not None else None, "epoch": epoch,
                         "best_auc": best_auc, "best_loss": best_loss, "best_epoch": best_epoch,
-                        "bad_epochs": bad, "history": history, "elapsed": time.time() - clock["t0"]}, last_path)
+                        "bad_epochs": bad, "history": history, "elapsed": time.time() - clock["t0"],
+                        "planned_epochs": plan["epochs"]}, last_path)
             with open(run_dir / "log.csv", "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(row))
                 w.writeheader()
@@ -487,19 +509,19 @@ def fit_arrays(cfg: FitConfig, data: PreparedData) -> FitResult:
             log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %.4f, val acc %.4f, %.0f s%s",
                      epoch + 1, row["train_loss"], val_loss, auc, acc, row["seconds"], " *" if improved else "")
             if not cfg.progress:
-                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} val_loss {val_loss:.4f} "
+                print(f"epoch {epoch + 1}/{plan['epochs']}: loss {row['train_loss']:.4f} val_loss {val_loss:.4f} "
                       f"val_auroc {auc:.4f} val_acc {acc:.4f} ({row['seconds']:.0f} s){' *' if improved else ''}",
                       flush=True)
-            stop[0] = float((cfg.patience > 0 and bad >= cfg.patience) or clock["frac"] >= 1.0)
+            stop[0] = float((cfg.patience > 0 and bad >= cfg.patience) or plan["truncated"])
         if dinfo.world > 1:
             dist.broadcast(stop, src=0)
         if stop[0] > 0:
             if dinfo.main:
-                log.info("stopping: %s", "time budget reached" if clock["frac"] >= 1.0
+                log.info("stopping: %s", "time budget reached" if plan["truncated"]
                          else f"no AUROC gain for {cfg.patience} epochs")
             break
     epochs_run = (history[-1]["epoch"] if history else start_epoch)
-    result = FitResult(run_dir, best_epoch, epochs_run, {}, {}, time.time() - t_start, history)
+    result = FitResult(run_dir, best_epoch, epochs_run, {}, {}, time.time() - t_start, history, plan["epochs"])
     if dinfo.main:
         result = _finish(cfg, data, run_dir, device, pos, result)
     if dinfo.world > 1:
@@ -529,6 +551,7 @@ def _finish(cfg: FitConfig, data: PreparedData, run_dir: Path, device: torch.dev
             w.writerow([str(s.path), s.patient_id, data.classes[s.label]] + [f"{v:.6f}" for v in p])
     out = {"split": data.split_desc, "positive": data.classes[pos], "operating_point": op_d, "validation": m,
            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+           "planned_epochs": result.planned_epochs, "reproduce": replay_command(cfg.command, result.planned_epochs),
            "seconds": round(result.seconds, 1),
            "counts": {"train": data.train.counts(), "val": data.val.counts()}}
     if data.test is not None and data.x_test is not None:
@@ -542,6 +565,30 @@ def _finish(cfg: FitConfig, data: PreparedData, run_dir: Path, device: torch.dev
     log.info("best epoch %d; validation at %s threshold %.4f: %s", result.best_epoch, op.criterion, op.threshold,
              {k: m[k] for k in ("auroc", "accuracy", "sensitivity", "specificity")})
     return dataclasses.replace(result, val_metrics=m, operating_point=op_d)
+
+
+def replay_command(command: str, epochs: int) -> str:
+    """``command`` with ``--max-minutes`` dropped and ``--epochs`` set: replays a time-budgeted run exactly."""
+    import shlex
+
+    if not command:
+        return ""
+    words = shlex.split(command)
+    out: list[str] = []
+    skip = False
+    for w in words:
+        if skip:
+            skip = False
+            continue
+        if w in ("--max-minutes", "--epochs"):
+            skip = True
+            continue
+        if w.startswith(("--max-minutes=", "--epochs=")):
+            continue
+        out.append(w)
+    at = out.index("fit") + 1 if "fit" in out else len(out)
+    out[at:at] = ["--epochs", str(epochs)]
+    return " ".join(shlex.quote(w) for w in out)
 
 
 def fit(cfg: FitConfig) -> FitResult:

@@ -319,7 +319,8 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
                             citation=citation or (KERMANY_CITATION if is_kermany else "unspecified"),
                             data_licence=data_licence or ("CC BY 4.0" if is_kermany else "unspecified"),
                             split=mj["split"], counts=counts, epochs=int(mj.get("epochs_run", ck.get("epoch", 0))),
-                            seed=int(cfg["seed"]), command=command or cfg.get("command", ""), architecture=arch),
+                            seed=int(cfg["seed"]), command=command or mj.get("reproduce") or cfg.get("command", ""),
+                            architecture=arch),
         authors=authors or ["MedViewer developers"], license=license, onnx_opset=int(opset),
         sha256=sha256_file(onnx_path),
     )
