@@ -168,7 +168,7 @@ def test_bootstrap_ci_narrows_with_more_data() -> None:
     def width(n: int) -> float:
         y = rng.integers(0, 2, n)
         s = y * 0.5 + rng.random(n)
-        lo, hi = bootstrap_auroc_ci(y, s, n_boot=300, seed=1)
+        lo, hi = bootstrap_auroc_ci(y, s, n_boot=150, seed=1)
         return hi - lo
 
     assert width(2000) < width(100)

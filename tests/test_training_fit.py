@@ -222,3 +222,22 @@ def test_time_budget_plans_epochs_and_replay_command(tmp_path: Path) -> None:
     assert metrics["reproduce"] == f"medviewer-train fit --epochs {r.planned_epochs} --data d --ema 0.99"
     assert replay_command("medviewer-train fit --epochs=3 --max-minutes=9 --lr 0.1", 7) == \
         "medviewer-train fit --epochs 7 --lr 0.1"
+
+
+def test_cv_and_search_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    _square_folder(data, n=32)
+    common = ["--data", str(data), "--model", "compact-tiny", "--input-size", "32", "--epochs", "1",
+              "--batch-size", "8", "--no-progress", "--bootstrap", "0", "--patient-regex", r"^(case\d+)_"]
+    assert main(["cv", *common, "--folds", "2", "--out", str(tmp_path / "cv")]) == 0
+    cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert [f["fold"] for f in cv["folds"]] == [1, 2] and 0 <= cv["auroc_mean"] <= 1
+    val_paths = []
+    for k in (1, 2):
+        rows = (tmp_path / "cv" / f"fold{k}" / "split.csv").read_text().splitlines()[1:]
+        val_paths.append({r.split(",")[0] for r in rows if r.endswith(",val")})
+    assert not val_paths[0] & val_paths[1] and len(val_paths[0] | val_paths[1]) == 32  # folds partition the data
+    assert main(["search", *common, "--grid", '{"lr": [0.001, 0.01]}', "--out", str(tmp_path / "s")]) == 0
+    assert len((tmp_path / "s" / "search.csv").read_text().splitlines()) == 3
+    assert "best:" in capsys.readouterr().out
+    assert main(["search", *common, "--grid", '{"nope": [1]}', "--out", str(tmp_path / "s2")]) == 2

@@ -553,6 +553,8 @@ def _finish(cfg: FitConfig, data: PreparedData, run_dir: Path, device: torch.dev
            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
            "planned_epochs": result.planned_epochs, "reproduce": replay_command(cfg.command, result.planned_epochs),
            "seconds": round(result.seconds, 1),
+           "device": f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu"
+           else torch.cuda.get_device_name(device),
            "counts": {"train": data.train.counts(), "val": data.val.counts()}}
     if data.test is not None and data.x_test is not None:
         pt = predict_probs(model, data.x_test, spec, device)

@@ -176,7 +176,7 @@ def _fmt(v: float | None, pct: bool = True) -> str:
     return f"{100 * v:.1f} %" if pct else f"{v:.3f}"
 
 
-def render_readme(card: ModelCard, parity: ParityReport, plots: list[str]) -> str:
+def render_readme(card: ModelCard, parity: ParityReport, plots: list[str], trained: str = "") -> str:
     """A human-readable model card (Markdown) from the JSON card."""
     lines = [f"# {card.name} {card.version}", "", card.description, "",
              "## Intended use", "", card.intended_use, "", "## Limitations", "", card.limitations, "",
@@ -219,7 +219,7 @@ def render_readme(card: ModelCard, parity: ParityReport, plots: list[str]) -> st
     t = card.training
     lines += ["## Training data and provenance", "",
               f"- Data: {t.dataset}", f"- Licence of the data: {t.data_licence}", f"- Split: {t.split}",
-              f"- Counts: {json.dumps(t.counts)}", f"- Epochs: {t.epochs}; seed {t.seed}",
+              f"- Counts: {json.dumps(t.counts)}", f"- Epochs: {t.epochs}; seed {t.seed}" + (f"; {trained}" if trained else ""),
               f"- Reproduce: `{t.command}`", "", "## Citation", "", t.citation, "",
               f"## Licence\n\n{card.license}. Created {card.created} by {card.producer.name} {card.producer.version}.", ""]
     return "\n".join(lines)
@@ -325,5 +325,6 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
         sha256=sha256_file(onnx_path),
     )
     save_card(card, out)
-    (out / "README.md").write_text(render_readme(card, parity, plots), encoding="utf-8")
+    trained = f"trained in {mj['seconds'] / 60:.0f} min on {mj.get('device', 'cpu')}" if "seconds" in mj else ""
+    (out / "README.md").write_text(render_readme(card, parity, plots, trained), encoding="utf-8")
     return out, parity
