@@ -151,6 +151,10 @@ def test_inference_in_worker_heatmap_and_region_zoom(qtbot, settings, model_dir,
     assert set(pred.scores) == {"NORMAL", "PNEUMONIA"}
     assert "CPU" in win.panel.status.text() and "ms" in win.panel.status.text()
     assert win.panel.scores_layout.count() == 3  # headline + one row per label
+    assert win.panel.cam_combo.currentText() == "PNEUMONIA" and "flagged" in win.panel.cam_note.text()
+    win.panel.cam_combo.setCurrentIndex(0)  # NORMAL: the negative label is never a finding
+    assert "not a finding" in win.panel.cam_note.text()
+    win.panel.cam_combo.setCurrentIndex(1)
     # heatmap on/off changes the rendered pixels
     win.panel.set_heatmap_on(True)
     on = vp.render_image(overlays=False)

@@ -233,6 +233,11 @@ class AiPanel(QWidget):
         self.colorbar = ColorBar()
         self.colorbar.set_colormap("jet")
         hl.addWidget(self.colorbar)
+        self.cam_note = QLabel("")
+        self.cam_note.setObjectName("muted")
+        self.cam_note.setWordWrap(True)
+        hl.addWidget(self.cam_note)
+        self.cam_combo.currentIndexChanged.connect(self._update_cam_note)
         self.regions_check = QCheckBox("Outline flagged regions")
         self.regions_check.setChecked(True)
         self.regions_check.toggled.connect(self.heatmapChanged)
@@ -310,6 +315,20 @@ class AiPanel(QWidget):
         if i >= 0:
             self.colormap_combo.setCurrentIndex(i)
 
+    def _update_cam_note(self, *_: Any) -> None:
+        """Say whether the mapped label is flagged: a map of an unflagged label is not a finding."""
+        pred = self.prediction
+        lab = self.cam_combo.currentText()
+        if pred is None or not lab:
+            self.cam_note.setText("")
+            return
+        if lab in pred.flagged:
+            self.cam_note.setText(f"Where the model saw evidence for {lab} (flagged).")
+            self.cam_note.setStyleSheet(f"color: {theme.FLAG};")
+        else:
+            self.cam_note.setText(f"{lab} is below its operating point: this map is not a finding.")
+            self.cam_note.setStyleSheet(f"color: {theme.MUTED};")
+
     def cam_label_index(self) -> int:
         return max(0, self.cam_combo.currentIndex())
 
@@ -345,6 +364,7 @@ class AiPanel(QWidget):
             if w is not None:
                 w.deleteLater()
         self.regions.clear()
+        self.cam_note.setText("")
         self.scores_box.setVisible(False)
         self.status.setText(text)
 
@@ -378,6 +398,7 @@ class AiPanel(QWidget):
         pick = pred.flagged[0] if pred.flagged else (max(pos, key=lambda lab: pred.scores[lab]) if pos else pred.labels[0])
         self.cam_combo.setCurrentIndex(pred.labels.index(pick))
         self.cam_combo.blockSignals(False)
+        self._update_cam_note()
         for i, r in enumerate(pred.regions):
             area = f"{r.area_mm2 / 100:.1f} cm²" if r.area_mm2 is not None else f"{r.area_px:,} px"
             size = ""
