@@ -159,10 +159,11 @@ def test_baselines_run_on_kermany_subset(kermany_dir: Path, tmp_path: Path) -> N
 
     args = argparse.Namespace(data=str(kermany_dir), val_fraction=0.3, test_fraction=0.0, seed=0, patient_regex=None,
                               positive=None, limit=120, feature_size=64, resize="squeeze", cache_dir=None,
-                              no_progress=True, out=str(tmp_path), classifiers="logreg,tree", folds=3, jobs=1,
+                              no_progress=True, out=str(tmp_path), classifiers="logreg,svm,tree", folds=3, jobs=1,
                               bootstrap=50)
     rows = run_baselines(args)
-    assert [r["name"] for r in rows] == ["features+LogReg", "features+DecisionTree"]
+    assert [r["name"] for r in rows] == ["features+LogReg", "features+SVM",
+                                         "features+DecisionTree"]
     assert rows[0]["metrics"]["auroc"] > 0.7  # handcrafted features separate pneumonia from normal
     saved = json.loads((tmp_path / "baselines.json").read_text())
     from medviewer.inference.card import ComparisonRow

@@ -110,10 +110,14 @@ def fit_baseline(name: str, x_tr: np.ndarray, y_tr: np.ndarray, groups: Sequence
     search = GridSearchCV(pipe, grid, scoring="roc_auc", cv=cv, n_jobs=jobs, refit=True)
     search.fit(x_tr, y_tr, groups=list(groups))
     best = search.best_estimator_
-    if name == "svm":  # the search ranks by the decision function; refit once with Platt scaling for probabilities
-        best = Pipeline([("scale", StandardScaler()), ("clf", SVC(kernel="rbf", class_weight="balanced",
-                                                                   probability=True, random_state=seed))])
-        best.set_params(**search.best_params_).fit(x_tr, y_tr)
+    if name == "svm":  # the search ranks by the decision function; then Platt scaling on grouped folds
+        from sklearn.calibration import CalibratedClassifierCV
+
+        svc = SVC(kernel="rbf", class_weight="balanced", random_state=seed, C=search.best_params_["clf__C"])
+        splits = list(cv.split(x_tr, y_tr, groups=list(groups)))
+        best = Pipeline([("scale", StandardScaler()),
+                         ("clf", CalibratedClassifierCV(svc, method="sigmoid", cv=splits, ensemble=False))])
+        best.fit(x_tr, y_tr)
     return best, search.best_params_, desc
 
 
