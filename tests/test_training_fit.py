@@ -198,7 +198,7 @@ def test_ddp_two_process_cpu(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _square_folder(data)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "training", "fit", "--data", str(data), "--out", str(tmp_path / "run"), "--model", "compact-tiny",
            "--input-size", "32", "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--no-progress",
            "--bootstrap", "20", "--val-fraction", "0.3", "--patient-regex", r"^(case\d+)_"]
