@@ -27,14 +27,15 @@ SUBCOMMANDS = {
 }
 
 
-def _subcommand_parser() -> argparse.ArgumentParser:
+def _subcommand_parser(command: str) -> argparse.ArgumentParser:
+    """Parser for one subcommand; only that subcommand's module is imported (fast start, and a broken
+    optional module cannot take the others down)."""
     import importlib
 
     parser = argparse.ArgumentParser(prog="medviewer", description="MedViewer headless commands.")
     parser.add_argument("--version", action="version", version=f"medviewer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, module in SUBCOMMANDS.items():
-        importlib.import_module(module).add_parser(sub)
+    importlib.import_module(SUBCOMMANDS[command]).add_parser(sub)
     return parser
 
 
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in SUBCOMMANDS:
-            args = _subcommand_parser().parse_args(argv)
+            args = _subcommand_parser(argv[0]).parse_args(argv)
             return int(args.run(args) or 0)
         args = gui_parser().parse_args(argv)
         from medviewer.gui.app import run_app
