@@ -136,3 +136,20 @@ def test_valid_spacing_rejects_zero():
     assert valid_spacing([0.0, 0.0]) is None
     assert valid_spacing((0.7, 0.7)) == (0.7, 0.7)
     assert valid_spacing(None) is None
+
+
+def test_many_void_qt_calls_do_not_deallocate_none():
+    """PySide6 6.12 on CPython 3.11 drops a reference to None per void call; the guard in
+    medviewer.gui keeps a long session (here 200k calls, ~2.5k viewport repaints) from aborting."""
+    import sys
+
+    from PySide6.QtCore import QObject
+
+    import medviewer.gui  # noqa: F401  (applies the guard when needed)
+
+    probe = QObject()
+    before = sys.getrefcount(None)
+    for _ in range(200_000):
+        probe.setObjectName("x")
+    assert sys.getrefcount(None) > 0
+    assert before - sys.getrefcount(None) < before  # still far from zero

@@ -115,7 +115,7 @@ class SeriesBrowser(QWidget):
         item = self._items.get(key)
         if item is None:
             return
-        img = numpy_to_qimage(thumb_u8).copy()
+        img = numpy_to_qimage(np.ascontiguousarray(thumb_u8))
         item.setIcon(0, QIcon(QPixmap.fromImage(img)))
 
     def select(self, key: str) -> None:

@@ -41,22 +41,26 @@ SERIES_MIME = "application/x-medviewer-series"
 
 
 def numpy_to_qimage(arr: np.ndarray) -> QImage:
-    """uint8 (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA -> QImage sharing ``arr``'s memory.
+    """uint8 (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA -> a QImage owning a copy of the pixels.
 
-    Keep ``arr`` alive as long as the image is used (or call ``.copy()``).
+    The pixels are copied into the image's own buffer (``QImage.bits()``): building a QImage on a
+    Python buffer trips a reference-count bug of PySide6 at interpreter exit.
     """
-    arr = np.ascontiguousarray(arr)
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {arr.dtype}")
     h, w = arr.shape[:2]
     if arr.ndim == 2:
-        fmt = QImage.Format_Grayscale8
+        fmt, ch = QImage.Format_Grayscale8, 1
     elif arr.shape[2] == 3:
-        fmt = QImage.Format_RGB888
+        fmt, ch = QImage.Format_RGB888, 3
     elif arr.shape[2] == 4:
-        fmt = QImage.Format_RGBA8888
+        fmt, ch = QImage.Format_RGBA8888, 4
     else:
         raise ValueError(f"cannot show an image of shape {arr.shape}")
-    img = QImage(arr.data, w, h, arr.strides[0], fmt)
-    img._keep = arr  # type: ignore[attr-defined]
+    img = QImage(w, h, fmt)
+    dst = np.frombuffer(img.bits(), np.uint8).reshape(h, img.bytesPerLine())
+    dst[:, : w * ch] = arr.reshape(h, w * ch)
     return img
 
 
