@@ -144,6 +144,13 @@ def test_fit_kermany_subset_export_evaluate(kermany_dir: Path, tmp_path: Path) -
     loaded = ModelPackage.load(pkg)  # the app's validation: schema, SHA-256, graph vs card
     assert loaded.card.name == "test-cxr"
 
+    # the operating point can be re-chosen on the run's validation predictions at export time
+    export_package(run / "best.pt", tmp_path / "pkg2", name="test-cxr", parity_images=2,
+                   operating_point="sensitivity>=0.9")
+    op2 = load_card(tmp_path / "pkg2").operating_point("pneumonia")
+    assert op2.criterion == "sensitivity>=0.9" and op2.sensitivity >= 0.9
+    assert "--operating-point 'sensitivity>=0.9'" in load_card(tmp_path / "pkg2").training.command
+
     images = sorted((kermany_dir / "train" / "NORMAL").glob("*.jpeg"))[:6] + \
         sorted((kermany_dir / "train" / "PNEUMONIA").glob("*.jpeg"))[:6]
     csv_path = tmp_path / "eval.csv"

@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", default="CC-BY-4.0", help="licence of the weights (CC-BY-4.0)")
     p.add_argument("--reproduce", default=None, help="command recorded in the card (default: the fit command)")
     p.add_argument("--parity-images", type=int, default=16)
+    p.add_argument("--operating-point", default=None,
+                   help="re-choose the operating point on the run's validation predictions with this criterion "
+                        "('youden' or 'sensitivity>=0.95'); default: the one chosen by fit")
 
     p = sub.add_parser("baseline", help="handcrafted features + SVM / random forest / tree / logistic regression")
     _data_args(p)
@@ -204,7 +207,7 @@ def _run_export(args: argparse.Namespace) -> int:
     out, parity = export_package(
         args.checkpoint, args.out, args.name, args.version, args.description, args.intended_use, args.limitations,
         args.comparisons, args.dataset, args.citation, args.data_licence, args.license, args.reproduce or "",
-        args.parity_images)
+        args.parity_images, operating_point=args.operating_point)
     print(f"wrote {out} (parity on {parity.n_images} images: prob {parity.prob_max_abs:.1e}, "
           f"CAM {parity.cam_max_rel:.1e}, MONAI CAM {parity.monai_max_rel:.1e})")
     return 0

@@ -176,7 +176,7 @@ def _fmt(v: float | None, pct: bool = True) -> str:
     return f"{100 * v:.1f} %" if pct else f"{v:.3f}"
 
 
-def render_readme(card: ModelCard, parity: ParityReport, plots: list[str], trained: str = "") -> str:
+def render_readme(card: ModelCard, parity: ParityReport, plots: list[str], trained: str = "", op_note: str = "") -> str:
     """A human-readable model card (Markdown) from the JSON card."""
     lines = [f"# {card.name} {card.version}", "", card.description, "",
              "## Intended use", "", card.intended_use, "", "## Limitations", "", card.limitations, "",
@@ -193,6 +193,8 @@ def render_readme(card: ModelCard, parity: ParityReport, plots: list[str], train
         lines += ["## Operating point", "",
                   f"`{op.label}` is flagged when its probability >= **{op.threshold:.4f}** ({op.criterion}, chosen on "
                   f"{op.split}): sensitivity {_fmt(op.sensitivity)}, specificity {_fmt(op.specificity)}.", ""]
+        if op_note:
+            lines += [op_note, ""]
     lines += ["## Evaluation", "",
               "| model | split | n | AUROC (95 % CI) | accuracy | sensitivity | specificity | precision | F1 | Brier |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -225,12 +227,42 @@ def render_readme(card: ModelCard, parity: ParityReport, plots: list[str], train
     return "\n".join(lines)
 
 
+def _rechoose(run_dir: Path, positive: str, criterion: str, n_boot: int, seed: int
+              ) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+    from training.metrics import binary_metrics, choose_operating_point
+
+    path = run_dir / "val_predictions.csv"
+    if not path.is_file():
+        raise ModelPackageError(run_dir, "val_predictions.csv missing: cannot re-choose the operating point")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    y = np.array([r["label"] == positive for r in rows], dtype=int)
+    p = np.array([float(r[f"p_{positive}"]) for r in rows])
+    choice = choose_operating_point(y, p, criterion)
+    return ({"threshold": choice.threshold, "criterion": choice.criterion, "sensitivity": choice.sensitivity,
+             "specificity": choice.specificity}, binary_metrics(y, p, choice.threshold, n_boot=n_boot, seed=seed), y, p)
+
+
+def _with_criterion(command: str, criterion: str) -> str:
+    import shlex
+
+    if not command:
+        return command
+    words = shlex.split(command)
+    if "--operating-point" in words:
+        i = words.index("--operating-point")
+        del words[i : i + 2]
+    words += ["--operating-point", criterion]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str = "1.0.0",
                    description: str | None = None, intended_use: str | None = None,
                    limitations: str | None = None, comparisons: str | Path | None = None,
                    dataset: str | None = None, citation: str | None = None, data_licence: str | None = None,
                    license: str = "CC-BY-4.0", command: str = "", parity_images: int = 16,
-                   authors: list[str] | None = None, negative_label: str | None = None) -> tuple[Path, ParityReport]:
+                   authors: list[str] | None = None, negative_label: str | None = None,
+                   operating_point: str | None = None) -> tuple[Path, ParityReport]:
     """Write a complete, validated model package from a ``best.pt`` checkpoint of :func:`training.engine.fit`.
 
     Parameters
@@ -243,6 +275,10 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
         Optional ``baselines.json`` from ``medviewer-train baseline`` (default: the run's, if present).
     dataset, citation, data_licence
         Provenance; default to Kermany et al. (2018), CC BY 4.0 when the data path names it.
+    operating_point
+        Re-choose the operating point with this criterion (``youden``, ``sensitivity>=X``) from the run's
+        validation predictions (``val_predictions.csv``) instead of the one chosen at the end of ``fit``;
+        the validation metrics are recomputed at the new threshold.
 
     Raises
     ------
@@ -276,6 +312,12 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
     opset = next(o.version for o in onnx.load(str(onnx_path), load_external_data=False).opset_import
                  if o.domain in ("", "ai.onnx"))
     op = ck["operating_point"]
+    fit_op = dict(op)
+    rechosen = None
+    if operating_point and operating_point != op["criterion"]:
+        op, mj["validation"], *rechosen = _rechoose(run_dir, positive, operating_point, int(cfg.get("bootstrap", 1000)),
+                                         int(cfg["seed"]))
+        mj["reproduce"] = _with_criterion(mj.get("reproduce") or cfg.get("command", ""), operating_point)
     is_kermany = "kermany" in str(cfg["data"]).lower()
     comp_rows: list[ComparisonRow] = []
     comp_file = Path(comparisons) if comparisons else run_dir / "baselines.json"
@@ -297,6 +339,13 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
         for p in sorted(plots_src.glob("*.png")):
             shutil.copy2(p, out / "plots" / p.name)
             plots.append(f"plots/{p.name}")
+    if rechosen:  # the operating point moved: redraw the plots that mark it
+        from training.plots import plot_all
+
+        names = classes if len(classes) == 2 else ["other", positive]
+        for p in plot_all(rechosen[0], rechosen[1], mj["validation"], names, out / "plots", "validation"):
+            if f"plots/{p.name}" not in plots:
+                plots.append(f"plots/{p.name}")
     arch = f"{cfg['model']} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), input {inp.height}x{inp.width}"
     card = ModelCard(
         name=name, version=version,
@@ -326,5 +375,10 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
     )
     save_card(card, out)
     trained = f"trained in {mj['seconds'] / 60:.0f} min on {mj.get('device', 'cpu')}" if "seconds" in mj else ""
-    (out / "README.md").write_text(render_readme(card, parity, plots, trained), encoding="utf-8")
+    note = ""
+    if rechosen:
+        note = (f"`fit` chose threshold {fit_op['threshold']:.4f} ({fit_op['criterion']}: sensitivity "
+                f"{_fmt(fit_op['sensitivity'])}, specificity {_fmt(fit_op['specificity'])}); the export re-chose the "
+                f"operating point on the same validation predictions with `{op['criterion']}`.")
+    (out / "README.md").write_text(render_readme(card, parity, plots, trained, note), encoding="utf-8")
     return out, parity

@@ -72,7 +72,7 @@ def choose_operating_point(y_true: np.ndarray, scores: np.ndarray, criterion: st
     s = np.asarray(scores, dtype=np.float64)
     if len(np.unique(y)) < 2:
         raise ValueError("choosing an operating point needs both classes in the validation split")
-    fpr, tpr, thr = roc_curve(y, s)
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)  # every threshold: exact target-sensitivity points
     thr = np.clip(thr, 0.0, 1.0)
     if criterion == "youden":
         j = np.argmax(tpr - fpr)
