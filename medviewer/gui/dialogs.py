@@ -71,11 +71,16 @@ def card_html(pkg: Any) -> str:
                         f"</td><td>{e(op.split)}</td></tr>")
         rows.append("</table>")
     if c.metrics or c.comparisons:
-        rows.append("<h3>Metrics</h3><table cellpadding=4><tr><th align=left>model / split</th><th>n</th><th>AUROC</th>"
-                    "<th>95 % CI</th><th>sens.</th><th>spec.</th><th>accuracy</th></tr>")
-        for name, m in [(c.name, m) for m in c.metrics] + [(r.name, r.metrics) for r in c.comparisons]:
+        entries = [(c.name, m) for m in c.metrics] + [(r.name, r.metrics) for r in c.comparisons]
+        splits = {m.split for _, m in entries}
+        one = len(splits) == 1
+        caption = f"<p style='color:{theme.MUTED}'>Split: {e(next(iter(splits)))}</p>" if one else ""
+        rows.append(f"<h3>Metrics</h3>{caption}<table cellpadding=4><tr><th align=left>model</th><th>n</th>"
+                    "<th>AUROC</th><th>95 % CI</th><th>sens.</th><th>spec.</th><th>accuracy</th></tr>")
+        for name, m in entries:
             ci = f"{m.auroc_ci95[0]:.3f}–{m.auroc_ci95[1]:.3f}" if m.auroc_ci95 else "–"
-            rows.append(f"<tr><td>{e(name)} · {e(m.split)}</td><td align=center>{m.n}</td>"
+            label = e(name) if one else f"{e(name)} · {e(m.split)}"
+            rows.append(f"<tr><td>{label}</td><td align=center>{m.n}</td>"
                         f"<td align=center>{_fmt(m.auroc)}</td><td align=center>{ci}</td>"
                         f"<td align=center>{_fmt(m.sensitivity, True)}</td><td align=center>{_fmt(m.specificity, True)}</td>"
                         f"<td align=center>{_fmt(m.accuracy, True)}</td></tr>")
