@@ -6,6 +6,9 @@ without a new reference, so each call lowers ``None``'s reference count by one (
 CPython aborts with "Fatal Python error: none_dealloc: deallocating None". CPython 3.12 made ``None``
 immortal (PEP 683), which is what the bindings assume; on older interpreters we give ``None`` the same
 property by raising its count far beyond reach, but only when the bug is detected.
+
+``pyproject.toml`` excludes PySide6-Essentials 6.12.0 (6.11.3 was measured not to lose references), so a
+normal install never needs this; the guard protects an environment that installed 6.12.0 regardless.
 """
 
 from __future__ import annotations
