@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# With no display (a server, CI) the demo runs offscreen and saves what it shows to demo.png.
 demo: install
-	medviewer --demo
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then medviewer --demo; \
+	else echo "no display: running the demo offscreen, window saved to demo.png"; \
+	medviewer --demo --screenshot demo.png; fi
 
 lint: install
 	$(PYTHON) -m ruff check medviewer training tests benchmarks

@@ -349,3 +349,18 @@ def test_run_on_open_only_for_projection_radiographs(qtbot, settings, model_dir)
     with qtbot.waitSignal(win.predictionShown, timeout=TIMEOUT):
         win.run_ai()  # a reader may still run it, with a note
     assert "not a projection radiograph" in win.panel.warning.text()
+
+
+def test_no_display_is_a_clear_error_not_a_qt_abort(monkeypatch, capsys):
+    """Without a display, Qt's xcb plugin would abort the process; we say what to do instead."""
+    import sys
+
+    from medviewer.cli import main
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("display detection is for X11/Wayland")
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(var, raising=False)
+    assert main([]) == 1
+    err = capsys.readouterr().err
+    assert "no display" in err and "--screenshot" in err and "Traceback" not in err

@@ -98,8 +98,14 @@ def run_app(args: argparse.Namespace) -> int:
     """Run the workstation with ``args`` from :func:`medviewer.cli.gui_parser`; returns the exit code."""
     t0 = time.perf_counter()
     screenshot = getattr(args, "screenshot", None)
-    if screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    headless = (sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
+                and not os.environ.get("WAYLAND_DISPLAY") and not os.environ.get("QT_QPA_PLATFORM"))
+    if headless and screenshot:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    elif headless:
+        print("medviewer: error: no display (DISPLAY and WAYLAND_DISPLAY are unset): run it in a desktop "
+              "session, under xvfb-run, or headless with --screenshot FILE", file=sys.stderr)
+        return 1
     app = create_app()
     settings = Settings()
     win = MainWindow(settings, provider=getattr(args, "provider", None), interactive=not screenshot)
