@@ -364,3 +364,19 @@ def test_no_display_is_a_clear_error_not_a_qt_abort(monkeypatch, capsys):
     assert main([]) == 1
     err = capsys.readouterr().err
     assert "no display" in err and "--screenshot" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["vlut_04.dcm", "CT_small.dcm", "RG1_UNCR.dcm"])
+def test_viewport_first_image_is_display_image(qtbot, settings, name):
+    """Before any W/L change the viewport shows exactly what `render` writes and the model sees
+    (VOI LUT Sequence, file window, MONOCHROME1), at 1:1."""
+    from medviewer.imaging import display_image
+    from medviewer.io import read_instance
+
+    path = pydicom_test_file(name)
+    win = _window(qtbot, settings)
+    _open(qtbot, win, path)
+    vp = win.active
+    vp.state.zoom = vp.state.aspect = 1.0  # 1:1, no minification
+    vp._ensure_display()
+    np.testing.assert_array_equal(vp._display, display_image(read_instance(path)))

@@ -250,7 +250,10 @@ class Viewport(QWidget):
 
         pipe = src.pipeline(self.state.frame)
         win = None
-        if self.state.width_w:  # the file's VOI LUT Function (e.g. SIGMOID) is kept while dragging
+        untouched_lut = pipe.voi_luts and not pipe.windows and (
+            (self.state.center_w, self.state.width_w) == self._default_window)
+        if self.state.width_w and not untouched_lut:  # (a VOI LUT Sequence is shown as display_image does)
+            # the file's VOI LUT Function (e.g. SIGMOID) is kept while dragging
             win = Window(float(self.state.center_w), float(self.state.width_w), pipe.voi_function)
         shown = self._reduced_stored(stored, fx, fy)
         disp = pipe.render(shown, win, invert=self.state.invert)
