@@ -71,3 +71,29 @@ def test_default_model_separates_validation_patients(val_sample):
             h, w = cam.shape
             inside.append(0.1 * h <= r <= 0.9 * h and 0.1 * w <= c <= 0.9 * w)
     assert len(inside) >= 30 and np.mean(inside) >= 0.85
+
+
+def test_evaluate_cli_runs_a_package_at_the_cards_operating_point(val_sample, tmp_path):
+    """`medviewer-train evaluate PACKAGE` (the independent test-set check) runs the app's code path."""
+    import json
+
+    from training.cli import main as train_main
+
+    pkg = default_model()
+    root = tmp_path / "data"
+    chosen = val_sample.samples[:8] + val_sample.samples[-8:]
+    for s in chosen:
+        folder = root / "test" / val_sample.classes[s.label].upper()
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / s.path.name).symlink_to(s.path.resolve())
+    out = tmp_path / "eval"
+    assert train_main(["evaluate", str(pkg.path), "--data", str(root), "--split", "test", "--out", str(out),
+                       "--bootstrap", "50", "--device", "cpu"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["operating_point"]["threshold"] == pkg.card.operating_point("pneumonia").threshold
+    assert report["metrics"]["n"] == 16
+    probs = np.loadtxt(out / "probabilities.csv", delimiter=",", skiprows=1)
+    session = open_session(pkg, "cpu")
+    direct = [p.scores["pneumonia"] for p in session.predict(
+        [display_image(read_instance(s.path)) for s in chosen])]
+    np.testing.assert_allclose(np.sort(probs[:, 1]), np.sort(direct), atol=1e-6)

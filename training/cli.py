@@ -101,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train a CNN with a patient-level validation split")
     _fit_args(p)
 
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a labelled folder at its operating point")
-    p.add_argument("checkpoint", help="best.pt of a fit run")
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint or a model package on a labelled folder at its "
+                       "operating point")
+    p.add_argument("checkpoint", help="best.pt of a fit run, or a model package directory (model.onnx + model.json), "
+                   "which is run exactly as the app runs it (ONNX Runtime, the card's operating point)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="operating point to use instead of the checkpoint's / card's")
     p.add_argument("--data", required=True, help="labelled folder or CSV to evaluate on")
     p.add_argument("--split", default=None, help="layout split to use (train/val/test); default: all images")
     p.add_argument("--out", default="runs/evaluate")
@@ -163,27 +167,68 @@ def _run_fit(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _evaluation_index(args: argparse.Namespace, rule, classes: list[str]):
+    from training.data import discover
+
+    index = discover(args.data, rule, classes=classes)
+    if args.split:
+        index = index.subset(args.split)
+    if not len(index):
+        raise FileNotFoundError(f"{args.data}: no images" + (f" in split {args.split!r}" if args.split else ""))
+    return index
+
+
+def _package_probabilities(args: argparse.Namespace, rule):
+    """Probabilities of a model package on the evaluation images, computed by the app's own code path
+    (read_instance -> display_image -> ONNX Runtime session), with the card's operating point."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from medviewer.imaging import display_image
+    from medviewer.inference import ModelPackage, open_session
+    from medviewer.io import read_instance
+
+    pkg = ModelPackage.load(args.checkpoint)
+    card = pkg.card
+    positives = card.positive_labels
+    if len(positives) != 1:
+        raise ValueError(f"{args.checkpoint}: evaluate needs exactly one positive label, the card has {positives}")
+    op = card.operating_point(positives[0])
+    if op is None and args.threshold is None:
+        raise ValueError(f"{args.checkpoint}: the card has no operating point for {positives[0]!r}; give --threshold")
+    index = _evaluation_index(args, rule, card.labels)
+    session = open_session(pkg, "cpu" if args.device == "cpu" else "auto")
+    scores = []
+    for i in tqdm(range(0, len(index), args.batch_size), desc=f"{card.name} on {session.provider_short}"):
+        batch = [display_image(read_instance(s.path)) for s in index.samples[i:i + args.batch_size]]
+        scores += [[p.scores[lab] for lab in card.labels] for p in session.predict(batch)]
+    ck = {"classes": list(card.labels), "positive": positives[0],
+          "operating_point": op.model_dump() if op is not None else {}}
+    return ck, np.asarray(scores, dtype=np.float64), index
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from medviewer.inference.card import InputSpec, Preprocessing
-    from training.data import discover, kermany_patient_id, load_fitted, regex_patient_rule
+    from training.data import kermany_patient_id, load_fitted, regex_patient_rule
     from training.engine import load_checkpoint_model, predict_probs, resolve_device
     from training.metrics import binary_metrics
     from training.plots import plot_all
 
-    device = resolve_device(args.device)
-    model, ck = load_checkpoint_model(args.checkpoint, device)
     rule = regex_patient_rule(args.patient_regex) if args.patient_regex else kermany_patient_id
-    index = discover(args.data, rule, classes=ck["classes"])
-    if args.split:
-        index = index.subset(args.split)
-        if not len(index):
-            raise FileNotFoundError(f"{args.data}: no images in split {args.split!r}")
-    spec = Preprocessing.model_validate(ck["preprocessing"])
-    inp = InputSpec.model_validate(ck["input"])
-    x = load_fitted([s.path for s in index.samples], spec, inp)
-    probs = predict_probs(model, x, spec, device, args.batch_size)
+    if (Path(args.checkpoint) / "model.json").is_file():
+        ck, probs, index = _package_probabilities(args, rule)
+    else:
+        device = resolve_device(args.device)
+        model, ck = load_checkpoint_model(args.checkpoint, device)
+        index = _evaluation_index(args, rule, ck["classes"])
+        spec = Preprocessing.model_validate(ck["preprocessing"])
+        inp = InputSpec.model_validate(ck["input"])
+        x = load_fitted([s.path for s in index.samples], spec, inp)
+        probs = predict_probs(model, x, spec, device, args.batch_size)
+    if args.threshold is not None:
+        ck["operating_point"] = {"threshold": args.threshold, "criterion": "given on the command line"}
     pos = ck["classes"].index(ck["positive"])
     y = (index.labels == pos).astype(int)
     thr = ck["operating_point"]["threshold"]
