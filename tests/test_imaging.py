@@ -232,3 +232,12 @@ def test_default_window_rebuilt_from_numbers_renders_the_default_display(name):
         assert rebuilt.min() == 0 and rebuilt.max() == 255
     else:
         assert np.array_equal(rebuilt, shown)
+
+
+def test_display_image_uses_already_decoded_stored_values():
+    """A viewer passes its cached frame instead of decoding again; the result is the same image."""
+    inst = read_instance(pydicom_test_file("CT_small.dcm"))
+    stored = inst.stored_pixels(0)
+    np.testing.assert_array_equal(display_image(inst, stored=stored), display_image(inst))
+    flipped = np.ascontiguousarray(stored[::-1])
+    np.testing.assert_array_equal(display_image(inst, stored=flipped), display_image(inst)[::-1])

@@ -756,8 +756,8 @@ class MainWindow(QMainWindow):
             return
         if self._infer_task is not None:
             self._infer_task.cancel()
-        inst = vp.source.instance(uid[1])
-        frame = vp.source.frames[uid[1]][1]
+        src, k = vp.source, uid[1]
+        inst, frame = src.frames[k]
         spacing = vp.spacing()
         pkg, provider = self.package, self.provider
 
@@ -766,7 +766,7 @@ class MainWindow(QMainWindow):
 
             session = self._session(pkg, provider)
             task.check()
-            img = display_image(inst, frame=frame)
+            img = display_image(inst, frame=frame, stored=src.decode(k))  # the viewer's decoded frame
             task.check()
             pred = session.predict([img], [spacing])[0]
             note = (session.fallback_warning, True) if session.fallback_warning else (session.notice, False)

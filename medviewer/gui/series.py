@@ -52,7 +52,7 @@ class FrameSource:
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._bytes = 0
         self._max = int(max_cached_bytes)
-        self._pipelines: dict[int, Any] = {}
+        self._pipelines: dict[tuple[int, int], Any] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -68,15 +68,15 @@ class FrameSource:
         return self.frames[k][0]
 
     def pipeline(self, k: int) -> Any:
-        """The :class:`medviewer.imaging.DisplayPipeline` of frame ``k``'s instance (built once)."""
+        """The :class:`medviewer.imaging.DisplayPipeline` of frame ``k`` (built once per instance and frame)."""
         from medviewer.imaging import DisplayPipeline
 
-        inst = self.frames[k][0]
-        key = id(inst)
+        inst, frame = self.frames[k]
+        key = (id(inst), frame)  # enhanced multi-frame: rescale/window may differ per frame
         with self._lock:
             p = self._pipelines.get(key)
         if p is None:
-            p = DisplayPipeline.from_instance(inst)
+            p = DisplayPipeline.from_instance(inst, frame)
             with self._lock:
                 self._pipelines[key] = p
         return p

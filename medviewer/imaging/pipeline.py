@@ -343,7 +343,8 @@ def _resolve_window(window: Window | tuple[float, float] | None, preset: str | P
 
 
 def display_image(inst: Instance, frame: int = 0, window: Window | tuple[float, float] | None = None,
-                  preset: str | Preset | None = None, invert: bool = False) -> np.ndarray:
+                  preset: str | Preset | None = None, invert: bool = False,
+                  stored: np.ndarray | None = None) -> np.ndarray:
     """Exactly what the viewer shows and ``medviewer render`` writes; the input of model preprocessing.
 
     Parameters
@@ -359,6 +360,9 @@ def display_image(inst: Instance, frame: int = 0, window: Window | tuple[float, 
         Name of a preset (see :data:`medviewer.imaging.PRESETS`), instead of `window`.
     invert
         Show the negative.
+    stored
+        The frame's stored values when the caller has already decoded them
+        (``inst.stored_pixels(frame)``, e.g. from a viewer's cache); decoded here otherwise.
 
     Returns
     -------
@@ -375,5 +379,6 @@ def display_image(inst: Instance, frame: int = 0, window: Window | tuple[float, 
     """
     win = _resolve_window(window, preset)
     pipeline = DisplayPipeline.from_instance(inst, frame)
-    stored = inst.stored_pixels(frame)
+    if stored is None:
+        stored = inst.stored_pixels(frame)
     return pipeline.render(stored, win, invert)
