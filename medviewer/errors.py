@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["MedViewerError", "ReadError", "ModelPackageError", "InferenceError"]
+__all__ = ["MedViewerError", "ReadError", "ModelPackageError", "InferenceError", "error_line"]
 
 
 class MedViewerError(Exception):
@@ -43,3 +43,12 @@ class ModelPackageError(MedViewerError, ValueError):
 
 class InferenceError(MedViewerError, RuntimeError):
     """Running a model failed (bad input shape, provider failure)."""
+
+
+def error_line(exc: BaseException, limit: int = 300) -> str:
+    """One user-facing line for any exception: a :class:`MedViewerError`'s own message, else
+    ``Type: message``; white space (newlines included) folded, at most ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, MedViewerError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return (text[: limit - 1] + "…" if len(text) > limit else text) or type(exc).__name__

@@ -182,3 +182,12 @@ def test_png_and_jpeg_variants(tmp_path):
     (tmp_path / "cut.png").write_bytes((tmp_path / "rgb16.png").read_bytes()[:40])
     with pytest.raises(ReadError, match="corrupt or truncated"):
         read_instance(tmp_path / "cut.png").stored_pixels()
+
+
+def test_error_line_is_one_line_for_any_exception():
+    from medviewer.errors import ReadError, error_line
+
+    assert error_line(ReadError("a.dcm", "Pixel Data is\ntruncated")) == "a.dcm: Pixel Data is truncated"
+    assert error_line(ValueError("bad\n  value")) == "ValueError: bad value"
+    assert error_line(KeyError()) == "KeyError"
+    assert len(error_line(RuntimeError("x" * 1000))) == 300

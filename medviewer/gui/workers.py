@@ -15,17 +15,9 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, Signal
 
-from medviewer.errors import MedViewerError
+from medviewer.errors import MedViewerError, error_line
 
-__all__ = ["TaskSignals", "Task", "FnTask", "PrefetchTask", "error_line"]
-
-
-def error_line(exc: BaseException) -> str:
-    """One line for a dialog: the MedViewerError message, else ``Type: message``."""
-    if isinstance(exc, MedViewerError):
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    msg = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+__all__ = ["TaskSignals", "Task", "FnTask", "PrefetchTask"]
 
 
 class TaskSignals(QObject):

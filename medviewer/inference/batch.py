@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from medviewer.errors import MedViewerError
+from medviewer.errors import error_line
 from medviewer.inference.regions import DEFAULT_FRACTION
 from medviewer.inference.session import Prediction, Prepared, Session
 
-__all__ = ["Failed", "FrameRef", "Outcome", "score_instances", "one_line", "expand_frames"]
+__all__ = ["Failed", "FrameRef", "Outcome", "score_instances", "expand_frames"]
 
 
 @dataclass(frozen=True)
@@ -97,15 +97,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def one_line(exc: BaseException) -> str:
-    """A user-facing one-line message for any exception raised while scoring one file."""
-    if isinstance(exc, MedViewerError):
-        msg = str(exc)
-    else:
-        msg = f"{type(exc).__name__}: {exc}"
-    return " ".join(msg.split()) or type(exc).__name__
 
 
 def _display(item) -> np.ndarray:
@@ -197,7 +188,7 @@ def score_instances(
                 pred.cams = np.zeros((pred.cams.shape[0], 0, 0), np.float32)
             out.prediction = pred
         except Exception as exc:  # one bad image must not stop the run
-            out.error = one_line(exc)
+            out.error = error_line(exc)
         return out
 
     sources = iter(enumerate(instances))
@@ -236,7 +227,7 @@ def score_instances(
                     img, prepared, decode_s = fut.result()
                     batch.append((out, img, prepared, decode_s))
                 except Exception as exc:
-                    out.error = one_line(exc)
+                    out.error = error_line(exc)
                     results[i] = out
             if batch and (len(batch) >= batch_size or not pending):
                 t0 = time.perf_counter()
@@ -244,7 +235,7 @@ def score_instances(
                     logits, cams = session.run(np.stack([b[2].x for b in batch]))
                 except Exception as exc:
                     for b in batch:
-                        b[0].error = one_line(exc)
+                        b[0].error = error_line(exc)
                         results[b[0].index] = b[0]
                 else:
                     share = (time.perf_counter() - t0) / len(batch)

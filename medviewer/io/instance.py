@@ -22,7 +22,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from medviewer.errors import ReadError
+from medviewer.errors import ReadError, error_line
 from medviewer.io.enum import RASTER_MODALITY, PhotometricInterpretation, PixelSpacingSource
 from medviewer.io.transfer_syntax import check_decodable, transfer_syntax_name
 
@@ -343,16 +343,11 @@ class Instance:
             raise
         except Exception as exc:
             name = transfer_syntax_name(self.transfer_syntax_uid)
-            raise ReadError(self.path, f"cannot decode the pixel data ({name}): {_one_line(exc)}") from exc
+            raise ReadError(self.path, f"cannot decode the pixel data ({name}): {error_line(exc)}") from exc
 
     def __repr__(self) -> str:
         return (f"Instance({str(self.path)!r}, {self.modality}, {self.rows}x{self.columns}"
                 f"x{self.number_of_frames}, {self.photometric_interpretation})")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
 
 
 def _read_full(path: Path, header: Dataset | None) -> Dataset:
@@ -505,7 +500,7 @@ def _read_dicom_instance(path: Path) -> Instance:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
             probe = _probe_pixel_element(fp, ds, file_size)
     except Exception as exc:
-        raise ReadError(path, f"not a readable DICOM file (header): {_one_line(exc)}") from exc
+        raise ReadError(path, f"not a readable DICOM file (header): {error_line(exc)}") from exc
 
     meta = getattr(ds, "file_meta", None)
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
@@ -532,7 +527,7 @@ def _read_dicom_instance(path: Path) -> Instance:
     except ReadError:
         raise
     except Exception as exc:
-        raise ReadError(path, f"invalid image header: {_one_line(exc)}") from exc
+        raise ReadError(path, f"invalid image header: {error_line(exc)}") from exc
 
     if probe is not None:
         tag, length, offset = probe
