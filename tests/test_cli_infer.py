@@ -13,9 +13,10 @@ from conftest import pydicom_test_file
 from onnx_models import make_package
 
 from medviewer.cli import main
-from medviewer.inference.batch import Failed, score_instances
+from medviewer.inference.batch import score_instances
 from medviewer.inference.package import ModelPackage
 from medviewer.inference.session import Session
+from medviewer.io import Skipped
 
 
 @pytest.fixture
@@ -146,7 +147,7 @@ class _Img:
 def test_score_instances_order_progress_failures_and_cancel(tmp_path, model_dir):
     sess = Session(ModelPackage.load(model_dir), "cpu")
     imgs = [_Img(tmp_path / f"{i}.png", np.full((30 + i, 40), 20 * i, np.uint8)) for i in range(7)]
-    imgs.insert(3, Failed(tmp_path / "bad.png", "not an image"))
+    imgs.insert(3, Skipped(tmp_path / "bad.png", "not an image"))
     imgs.insert(5, _Img(tmp_path / "float.png", np.zeros((5, 5), np.float32)))
     seen = []
     outs = score_instances(sess, imgs, batch_size=3, workers=2, render=lambda it: it.img,

@@ -95,7 +95,7 @@ def _gather(inputs: list[str], all_frames: bool) -> tuple[list, list[dict]]:
     image suffix (``LICENSE``, ``notes.txt``) is ignored, not failed; a file named on the command line,
     or one with an image suffix (``broken.dcm``), that cannot be read is a failure.
     """
-    from medviewer.inference.batch import Failed, expand_frames
+    from medviewer.inference.batch import expand_frames
     from medviewer.io import sniff_kind
     from medviewer.io.instance import FileKind
     from medviewer.io.scan import scan
@@ -110,7 +110,7 @@ def _gather(inputs: list[str], all_frames: bool) -> tuple[list, list[dict]]:
                 and sniff_kind(path) == FileKind.UNKNOWN):
             ignored.append({"path": str(path), "reason": sk.reason})
         else:
-            items.append(Failed(path, sk.reason))
+            items.append(sk)
     return items, ignored
 
 

@@ -29,16 +29,9 @@ import numpy as np
 from medviewer.errors import error_line
 from medviewer.inference.regions import DEFAULT_FRACTION
 from medviewer.inference.session import Prediction, Prepared, Session
+from medviewer.io.scan import Skipped
 
-__all__ = ["Failed", "FrameRef", "Outcome", "score_instances", "expand_frames"]
-
-
-@dataclass(frozen=True)
-class Failed:
-    """An input known to be bad before decoding (e.g. a file the folder scan skipped)."""
-
-    path: Path
-    reason: str
+__all__ = ["FrameRef", "Outcome", "score_instances", "expand_frames"]
 
 
 @dataclass(frozen=True)
@@ -64,11 +57,11 @@ class FrameRef:
 def expand_frames(items: Sequence[Any], all_frames: bool) -> list[Any]:
     """Instances -> :class:`FrameRef` s: every frame of multi-frame instances if ``all_frames``, else frame 0.
 
-    :class:`Failed` entries are kept as they are.
+    :class:`medviewer.io.Skipped` entries (inputs known to be bad before decoding) are kept as they are.
     """
     out: list[Any] = []
     for it in items:
-        if isinstance(it, Failed | FrameRef):
+        if isinstance(it, Skipped | FrameRef):
             out.append(it)
             continue
         n = max(1, int(getattr(it, "number_of_frames", 1) or 1)) if all_frames else 1
@@ -122,7 +115,7 @@ def score_instances(
     progress: Callable[[Outcome], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> list[Outcome]:
-    """Score ``instances`` (from :func:`medviewer.io.scan`; :class:`Failed` entries pass through as errors).
+    """Score ``instances`` (from :func:`medviewer.io.scan`; :class:`medviewer.io.Skipped` entries pass through as errors).
 
     Parameters
     ----------
@@ -130,7 +123,7 @@ def score_instances(
         An open :class:`Session`.
     instances
         :class:`medviewer.io.Instance` or :class:`FrameRef` objects (anything with ``path``,
-        ``sop_instance_uid`` and ``pixel_spacing`` that ``render`` accepts) or :class:`Failed`.
+        ``sop_instance_uid`` and ``pixel_spacing`` that ``render`` accepts) or :class:`medviewer.io.Skipped`.
     batch_size
         Images per ONNX Runtime call.
     workers
@@ -203,7 +196,7 @@ def score_instances(
                     i, inst = next(sources)
                 except StopIteration:
                     return
-                pending.append((i, inst, None if isinstance(inst, Failed) else pool.submit(load, inst)))
+                pending.append((i, inst, None if isinstance(inst, Skipped) else pool.submit(load, inst)))
 
         def collect(block: bool) -> None:
             while post and (block or post[0].done()):
