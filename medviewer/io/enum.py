@@ -4,13 +4,28 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["PhotometricInterpretation", "PixelSpacingSource", "PixelRepresentation", "RASTER_MODALITY"]
+__all__ = ["DefinedTerm", "PhotometricInterpretation", "PixelSpacingSource", "PixelRepresentation", "RASTER_MODALITY"]
 
 #: Modality reported for PNG/JPEG images ("Other", PS3.3 C.7.3.1.1.1).
 RASTER_MODALITY = "OT"
 
 
-class PhotometricInterpretation(str, Enum):
+class DefinedTerm(str, Enum):
+    """Base of DICOM defined terms (CS values): :meth:`lookup` tolerates padding and case."""
+
+    @classmethod
+    def lookup(cls, value: object) -> DefinedTerm | None:
+        """The member for a (possibly padded or lower-case) string or member, else ``None``."""
+        if isinstance(value, cls):
+            return value
+        text = str(getattr(value, "value", value) or "").strip().upper()
+        try:
+            return cls(text)
+        except ValueError:
+            return None
+
+
+class PhotometricInterpretation(DefinedTerm):
     """Photometric Interpretation (0028,0004), PS3.3 C.7.6.3.1.2."""
 
     MONOCHROME1 = "MONOCHROME1"  #: minimum value is displayed white
@@ -31,13 +46,7 @@ class PhotometricInterpretation(str, Enum):
     @classmethod
     def parse(cls, value: object) -> PhotometricInterpretation | None:
         """The enum member for a (possibly padded or lower-case) string, else ``None``."""
-        if isinstance(value, cls):
-            return value
-        text = str(getattr(value, "value", value) or "").strip().upper()
-        try:
-            return cls(text)
-        except ValueError:
-            return None
+        return cls.lookup(value)
 
 
 class PixelSpacingSource(str, Enum):
