@@ -39,3 +39,16 @@ def pydicom_test_file(name: str) -> Path:
     if path is None:
         pytest.skip(f"pydicom test file {name} not available offline")
     return Path(path)
+
+
+@pytest.fixture
+def model_dirs(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """Isolated ``(builtin, user)`` model directories: model discovery sees only what a test puts there."""
+    from medviewer.inference import registry
+
+    builtin, user = tmp_path / "builtin", tmp_path / "user"
+    builtin.mkdir()
+    monkeypatch.setattr(registry, "builtin_models_dir", lambda: builtin)
+    monkeypatch.setattr(registry, "user_models_dir", lambda: user)
+    monkeypatch.delenv(registry.MODEL_PATH_ENV, raising=False)
+    return builtin, user

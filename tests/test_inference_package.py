@@ -15,17 +15,6 @@ from medviewer.inference.card import load_card, save_card, sha256_file
 from medviewer.inference.package import ModelPackage
 
 
-@pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    """Isolated built-in and user model directories."""
-    builtin, user = tmp_path / "builtin", tmp_path / "user"
-    builtin.mkdir()
-    monkeypatch.setattr(registry, "builtin_models_dir", lambda: builtin)
-    monkeypatch.setattr(registry, "user_models_dir", lambda: user)
-    monkeypatch.delenv(registry.MODEL_PATH_ENV, raising=False)
-    return builtin, user
-
-
 def test_valid_package_loads(tmp_path):
     d = make_package(tmp_path / "m", height=48, width=80)
     pkg = ModelPackage.load(d / "model.json")  # the card's path works too
@@ -102,8 +91,8 @@ def test_load_is_cached_until_files_change(tmp_path, monkeypatch):
     assert a is b and len(calls) == 1
 
 
-def test_discovery_builtin_user_and_env(dirs, tmp_path, monkeypatch):
-    builtin, user = dirs
+def test_discovery_builtin_user_and_env(model_dirs, tmp_path, monkeypatch):
+    builtin, user = model_dirs
     make_package(builtin / registry.DEFAULT_MODEL_NAME, name=registry.DEFAULT_MODEL_NAME)
     make_package(user / "mine", name="mine")
     make_package(tmp_path / "extra" / "other", name="other")
@@ -128,13 +117,13 @@ def test_discovery_builtin_user_and_env(dirs, tmp_path, monkeypatch):
         registry.resolve_model("nope")
 
 
-def test_default_model_missing_says_what_to_do(dirs):
+def test_default_model_missing_says_what_to_do(model_dirs):
     with pytest.raises(ModelPackageError, match="default model 'pneumonia-cxr' is not installed"):
         registry.default_model()
 
 
-def test_import_copies_into_user_dir(dirs, tmp_path):
-    builtin, user = dirs
+def test_import_copies_into_user_dir(model_dirs, tmp_path):
+    builtin, user = model_dirs
     src = make_package(tmp_path / "src", name="imported")
     (src / "README.md").write_text("# card\n")
     (src / "plots").mkdir()
@@ -151,9 +140,9 @@ def test_import_copies_into_user_dir(dirs, tmp_path):
         registry.import_model(make_package(tmp_path / "shadow", name="shadow"))
 
 
-def test_import_refuses_invalid_package(dirs, tmp_path):
+def test_import_refuses_invalid_package(model_dirs, tmp_path):
     src = make_package(tmp_path / "src", name="bad")
     (src / "model.onnx").write_bytes(b"junk")
     with pytest.raises(ModelPackageError, match="SHA-256"):
         registry.import_model(src)
-    assert not (dirs[1] / "bad").exists()
+    assert not (model_dirs[1] / "bad").exists()

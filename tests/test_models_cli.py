@@ -12,14 +12,10 @@ from medviewer.inference import registry
 
 
 @pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    builtin, user = tmp_path / "builtin", tmp_path / "user"
-    builtin.mkdir()
-    monkeypatch.setattr(registry, "builtin_models_dir", lambda: builtin)
-    monkeypatch.setattr(registry, "user_models_dir", lambda: user)
-    monkeypatch.delenv(registry.MODEL_PATH_ENV, raising=False)
-    make_package(builtin / registry.DEFAULT_MODEL_NAME, name=registry.DEFAULT_MODEL_NAME)
-    return builtin, user
+def dirs(model_dirs):
+    """Isolated model directories with a (test) default model built in."""
+    make_package(model_dirs[0] / registry.DEFAULT_MODEL_NAME, name=registry.DEFAULT_MODEL_NAME)
+    return model_dirs
 
 
 def test_list_marks_default_and_reports_invalid(dirs, capsys):
