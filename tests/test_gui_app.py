@@ -366,14 +366,22 @@ def test_no_display_is_a_clear_error_not_a_qt_abort(monkeypatch, capsys):
     assert "no display" in err and "--screenshot" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("name", ["vlut_04.dcm", "CT_small.dcm", "RG1_UNCR.dcm"])
-def test_viewport_first_image_is_display_image(qtbot, settings, name):
+@pytest.mark.parametrize("name", ["vlut_04.dcm", "gamma VOI LUT", "CT_small.dcm", "RG1_UNCR.dcm"])
+def test_viewport_first_image_is_display_image(qtbot, settings, name, tmp_path):
     """Before any W/L change the viewport shows exactly what `render` writes and the model sees
     (VOI LUT Sequence, file window, MONOCHROME1), at 1:1."""
+    import pydicom
+
     from medviewer.imaging import display_image
     from medviewer.io import read_instance
 
-    path = pydicom_test_file(name)
+    if name == "gamma VOI LUT":  # vlut_04's LUT is a near-identity ramp: make it one no window can copy
+        ds = pydicom.dcmread(pydicom_test_file("vlut_04.dcm"))
+        ds.VOILUTSequence[0].LUTData = [round(65535 * (i / 255) ** 2.2) for i in range(256)]
+        path = tmp_path / "gamma_vlut.dcm"
+        ds.save_as(path)
+    else:
+        path = pydicom_test_file(name)
     win = _window(qtbot, settings)
     _open(qtbot, win, path)
     vp = win.active
