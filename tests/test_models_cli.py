@@ -62,3 +62,101 @@ def test_validate_failure_is_exit_1_one_line(tmp_path, capsys):
 def test_show_unknown_name(dirs, capsys):
     assert main(["models", "show", "nope"]) == 1
     assert "no model named 'nope'" in capsys.readouterr().err
+
+
+def test_import_refuses_a_symlink_and_copies_nothing(dirs, tmp_path, capsys):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not part of any package")
+    src = make_package(tmp_path / "linked", name="linked-model")
+    (src / "README.md").symlink_to(secret)
+    assert main(["models", "import", str(src)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "README.md" in err and "symbolic link" in err
+    assert not (dirs[1] / "linked-model").exists()
+    assert not dirs[1].exists() or not list(dirs[1].glob("*.importing"))
+
+
+def test_import_refuses_a_fifo_without_blocking(dirs, tmp_path, capsys):
+    import os
+    import threading
+
+    src = make_package(tmp_path / "fifo", name="fifo-model")
+    (src / "plots").mkdir()
+    (src / "plots" / "roc.png").write_bytes(b"\x89PNG not really")
+    os.mkfifo(src / "plots" / "pipe.png")
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(main(["models", "import", str(src)])), daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "models import blocked on a FIFO"
+    assert result == [1]
+    assert "pipe.png" in capsys.readouterr().err
+    assert not (dirs[1] / "fifo-model").exists()
+
+
+def test_import_copies_regular_files_of_plots(dirs, tmp_path):
+    src = make_package(tmp_path / "plotted", name="plotted")
+    (src / "plots" / "more").mkdir(parents=True)
+    (src / "plots" / "roc.png").write_bytes(b"roc bytes")
+    (src / "plots" / "more" / "pr.png").write_bytes(b"pr bytes")
+    (src / "README.md").write_text("card")
+    assert main(["models", "import", str(src)]) == 0
+    dest = dirs[1] / "plotted"
+    assert (dest / "plots" / "roc.png").read_bytes() == b"roc bytes"
+    assert (dest / "plots" / "more" / "pr.png").read_bytes() == b"pr bytes"
+    assert (dest / "README.md").read_text() == "card"
+    assert (dest / "model.onnx").read_bytes() == (src / "model.onnx").read_bytes()
+
+
+def test_import_of_a_very_long_name_is_one_line(dirs, tmp_path, capsys):
+    name = "m" * 250
+    src = make_package(tmp_path / "long", name=name)
+    assert main(["models", "import", str(src)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "250 characters" in err and f"at most {registry.MAX_IMPORT_NAME}" in err
+    ok = make_package(tmp_path / "ok", name="n" * registry.MAX_IMPORT_NAME)
+    assert main(["models", "import", str(ok)]) == 0
+
+
+def test_imported_default_model_is_the_default(model_dirs, tmp_path, capsys):
+    """An install without the built-in model: importing a package of the default's name makes it the default
+    for list, the registry and ``infer`` without --model."""
+    from conftest import pydicom_test_file
+
+    with pytest.raises(registry.ModelPackageError, match="default model .* is not installed"):
+        registry.default_model()
+    src = make_package(tmp_path / "pkg", name=registry.DEFAULT_MODEL_NAME)
+    assert main(["models", "import", str(src)]) == 0
+    assert registry.default_model().path == model_dirs[1] / registry.DEFAULT_MODEL_NAME
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0
+    assert capsys.readouterr().out.startswith(f"* {registry.DEFAULT_MODEL_NAME}")
+    out = tmp_path / "out"
+    assert main(["infer", str(pydicom_test_file("CT_small.dcm")), "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["model"]["path"] == str(model_dirs[1] / registry.DEFAULT_MODEL_NAME)
+    assert len(doc["results"]) == 1 and not doc["results"][0].get("error")
+
+
+def test_default_model_ignores_a_folder_of_that_name_in_the_working_directory(dirs, tmp_path, monkeypatch):
+    decoy = make_package(tmp_path / registry.DEFAULT_MODEL_NAME, name="decoy")
+    monkeypatch.chdir(tmp_path)
+    assert decoy.is_dir()
+    assert registry.default_model().path == dirs[0] / registry.DEFAULT_MODEL_NAME
+
+
+def test_closed_pipe_is_quiet(tmp_path):
+    """``medviewer models list --json | head -0``: the reader is gone before anything is written."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "medviewer", "models", "list", "--json"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120, cwd=tmp_path)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141
+    assert proc.stderr == ""

@@ -4,19 +4,25 @@
 starts the workstation (see :mod:`medviewer.gui`); the subcommands ``info``, ``render``, ``infer`` and
 ``models`` are headless. Each subcommand lives in its own module with ``add_parser(subparsers)`` and
 ``run(args) -> int``. Errors derived from :class:`medviewer.errors.MedViewerError` are printed as one
-line on stderr with a non-zero exit code, never as a traceback.
+line on stderr with a non-zero exit code, never as a traceback. A reader that closes the pipe early
+(``medviewer models show NAME --json | head``) ends the command quietly with status 141, as a command
+killed by SIGPIPE would.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from medviewer import __version__
 from medviewer.errors import MedViewerError
 
-__all__ = ["main", "SUBCOMMANDS"]
+__all__ = ["main", "SUBCOMMANDS", "EXIT_BROKEN_PIPE"]
+
+#: exit status when stdout's reader went away (128 + SIGPIPE, what a shell reports for ``yes | head``)
+EXIT_BROKEN_PIPE = 141
 
 #: subcommand name -> module under medviewer.cli implementing add_parser()/run()
 SUBCOMMANDS = {
@@ -64,14 +70,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] in SUBCOMMANDS:
             args = _subcommand_parser(argv[0]).parse_args(argv)
-            return int(args.run(args) or 0)
+            status = int(args.run(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit handler
+            return status
         args = gui_parser().parse_args(argv)
         from medviewer.gui.app import run_app
 
         return int(run_app(args) or 0)
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except MedViewerError as exc:
         print(f"medviewer: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("medviewer: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null after its reader went away, so the final flush at exit cannot raise again
+    (the recipe of the Python documentation, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout already closed or not a real file
+        pass

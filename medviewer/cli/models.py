@@ -9,8 +9,10 @@ import sys
 __all__ = ["add_parser", "run"]
 
 _EPILOG = """\
-Packages are found in resources/models/ (built-in), the user's data folder (where 'import' copies them),
-and the folders in MEDVIEWER_MODEL_PATH. Exit status: 0 ok, 1 invalid package or unknown model.
+Packages are found among MedViewer's built-in models (installed with it), in the user's data folder
+(where 'import' copies them), and in the folders of MEDVIEWER_MODEL_PATH; the first package of a name
+wins. '*' marks the default model (pneumonia-cxr), used when no --model is given.
+Exit status: 0 ok, 1 invalid package or unknown model.
 """
 
 
@@ -38,7 +40,7 @@ def _summary(pkg, default_name: str) -> dict:
     c = pkg.card
     return {"name": c.name, "version": c.version, "source": pkg.source, "path": str(pkg.path),
             "task": c.task.value, "labels": list(c.labels), "input": [c.input.channels, c.input.height, c.input.width],
-            "sha256": c.sha256, "default": pkg.source == "builtin" and c.name == default_name,
+            "sha256": c.sha256, "default": c.name == default_name,
             "description": c.description}
 
 
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                 where = ", ".join(str(d) for _, d in search_dirs())
                 print(f"no valid model packages found (searched {where})")
             for p in found:
-                mark = "*" if p.source == "builtin" and p.card.name == DEFAULT_MODEL_NAME else " "
+                mark = "*" if p.card.name == DEFAULT_MODEL_NAME else " "
                 print(f"{mark} {p.card.name:<24} {p.card.version:<10} {p.source:<8} {p.card.task.value:<10} "
                       f"{', '.join(p.card.labels)}  {p.path}")
         for b in bad:

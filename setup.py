@@ -1,0 +1,14 @@
+"""Packages for setuptools; all other metadata is in pyproject.toml.
+
+The repository keeps MedViewer's data files in the top-level ``resources/`` folder (built-in models,
+icon, demo data). An installed MedViewer carries them as the data-only package ``medviewer._resources``
+(``package_dir`` maps it onto ``resources/``; ``package_data`` in pyproject.toml lists the files), where
+``medviewer.resources`` finds them with ``importlib.resources``.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    packages=find_packages(include=["medviewer", "medviewer.*", "training", "training.*"]) + ["medviewer._resources"],
+    package_dir={"medviewer._resources": "resources"},
+)
