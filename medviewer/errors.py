@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["MedViewerError", "ReadError", "ModelPackageError", "InferenceError", "error_line"]
+__all__ = ["MedViewerError", "ReadError", "ModelPackageError", "InferenceError", "error_line", "display_path"]
+
+
+def display_path(path: str | Path) -> str:
+    """`path` as printable text: bytes of a non-UTF-8 file name (held by Python as lone surrogates,
+    PEP 383) are shown as ``\\xNN`` escapes, so printing or writing it as UTF-8 never raises
+    ``UnicodeEncodeError``."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class MedViewerError(Exception):
@@ -29,7 +41,7 @@ class ReadError(MedViewerError, ValueError):
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{display_path(self.path)}: {reason}")
 
 
 class ModelPackageError(MedViewerError, ValueError):
@@ -48,7 +60,7 @@ class InferenceError(MedViewerError, RuntimeError):
 def error_line(exc: BaseException, limit: int = 300) -> str:
     """One user-facing line for any exception: a :class:`MedViewerError`'s own message, else
     ``Type: message``; white space (newlines included) folded, at most ``limit`` characters."""
-    text = " ".join(str(exc).split())
+    text = display_path(" ".join(str(exc).split()))
     if not isinstance(exc, MedViewerError):
         text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return (text[: limit - 1] + "…" if len(text) > limit else text) or type(exc).__name__

@@ -23,8 +23,11 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from medviewer.errors import ReadError, error_line
+from medviewer.io.encapsulation import EncapsulationProblem, check_encapsulated
 from medviewer.io.enum import RASTER_MODALITY, PhotometricInterpretation, PixelSpacingSource
+from medviewer.io.files import check_regular, open_regular, os_error_reason
 from medviewer.io.transfer_syntax import check_decodable, transfer_syntax_name
+from medviewer.limits import get_limits
 
 __all__ = ["Instance", "read_instance", "sniff_kind", "FileKind", "quiet_pydicom_warnings"]
 
@@ -59,12 +62,22 @@ def sniff_kind(path: str | Path) -> FileKind:
 
     DICOM Part 10 files carry ``DICM`` at byte 128; bare datasets (no preamble) are accepted when their
     first element is in group 0x0002 or 0x0008 (either byte order) with a plausible VR or length.
+    Anything that is not a readable regular file (missing, permission denied, a FIFO or device: never
+    opened in a way that could block) is :attr:`FileKind.UNKNOWN`.
     """
     try:
-        with open(path, "rb") as fp:
-            head = fp.read(132)
-    except OSError:
+        return _sniff(Path(path))
+    except ReadError:
         return FileKind.UNKNOWN
+
+
+def _sniff(path: Path) -> FileKind:
+    """:func:`sniff_kind`, but an unreadable or special file raises :class:`ReadError` with the reason."""
+    with open_regular(path) as fp:
+        try:
+            head = fp.read(132)
+        except OSError as exc:
+            raise ReadError(path, os_error_reason(exc)) from None
     if len(head) >= 132 and head[128:132] == b"DICM":
         return FileKind.DICOM
     if head.startswith(_PNG_MAGIC):
@@ -273,11 +286,15 @@ class Instance:
         if not 0 <= frame < max(1, self.number_of_frames):
             raise ReadError(self.path, f"frame {frame} out of range (the image has {self.number_of_frames})")
         if not self.is_dicom:
-            img = _read_raster(self.path)
+            img = _read_raster(self.path, (self.rows, self.columns))
             return _to_u8_color(img, 16) if img.ndim == 3 else img
         arr = self._decode_dicom(frame)
         if arr.ndim == 3 and arr.shape[-1] != 3 and self.samples_per_pixel == 1:
             arr = arr[0]  # a decoder returned all frames
+        expected = (self.rows, self.columns) + ((3,) if self.samples_per_pixel == 3 else ())
+        if arr.shape != expected:
+            raise ReadError(self.path, f"decoded frame has shape {arr.shape}, the header declares "
+                                       f"{expected} (Rows, Columns[, Samples per Pixel]); refused")
         pi = self.photometric_interpretation
         if pi == PhotometricInterpretation.PALETTE_COLOR:
             from pydicom.pixels import apply_color_lut
@@ -306,8 +323,9 @@ class Instance:
         count = self.rows * self.columns
         dtype = np.dtype(f"<{'i' if self.pixel_representation == 1 else 'u'}{itemsize}")
         try:
-            arr = np.fromfile(os.fspath(self.path), dtype=dtype, count=count,
-                              offset=self._pixel_offset + frame * count * itemsize)
+            with open_regular(self.path) as fp:
+                fp.seek(self._pixel_offset + frame * count * itemsize)
+                arr = np.fromfile(fp, dtype=dtype, count=count)
         except (OSError, ValueError):
             return None
         if arr.size != count:
@@ -332,8 +350,9 @@ class Instance:
         try:
             if self._full is None:
                 try:
-                    return np.asarray(pixel_array(os.fspath(self.path), index=index))
-                except (ReadError, KeyboardInterrupt):
+                    with open_regular(self.path) as fp:
+                        return np.asarray(pixel_array(fp, index=index))
+                except (ReadError, KeyboardInterrupt, MemoryError):
                     raise
                 except Exception:
                     # bare datasets (no file meta), deflated or odd files: read fully once, keep it
@@ -341,6 +360,8 @@ class Instance:
             return np.asarray(pixel_array(self._full, index=index))
         except ReadError:
             raise
+        except MemoryError:
+            raise ReadError(self.path, "out of memory decoding the pixel data; refused") from None
         except Exception as exc:
             name = transfer_syntax_name(self.transfer_syntax_uid)
             raise ReadError(self.path, f"cannot decode the pixel data ({name}): {error_line(exc)}") from exc
@@ -351,7 +372,8 @@ class Instance:
 
 
 def _read_full(path: Path, header: Dataset | None) -> Dataset:
-    ds = pydicom.dcmread(os.fspath(path), force=True)
+    with open_regular(path) as fp:
+        ds = pydicom.dcmread(fp, force=True)
     meta = ds.file_meta
     if "TransferSyntaxUID" not in meta:
         implicit, little = ds.original_encoding
@@ -371,10 +393,27 @@ def _to_u8_color(arr: np.ndarray, bits: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- raster
-def _read_raster(path: Path) -> np.ndarray:
-    """PNG/JPEG pixels: uint8/uint16 ``(H, W)`` gray or ``(H, W, 3)`` RGB (alpha dropped)."""
-    data = np.fromfile(os.fspath(path), dtype=np.uint8)  # np.fromfile + imdecode handles any path
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+def _read_raster(path: Path, expected: tuple[int, int] | None = None) -> np.ndarray:
+    """PNG/JPEG pixels: uint8/uint16 ``(H, W)`` gray or ``(H, W, 3)`` RGB (alpha dropped).
+
+    The declared size is checked against the pixel budget (:mod:`medviewer.limits`) before decoding;
+    `expected` ``(rows, columns)``, when given, must match the decoded image.
+    """
+    header = _raster_header(path, _sniff(path))
+    if header is None:
+        raise ReadError(path, "not a readable PNG/JPEG image (no PNG IHDR / JPEG SOF header found)")
+    budget = get_limits().frame_problem(header[0], header[1], header[2])
+    if budget:
+        raise ReadError(path, f"{budget}; refused before decoding")
+    try:
+        with open_regular(path) as fp:
+            data = np.fromfile(fp, dtype=np.uint8)
+    except OSError as exc:
+        raise ReadError(path, os_error_reason(exc)) from None
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error as exc:
+        raise ReadError(path, f"not a readable PNG/JPEG image: {error_line(exc)}") from None
     if img is None:
         raise ReadError(path, "not a readable PNG/JPEG image (corrupt or truncated)")
     if img.ndim == 3 and img.shape[2] == 1:
@@ -385,50 +424,68 @@ def _read_raster(path: Path) -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if img.dtype not in (np.uint8, np.uint16):
         raise ReadError(path, f"unsupported raster sample type {img.dtype} (expected 8- or 16-bit)")
+    if expected is not None and img.shape[:2] != tuple(expected):
+        raise ReadError(path, f"decoded image is {img.shape[1]}x{img.shape[0]}, its header declares "
+                              f"{expected[1]}x{expected[0]}; refused")
     return img
 
 
-def _raster_header(path: Path, kind: str) -> tuple[int, int, int, int] | None:
-    """(rows, columns, samples, bits) from a PNG IHDR or a JPEG SOFn marker, without decoding."""
-    with open(path, "rb") as fp:
-        head = fp.read(65536)
-    if kind == FileKind.PNG:
-        if len(head) < 26 or head[12:16] != b"IHDR":
-            return None
-        width, height, bits, color_type = struct.unpack(">IIBB", head[16:26])
-        samples = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}.get(color_type)
-        if samples is None:
-            return None
-        return height, width, samples, 8 if color_type == 3 else bits
+def _jpeg_header(fp: Any, file_size: int) -> tuple[int, int, int, int] | None:
+    """Walk JPEG marker segments (seeking, not reading the file) to the first SOFn: (rows, cols, samples, bits)."""
     pos = 2
-    while pos + 4 <= len(head):
-        if head[pos] != 0xFF:
+    for _ in range(10_000):
+        fp.seek(pos)
+        head = fp.read(10)
+        if len(head) < 4 or head[0] != 0xFF:
             return None
-        marker = head[pos + 1]
+        marker = head[1]
         if marker == 0xFF:
             pos += 1
             continue
-        (length,) = struct.unpack(">H", head[pos + 2:pos + 4])
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", head[2:4])
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if pos + 10 > len(head):
+            if len(head) < 10:
                 return None
-            bits, height, width, comps = struct.unpack(">BHHB", head[pos + 4:pos + 10])
+            bits, height, width, comps = struct.unpack(">BHHB", head[4:10])
             return height, width, (1 if comps == 1 else 3), bits
+        if marker in (0xD9, 0xDA) or length < 2 or pos + 2 + length > file_size:
+            return None
         pos += 2 + length
     return None
 
 
-def _read_raster_instance(path: Path, kind: str) -> Instance:
+def _raster_header(path: Path, kind: str) -> tuple[int, int, int, int] | None:
+    """(rows, columns, samples, bits) from a PNG IHDR or a JPEG SOFn marker, without decoding."""
     try:
-        header = _raster_header(path, kind)
+        with open_regular(path) as fp:
+            if kind == FileKind.PNG:
+                head = fp.read(32)
+                if len(head) < 26 or head[12:16] != b"IHDR":
+                    return None
+                width, height, bits, color_type = struct.unpack(">IIBB", head[16:26])
+                samples = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}.get(color_type)
+                if samples is None:
+                    return None
+                return height, width, samples, 8 if color_type == 3 else bits
+            return _jpeg_header(fp, os.fstat(fp.fileno()).st_size)
     except OSError as exc:
-        raise ReadError(path, f"cannot read the file: {exc.strerror or exc}") from exc
-    if header is None:  # unusual layout: decode once to learn the size
-        img = _read_raster(path)
-        header = (img.shape[0], img.shape[1], 1 if img.ndim == 2 else 3, img.dtype.itemsize * 8)
+        raise ReadError(path, os_error_reason(exc)) from None
+
+
+def _read_raster_instance(path: Path, kind: str) -> Instance:
+    header = _raster_header(path, kind)
+    if header is None:
+        raise ReadError(path, f"not a readable {kind.upper()} image (no {'IHDR' if kind == FileKind.PNG else 'SOF'} "
+                              f"header found; corrupt or truncated)")
     rows, cols, samples, bits = header
     if rows <= 0 or cols <= 0:
         raise ReadError(path, f"invalid image size {cols}x{rows}")
+    budget = get_limits().frame_problem(rows, cols, samples)
+    if budget:
+        raise ReadError(path, f"{budget}; refused before decoding")
     bits = 16 if bits > 8 else 8
     return Instance(
         path=path, is_dicom=False, modality=RASTER_MODALITY, rows=rows, columns=cols,
@@ -471,20 +528,6 @@ def _probe_pixel_element(fp: Any, ds: Dataset, file_size: int) -> tuple[int, int
     return tag, length, value_start
 
 
-def _ends_with_sequence_delimiter(path: Path, file_size: int, ds: Dataset) -> bool:
-    """Encapsulated pixel data must end with (FFFE,E0DD) length 0 (PS3.5 A.4); look in the file's tail."""
-    try:
-        little = ds.original_encoding[1] is not False
-    except Exception:
-        little = True
-    marker = struct.pack("<HHI" if little else ">HHI", 0xFFFE, 0xE0DD, 0)
-    tail_size = min(file_size, 1 << 20)
-    with open(path, "rb") as fp:
-        fp.seek(file_size - tail_size)
-        tail = fp.read(tail_size)
-    return tail.endswith(marker) or marker in tail
-
-
 def _expected_native_bytes(inst: Instance) -> int:
     bits = inst.bits_allocated
     pixels = inst.rows * inst.columns * max(1, inst.number_of_frames) * inst.samples_per_pixel
@@ -493,17 +536,41 @@ def _expected_native_bytes(inst: Instance) -> int:
     return (pixels * bits + 7) // 8
 
 
-def _read_dicom_instance(path: Path) -> Instance:
-    file_size = path.stat().st_size
+def _transfer_syntax_problem(ts: str) -> str | None:
+    """None when `ts` is a known transfer syntax UID (PS3.5 10, PS3.6 Annex A), else the reason."""
     try:
-        with open(path, "rb") as fp:
+        uid = pydicom.uid.UID(ts)
+        if uid.is_transfer_syntax:
+            return None
+    except Exception:
+        pass
+    return (f"unknown Transfer Syntax UID (0002,0010) '{ts}': not a DICOM transfer syntax (PS3.5 10), so "
+            f"the pixel data cannot be decoded")
+
+
+def _read_dicom_instance(path: Path) -> Instance:
+    try:
+        fp = open_regular(path)
+    except ReadError:
+        raise
+    with fp:
+        file_size = os.fstat(fp.fileno()).st_size
+        try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
             probe = _probe_pixel_element(fp, ds, file_size)
-    except Exception as exc:
-        raise ReadError(path, f"not a readable DICOM file (header): {error_line(exc)}") from exc
+        except RecursionError:
+            raise ReadError(path, "not a readable DICOM file (header): sequences nested too deeply") from None
+        except OSError as exc:
+            raise ReadError(path, os_error_reason(exc)) from None
+        except Exception as exc:
+            raise ReadError(path, f"not a readable DICOM file (header): {error_line(exc)}") from exc
+        return _checked_dicom_instance(path, fp, file_size, ds, probe)
 
+
+def _checked_dicom_instance(path: Path, fp: Any, file_size: int, ds: Dataset,
+                            probe: tuple[int, int, int] | None) -> Instance:
     meta = getattr(ds, "file_meta", None)
-    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    ts = str(meta.get("TransferSyntaxUID", "") or "").strip().rstrip("\x00") if meta is not None else ""
     if not ts:
         try:
             implicit, little = ds.original_encoding
@@ -521,6 +588,10 @@ def _read_dicom_instance(path: Path) -> Instance:
             raise ReadError(path, "is a DICOMDIR (a directory of other files, no image); open its folder")
         what = pydicom.uid.UID(sop).name if sop else "unknown SOP class"
         raise ReadError(path, f"no Pixel Data (7FE0,0010) in this DICOM object ({what}); nothing to display")
+    if ts:
+        problem = _transfer_syntax_problem(ts)
+        if problem:
+            raise ReadError(path, problem)
 
     try:
         inst = _instance_from_header(path, ds, ts or None)
@@ -536,10 +607,23 @@ def _read_dicom_instance(path: Path) -> Instance:
                                   f"the element declares more; the file is incomplete")
         if length == 0:
             raise ReadError(path, f"{_PIXEL_TAGS[tag]} is empty")
-        if length == _UNDEFINED and not _ends_with_sequence_delimiter(path, file_size, ds):
-            raise ReadError(path, "encapsulated Pixel Data is truncated (no Sequence Delimitation Item "
-                                  "(FFFE,E0DD) at its end); the file is incomplete")
-        if length != _UNDEFINED and tag == 0x7FE00010 and not pydicom.uid.UID(ts).is_compressed:
+        compressed = bool(ts) and pydicom.uid.UID(ts).is_compressed
+        if length == _UNDEFINED:
+            if not compressed and ts:
+                raise ReadError(path, f"Pixel Data is encapsulated (undefined length) but the transfer syntax "
+                                      f"{transfer_syntax_name(ts)} is not a compressed one (PS3.5 A.4); refused")
+            try:
+                check_encapsulated(fp, offset, file_size, ts, rows=inst.rows, columns=inst.columns,
+                                   samples=inst.samples_per_pixel, bits_allocated=inst.bits_allocated,
+                                   frames=inst.number_of_frames)
+            except EncapsulationProblem as exc:
+                raise ReadError(path, str(exc)) from None
+            except OSError as exc:
+                raise ReadError(path, os_error_reason(exc)) from None
+        elif compressed:
+            raise ReadError(path, f"Pixel Data has a defined length but the transfer syntax "
+                                  f"{transfer_syntax_name(ts)} requires encapsulated (compressed) data (PS3.5 A.4)")
+        if length != _UNDEFINED and tag == 0x7FE00010 and not compressed:
             expected = _expected_native_bytes(inst)
             if length < expected:
                 raise ReadError(path, f"Pixel Data is truncated: {length} bytes for {inst.rows}x{inst.columns}"
@@ -550,13 +634,54 @@ def _read_dicom_instance(path: Path) -> Instance:
     return inst
 
 
+def _check_palette(path: Path, ds: Dataset) -> None:
+    """Palette Color Lookup Table descriptors and data (PS3.3 C.7.6.3.1.5, C.7.9): refuse what would not
+    decode to a colour image (0 or 7 bits per entry, wrong value count, missing data)."""
+    for colour in ("Red", "Green", "Blue"):
+        key = f"{colour}PaletteColorLookupTableDescriptor"
+        try:
+            desc = ds.get(key)
+            values = [] if desc is None else [int(v) for v in (desc.value if hasattr(desc, "value") else desc)]
+        except Exception:
+            values = None
+        name = f"{colour} Palette Color Lookup Table Descriptor"
+        if values is None or len(values) != 3:
+            raise ReadError(path, f"PALETTE COLOR image with a missing or malformed {name} "
+                                  f"(3 values expected, PS3.3 C.7.6.3.1.5)")
+        entries, _first, bits = values
+        if bits not in (8, 16):
+            raise ReadError(path, f"{name} declares {bits} bits per entry (8 or 16 expected, "
+                                  f"PS3.3 C.7.6.3.1.5); refused")
+        entries = entries or 65536
+        data = ds.get(f"{colour}PaletteColorLookupTableData")
+        segmented = f"Segmented{colour}PaletteColorLookupTableData" in ds
+        if data is None and not segmented:
+            raise ReadError(path, f"PALETTE COLOR image without {colour} Palette Color Lookup Table Data")
+        if data is not None and not segmented:
+            try:
+                value = data.value if hasattr(data, "value") else data
+                count = len(value) if isinstance(value, bytes | bytearray) else 2 * len(value)
+            except Exception:
+                count = 0
+            if count < entries:  # bytes; 8-bit entries may be packed two per 16-bit word
+                raise ReadError(path, f"{colour} Palette Color Lookup Table Data has {count} bytes; the "
+                                      f"descriptor declares {entries} entries of {bits} bits; refused")
+
+
 def _instance_from_header(path: Path, ds: Dataset, ts: str | None) -> Instance:
     rows, cols = _checked_int(path, ds, "Rows"), _checked_int(path, ds, "Columns")
-    if not rows or not cols:
-        raise ReadError(path, "missing or zero Rows (0028,0010) / Columns (0028,0011)")
+    if not rows or not cols or rows < 0 or cols < 0:
+        raise ReadError(path, f"missing or invalid Rows (0028,0010) / Columns (0028,0011): {rows} / {cols}")
     pi_text = _text(ds, "PhotometricInterpretation").upper()
-    samples = _checked_int(path, ds, "SamplesPerPixel") or 1
-    frames = _checked_int(path, ds, "NumberOfFrames") or 1
+    samples = _checked_int(path, ds, "SamplesPerPixel")
+    if samples is None:
+        samples = 3 if pi_text and not pi_text.startswith(("MONOCHROME", "PALETTE")) else 1
+    if samples not in (1, 3):
+        raise ReadError(path, f"invalid Samples per Pixel (0028,0002) {samples} (1 or 3 expected, "
+                              f"PS3.3 C.7.6.3.1.1)")
+    frames = _checked_int(path, ds, "NumberOfFrames")
+    if frames is None:
+        frames = 1
     if frames < 1:
         raise ReadError(path, f"invalid Number of Frames (0028,0008) {frames}")
     if not pi_text:
@@ -564,12 +689,30 @@ def _instance_from_header(path: Path, ds: Dataset, ts: str | None) -> Instance:
     pi = PhotometricInterpretation.parse(pi_text)
     if pi is None:
         raise ReadError(path, f"unsupported Photometric Interpretation (0028,0004) '{pi_text}'")
-    if pi.is_monochrome and samples != 1:
-        raise ReadError(path, f"{pi.value} with Samples per Pixel {samples} (expected 1)")
-    bits_allocated = _checked_int(path, ds, "BitsAllocated") or 8
-    bits_stored = _checked_int(path, ds, "BitsStored") or bits_allocated
+    needs = 1 if pi.is_monochrome or pi == PhotometricInterpretation.PALETTE_COLOR else 3
+    if samples != needs:
+        raise ReadError(path, f"Photometric Interpretation {pi.value} with Samples per Pixel (0028,0002) "
+                              f"{samples} ({needs} expected, PS3.3 C.7.6.3.1.2); the header contradicts itself")
+    bits_allocated = _checked_int(path, ds, "BitsAllocated")
+    if bits_allocated is None:
+        bits_allocated = 8
     if bits_allocated not in (1, 8, 16, 32, 64):
-        raise ReadError(path, f"unsupported Bits Allocated (0028,0100) {bits_allocated}")
+        raise ReadError(path, f"unsupported Bits Allocated (0028,0100) {bits_allocated} "
+                              f"(1, 8, 16, 32 or 64 expected)")
+    bits_stored = _checked_int(path, ds, "BitsStored")
+    if bits_stored is None:
+        bits_stored = bits_allocated
+    if not 1 <= bits_stored <= bits_allocated:
+        raise ReadError(path, f"invalid Bits Stored (0028,0101) {bits_stored} for Bits Allocated "
+                              f"{bits_allocated} (1..{bits_allocated} expected, PS3.3 C.7.6.3.1)")
+    representation = _checked_int(path, ds, "PixelRepresentation") or 0
+    if representation not in (0, 1):
+        raise ReadError(path, f"invalid Pixel Representation (0028,0103) {representation} (0 or 1 expected)")
+    if pi == PhotometricInterpretation.PALETTE_COLOR:
+        _check_palette(path, ds)
+    budget = get_limits().frame_problem(rows, cols, samples, frames)
+    if budget:
+        raise ReadError(path, f"{budget}; refused before allocating")
 
     spacing = _floats(ds, "PixelSpacing", 2)
     source: str | None = PixelSpacingSource.PIXEL_SPACING.value if spacing else None
@@ -615,7 +758,7 @@ def _instance_from_header(path: Path, ds: Dataset, ts: str | None) -> Instance:
         photometric_interpretation=pi.value,
         bits_allocated=bits_allocated,
         bits_stored=bits_stored,
-        pixel_representation=_checked_int(path, ds, "PixelRepresentation") or 0,
+        pixel_representation=representation,
         pixel_spacing=spacing,  # type: ignore[arg-type]
         pixel_spacing_source=source,
         image_orientation_patient=orientation,
@@ -657,11 +800,8 @@ def read_instance(path: str | Path) -> Instance:
     ('CT', 128, (0.661468, 0.661468))
     """
     p = Path(path)
-    if not p.exists():
-        raise ReadError(p, "no such file")
-    if p.is_dir():
-        raise ReadError(p, "is a folder, not an image file")
-    kind = sniff_kind(p)
+    check_regular(p)
+    kind = _sniff(p)
     if kind == FileKind.DICOM:
         return _read_dicom_instance(p)
     if kind in (FileKind.PNG, FileKind.JPEG):
