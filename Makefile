@@ -1,31 +1,81 @@
 # MedViewer — the two set-up commands of a fresh machine are `make demo` and `make test`.
+#
+# Both install into the active virtual environment ($VIRTUAL_ENV) or, when none is active, into .venv in
+# this folder (created with `python3 -m venv`) — never into the system Python, which Debian 12 / Ubuntu
+# 23.04+ refuse anyway (PEP 668). `make demo` installs the app only (no torch); `make test` adds the
+# training and dev extras. The stamps live inside the environment, so another environment reinstalls.
+#
+# torch: `make test` installs torch (version from constraints.txt) first, from TORCH_INDEX when given:
+#   make test                                                    # default index: CUDA build on Linux x86_64
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu   # CPU-only build (no GPU, ~10x smaller)
 PYTHON ?= python3
-PIP ?= $(PYTHON) -m pip
-STAMP := .install.stamp
+ifdef VIRTUAL_ENV
+VENV ?= $(VIRTUAL_ENV)
+else
+VENV ?= $(CURDIR)/.venv
+endif
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_INDEX ?=
+DEPS := pyproject.toml setup.py constraints.txt
+APP_STAMP := $(VENV)/.medviewer-app.stamp
+DEV_STAMP := $(VENV)/.medviewer-dev.stamp
+BUNDLE_STAMP := $(VENV)/.medviewer-bundle.stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install install-dev demo test lint system-packages wheel bundle bench clean distclean
 
-$(STAMP): pyproject.toml constraints.txt
-	$(PIP) install -q -c constraints.txt torch==2.13.0
+$(PY):
+	@echo "no virtual environment active: creating $(VENV)"
+	@$(PYTHON) -m venv "$(VENV)" || { echo "make: '$(PYTHON) -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv (or activate a venv first)" >&2; exit 1; }
+	$(PIP) install -q --upgrade pip
+
+$(APP_STAMP): $(DEPS) | $(PY)
+	$(PIP) install -q -c constraints.txt -e .
+	touch "$@"
+
+$(DEV_STAMP): $(APP_STAMP) $(DEPS)
+	$(PIP) install -q -c constraints.txt $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch
 	$(PIP) install -q -c constraints.txt -e ".[train,dev]"
-	touch $(STAMP)
+	touch "$@"
 
-install: $(STAMP)
+install: $(APP_STAMP)
+install-dev: $(DEV_STAMP)
 
 # With no display (a server, CI) the demo runs offscreen and saves what it shows to demo.png.
-demo: install
-	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then medviewer --demo; \
+demo: $(APP_STAMP)
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then "$(VENV)/bin/medviewer" --demo; \
 	else echo "no display: running the demo offscreen, window saved to demo.png"; \
-	medviewer --demo --screenshot demo.png; fi
+	"$(VENV)/bin/medviewer" --demo --screenshot demo.png; fi
 
-lint: install
-	$(PYTHON) -m ruff check medviewer training tests benchmarks
+lint: $(DEV_STAMP)
+	$(PY) -m ruff check medviewer training tests benchmarks
 
-test: install lint
-	QT_QPA_PLATFORM=offscreen $(PYTHON) -m pytest -q
+# Orthanc and dicom3tools for the PACS and DICOM-conformance tests (installed when root; they skip otherwise)
+system-packages:
+	@if [ "$$(id -u)" = 0 ]; then bash .ci/system-packages.sh; \
+	else echo "not root: not installing Orthanc/dicom3tools (.ci/system-packages.sh); tests that need them skip"; fi
 
-bench: install
-	$(PYTHON) benchmarks/bench_display.py
+test: $(DEV_STAMP) lint system-packages
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+
+# dist/medviewer-VERSION-py3-none-any.whl, carrying the built-in models, icon and demo data
+wheel: | $(PY)
+	rm -f dist/medviewer-*.whl
+	$(PIP) wheel -q --no-deps -w dist .
+
+$(BUNDLE_STAMP): $(APP_STAMP) constraints.txt
+	$(PIP) install -q -c constraints.txt pyinstaller
+	touch "$@"
+
+# PyInstaller one-folder desktop bundle: dist/medviewer/medviewer (no torch, no source tree needed)
+bundle: $(BUNDLE_STAMP)
+	$(PY) -m PyInstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller packaging/medviewer.spec
+
+bench: $(DEV_STAMP)
+	$(PY) benchmarks/bench_display.py
 
 clean:
-	rm -rf $(STAMP) build *.egg-info .pytest_cache
+	rm -rf build dist *.egg-info .pytest_cache demo.png
+
+distclean: clean
+	rm -rf .venv
