@@ -30,6 +30,8 @@ SUBCOMMANDS = {
     "render": "medviewer.cli.render",
     "infer": "medviewer.cli.infer",
     "models": "medviewer.cli.models",
+    "anonymize": "medviewer.cli.anonymize",
+    "audit": "medviewer.cli.audit",
 }
 
 

@@ -1,0 +1,319 @@
+"""Append-only audit trail: who did what to which DICOM objects, with which model, and how it ended.
+
+One JSON object per line in ``<user data dir>/audit/audit.jsonl`` (``platformdirs.user_data_dir("medviewer")``;
+the environment variable ``MEDVIEWER_AUDIT_DIR`` points it elsewhere). The event vocabulary follows IHE ATNA
+and DICOM PS3.15 Annex A.5 (audit message event IDs from PS3.16 CID 400, outcome indicators 0/4/8/12).
+Objects are identified by UID (Study/Series/SOP Instance UID) only, never by patient name or ID; the user
+is the OS account running the process.
+
+Tamper evidence: every record carries ``prev``, the SHA-256 of the previous record, and ``hash``, the
+SHA-256 of its own canonical JSON (sorted keys, no ``hash``); :func:`verify` recomputes the chain. A chain
+proves that no record in the middle was edited, inserted or removed; removing records from the end is only
+detectable against a copy of the last hash kept elsewhere (``medviewer audit --verify`` prints it).
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import re
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from medviewer.errors import MedViewerError
+
+__all__ = ["AuditEvent", "Outcome", "AUDIT_DIR_ENV", "audit_path", "record", "read", "verify", "VerifyResult",
+           "record_ai_run", "GENESIS", "object_refs"]
+
+AUDIT_DIR_ENV = "MEDVIEWER_AUDIT_DIR"
+GENESIS = "0" * 64
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class AuditEvent(str, Enum):
+    """What happened (value = the ``action`` field). ``event_id`` is the DICOM audit message EventID
+    (PS3.15 A.5.3, PS3.16 CID 400, scheme DCM) and ``action_code`` the EventActionCode (C create,
+    R read, U update, D delete, E execute)."""
+
+    STUDY_OPENED = "study-opened"
+    AI_RUN = "ai-run"
+    RESULTS_EXPORTED = "results-exported"
+    DEIDENTIFIED = "de-identified"
+    SENT = "sent"
+    MODEL_IMPORTED = "model-imported"
+    AUDIT_LOG_USED = "audit-log-used"
+
+    @property
+    def event_id(self) -> tuple[str, str]:
+        """``(code value, code meaning)`` of the DICOM audit EventID."""
+        return _EVENT_IDS[self][0]
+
+    @property
+    def action_code(self) -> str:
+        """ATNA EventActionCode."""
+        return _EVENT_IDS[self][1]
+
+
+_EVENT_IDS = {
+    AuditEvent.STUDY_OPENED: (("110103", "DICOM Instances Accessed"), "R"),
+    AuditEvent.AI_RUN: (("110103", "DICOM Instances Accessed"), "E"),
+    AuditEvent.RESULTS_EXPORTED: (("110106", "Export"), "R"),
+    AuditEvent.DEIDENTIFIED: (("110106", "Export"), "C"),
+    AuditEvent.SENT: (("110104", "DICOM Instances Transferred"), "R"),
+    AuditEvent.MODEL_IMPORTED: (("110107", "Import"), "C"),
+    AuditEvent.AUDIT_LOG_USED: (("110101", "Audit Log Used"), "R"),
+}
+
+
+class Outcome(str, Enum):
+    """ATNA EventOutcomeIndicator; ``code`` is its numeric value."""
+
+    SUCCESS = "success"
+    MINOR_FAILURE = "minor failure"
+    SERIOUS_FAILURE = "serious failure"
+    MAJOR_FAILURE = "major failure"
+
+    @property
+    def code(self) -> int:
+        """0, 4, 8 or 12 (PS3.15 A.5.3)."""
+        return {"success": 0, "minor failure": 4, "serious failure": 8, "major failure": 12}[self.value]
+
+
+def audit_path() -> Path:
+    """The audit log file: ``$MEDVIEWER_AUDIT_DIR/audit.jsonl`` or ``<user data dir>/audit/audit.jsonl``."""
+    env = os.environ.get(AUDIT_DIR_ENV)
+    if env:
+        return Path(env) / "audit.jsonl"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("medviewer", appauthor=False)) / "audit" / "audit.jsonl"
+
+
+def _canonical(rec: dict[str, Any]) -> bytes:
+    return json.dumps({k: v for k, v in rec.items() if k != "hash"}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True).encode("ascii")
+
+
+def _digest(rec: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical(rec)).hexdigest()
+
+
+def object_refs(study_uids: Iterable[str] = (), series_uids: Iterable[str] = (),
+                sop_instance_uids: Iterable[str] = ()) -> list[dict[str, str]]:
+    """Participant objects as ``[{"type": "study"|"series"|"sop", "uid": ...}]``, duplicates and empty
+    values dropped, order kept."""
+    refs, seen = [], set()
+    for kind, uids in (("study", study_uids), ("series", series_uids), ("sop", sop_instance_uids)):
+        for uid in uids:
+            if uid and (kind, uid) not in seen:
+                seen.add((kind, uid))
+                refs.append({"type": kind, "uid": str(uid)})
+    return refs
+
+
+def _last_hash(path: Path) -> tuple[str, int]:
+    """(hash, seq) of the last record of the log, or (GENESIS, 0)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            block = min(size, 65536)
+            while True:
+                f.seek(size - block)
+                lines = f.read(block).splitlines()
+                if len(lines) > 1 or block == size:
+                    break
+                block = min(size, block * 4)
+    except FileNotFoundError:
+        return GENESIS, 0
+    for line in reversed(lines):
+        if line.strip():
+            try:
+                last = json.loads(line)
+                return str(last["hash"]), int(last["seq"])
+            except (ValueError, KeyError, TypeError):
+                raise MedViewerError(f"{path}: last audit record is not valid JSON; run 'medviewer audit --verify'") from None
+    return GENESIS, 0
+
+
+def record(event: AuditEvent, *, outcome: Outcome = Outcome.SUCCESS, objects: list[dict[str, str]] | None = None,
+           model: dict[str, Any] | None = None, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Append one audit record and return it.
+
+    ``objects``: from :func:`object_refs` (UIDs only: anything that is not a DICOM UID raises ValueError, so a
+    patient name or ID cannot slip in); ``model``: ``{"name", "version", "sha256"}``; ``detail``: small
+    non-identifying facts (counts, options, error class). Raises :class:`MedViewerError` when the log cannot
+    be written.
+    """
+    for obj in objects or []:
+        if obj.get("type") not in ("study", "series", "sop") or not _UID_RE.match(str(obj.get("uid", ""))):
+            raise ValueError(f"audit objects are identified by DICOM UID only, got {obj!r}")
+    path = audit_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as f:
+            _lock(f)
+            try:
+                prev, seq = _last_hash(path)
+                rec: dict[str, Any] = {
+                    "seq": seq + 1,
+                    "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                    "user": _user(),
+                    "host": socket.gethostname(),
+                    "action": event.value,
+                    "event_id": {"code": event.event_id[0], "scheme": "DCM", "meaning": event.event_id[1]},
+                    "event_action": event.action_code,
+                    "outcome": outcome.value,
+                    "outcome_code": outcome.code,
+                    "objects": objects or [],
+                }
+                if model:
+                    rec["model"] = {k: model.get(k) for k in ("name", "version", "sha256") if k in model}
+                if detail:
+                    rec["detail"] = detail
+                rec["prev"] = prev
+                rec["hash"] = _digest(rec)
+                f.write(json.dumps(rec, sort_keys=True, ensure_ascii=True).encode("ascii") + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                _unlock(f)
+    except OSError as exc:
+        raise MedViewerError(f"{path}: cannot write the audit log ({exc.strerror or exc})") from None
+    return rec
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment or password database
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
+def _lock(f) -> None:
+    try:
+        import fcntl
+
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    except ImportError:  # Windows
+        import msvcrt
+
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+
+
+def _unlock(f) -> None:
+    try:
+        import fcntl
+
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except ImportError:
+        import msvcrt
+
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+
+
+def read(since: datetime | None = None, path: Path | None = None) -> list[dict[str, Any]]:
+    """The records (oldest first), those at or after ``since`` (aware or UTC) only when given.
+
+    Raises :class:`MedViewerError` on a line that is not JSON. A missing log is an empty list.
+    """
+    path = path or audit_path()
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise MedViewerError(f"{path}: cannot read the audit log ({exc.strerror or exc})") from None
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            raise MedViewerError(f"{path}: line {n} is not a JSON record") from None
+        if since is not None:
+            try:
+                if datetime.fromisoformat(rec["time"]) < since:
+                    continue
+            except (KeyError, ValueError, TypeError):
+                pass
+        out.append(rec)
+    return out
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of :func:`verify`: ``ok`` when every record's hash and link check out; ``problems`` lists
+    ``"line N: cause"``; ``last_hash`` is the hash to keep elsewhere to detect truncation later."""
+
+    records: int = 0
+    problems: list[str] = field(default_factory=list)
+    last_hash: str = GENESIS
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+
+def verify(path: Path | None = None) -> VerifyResult:
+    """Recompute the hash chain of the audit log (see the module docstring)."""
+    path = path or audit_path()
+    res = VerifyResult()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return res
+    except OSError as exc:
+        res.problems.append(f"cannot read ({exc.strerror or exc})")
+        return res
+    prev, seq = GENESIS, 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            res.problems.append(f"line {n}: not JSON")
+            prev = None
+            continue
+        res.records += 1
+        if rec.get("hash") != _digest(rec):
+            res.problems.append(f"line {n}: record changed (hash mismatch)")
+        if prev is not None and rec.get("prev") != prev:
+            res.problems.append(f"line {n}: chain broken (prev does not match line before: record removed or inserted)")
+        if rec.get("seq") != seq + 1:
+            res.problems.append(f"line {n}: sequence number {rec.get('seq')} after {seq}")
+        prev, seq = rec.get("hash"), rec.get("seq") if isinstance(rec.get("seq"), int) else seq + 1
+        res.last_hash = str(rec.get("hash"))
+    return res
+
+
+def record_ai_run(model: dict[str, Any], sop_instance_uids: Iterable[str], *, study_uids: Iterable[str] = (),
+                  scored: int, failed: int, provider: str | None = None) -> dict[str, Any] | None:
+    """Audit one AI run (``medviewer infer``, the workstation's Run AI): the model's name/version/SHA-256,
+    the SOP Instance UIDs scored, and the outcome (success; minor failure when some inputs failed; serious
+    failure when none was scored). Never raises: a log that cannot be written is reported on stderr and
+    ``None`` is returned, so an AI result is not lost to an audit problem."""
+    outcome = Outcome.SUCCESS if not failed else Outcome.MINOR_FAILURE if scored else Outcome.SERIOUS_FAILURE
+    try:
+        return record(AuditEvent.AI_RUN, outcome=outcome,
+                      objects=object_refs(study_uids, (), (u for u in sop_instance_uids if u and _UID_RE.match(u))),
+                      model=model, detail={"scored": scored, "failed": failed, "provider": provider})
+    except (MedViewerError, ValueError) as exc:
+        import sys
+
+        print(f"medviewer: warning: audit record not written: {exc}", file=sys.stderr)
+        return None

@@ -1,0 +1,93 @@
+"""``medviewer audit [--since DATE] [--json] [--verify]``: read and check the audit trail.
+
+Prints one line per record (time, user, action, outcome, objects, model); ``--json`` prints the records
+as a JSON list; ``--verify`` recomputes the hash chain and exits 1 when a record was changed, inserted
+or removed (see :mod:`medviewer.audit`). Reading the log is itself audited (``audit-log-used``, DCM
+110101), as IHE ATNA asks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime, timezone
+
+from medviewer.errors import MedViewerError
+
+__all__ = ["add_parser", "run", "parse_since"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``audit`` on the ``medviewer`` subcommand parser."""
+    p = subparsers.add_parser(
+        "audit", help="show or verify the audit trail (who did what to which study, with which model)",
+        description="Show the audit trail (IHE ATNA / DICOM PS3.15 A.5 events: study opened, AI run, results "
+                    "exported, de-identified, sent, model imported) or verify its hash chain.")
+    p.add_argument("--since", metavar="DATE", default=None,
+                   help="only records at or after DATE (YYYY-MM-DD or ISO 8601 date-time, UTC unless an offset is given)")
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    p.add_argument("--verify", action="store_true", help="check the hash chain; exit 1 when it is broken")
+    p.set_defaults(run=run)
+    return p
+
+
+def parse_since(text: str) -> datetime:
+    """``YYYY-MM-DD`` or an ISO 8601 date-time -> an aware datetime (UTC when no offset is given).
+
+    Raises :class:`MedViewerError` on anything else.
+    """
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise MedViewerError(f"--since: {text!r} is not a date (YYYY-MM-DD) or ISO 8601 date-time") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _line(rec: dict) -> str:
+    objs = rec.get("objects") or []
+    kinds: dict[str, int] = {}
+    for o in objs:
+        kinds[o.get("type", "?")] = kinds.get(o.get("type", "?"), 0) + 1
+    first = next((o["uid"] for o in objs if o.get("type") == "study"), objs[0]["uid"] if objs else "")
+    what = ", ".join(f"{n} {k}" for k, n in kinds.items()) + (f" ({first})" if first else "")
+    model = rec.get("model")
+    model_text = f"  model {model.get('name')} {model.get('version')} sha256 {str(model.get('sha256'))[:12]}" if model else ""
+    return (f"{rec.get('time', '?')}  {rec.get('user', '?')}  {rec.get('action', '?')}  {rec.get('outcome', '?')}"
+            f"{'  ' + what if what else ''}{model_text}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``medviewer audit``; returns 0, or 1 when ``--verify`` finds the chain broken."""
+    from medviewer import audit
+
+    since = parse_since(args.since) if args.since else None
+    path = audit.audit_path()
+    if args.verify:
+        res = audit.verify(path)
+        _used("verify")
+        if res.ok:
+            print(f"{path}: {res.records} records, hash chain intact; last hash {res.last_hash}")
+            return 0
+        for problem in res.problems[:20]:
+            print(f"medviewer: error: {path}: {problem}")
+        raise MedViewerError(f"{path}: audit log failed verification ({len(res.problems)} problems in "
+                             f"{res.records} records)")
+    records = audit.read(since, path)
+    _used("read")
+    if args.json:
+        print(json.dumps(records, indent=2))
+    elif not records:
+        print(f"no audit records{' since ' + args.since if args.since else ''} in {path}")
+    else:
+        for rec in records:
+            print(_line(rec))
+    return 0
+
+
+def _used(how: str) -> None:
+    from medviewer import audit
+
+    try:
+        audit.record(audit.AuditEvent.AUDIT_LOG_USED, detail={"how": how})
+    except MedViewerError:
+        pass  # reading a log on a read-only medium still works
