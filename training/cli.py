@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     _fit_args(p)
     p.add_argument("--grid", default='{"lr": [0.001, 0.003], "weight_decay": [0.0001, 0.001]}',
                    help="JSON object: FitConfig field -> list of values")
+
+    from training.prepare import add_parser as add_prepare_parser
+
+    add_prepare_parser(sub)
     return parser
 
 
@@ -344,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_cv(args, argv)
         if args.command == "search":
             return _run_search(args, argv)
+        if args.command == "prepare":
+            return args.run(args)
     except (MedViewerError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"medviewer-train {args.command}: error: {exc}", file=sys.stderr)
         return 2
