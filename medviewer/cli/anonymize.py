@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     for path in tqdm(dicom_files, unit="file", desc="anonymize", disable=True if args.quiet else None,
                      file=sys.stderr):
         try:
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(path, force=True)  # sniff_kind said DICOM; bare datasets too
             if ds.get("SOPClassUID") == "1.2.840.10008.1.3.10":
                 raise MedViewerError("a DICOMDIR (Media Storage Directory) is not de-identified; its files are")
             out = anonymize_dataset(ds, options, key)

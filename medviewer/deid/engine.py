@@ -216,6 +216,10 @@ class _Deidentifier:
                     self.dummy(elem)
                 continue
             action = row.action(self.opts)
+            if action == "X/Z" and elem.VR == "SQ" and elem.value:
+                # X for a Type 3, Z for a Type 2 sequence; a Type 3 sequence must not be empty (PS3.5 7.5), so
+                # the items stay with their content replaced by the profile (Z allows a dummy value)
+                action = "D"
             action = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "U*"}.get(action, action)
             if action == "X":
                 del ds[tag]
@@ -299,20 +303,35 @@ def anonymize_dataset(ds: Dataset, options: DeidOptions | None = None, key: byte
     out.DeidentificationMethodCodeSequence = seq
     out.LongitudinalTemporalInformationModified = "UNMODIFIED" if options.keep_dates else "REMOVED"
 
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None:
-        new_meta = FileMetaDataset()
-        for kw in ("FileMetaInformationVersion", "MediaStorageSOPClassUID", "TransferSyntaxUID"):
-            if kw in meta:
-                setattr(new_meta, kw, copy.deepcopy(meta[kw].value))
-        if "SOPInstanceUID" in out:
-            new_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
-        new_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        from medviewer import __version__
-
-        new_meta.ImplementationVersionName = f"MEDVIEWER_{__version__}"[:16]
-        out.file_meta = new_meta
+    out.file_meta = _file_meta(ds, out)
     return out
+
+
+def _file_meta(ds: Dataset, out: Dataset) -> FileMetaDataset:
+    """File Meta Information (PS3.10 7.1) for the de-identified copy: the SOP Class and Transfer Syntax of
+    the original, the new SOP Instance UID, MedViewer as the implementation; no Source/Sending/Receiving AE
+    titles or private meta information (they name the sites). A bare dataset (no meta) gets the transfer
+    syntax it was read with."""
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from medviewer import __version__
+
+    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    new_meta = FileMetaDataset()
+    new_meta.FileMetaInformationVersion = b"\x00\x01"
+    sop_class = meta.get("MediaStorageSOPClassUID") or out.get("SOPClassUID")
+    if sop_class:
+        new_meta.MediaStorageSOPClassUID = sop_class
+    if "SOPInstanceUID" in out:
+        new_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    ts = meta.get("TransferSyntaxUID")
+    if not ts:
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        ts = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    new_meta.TransferSyntaxUID = ts
+    new_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    new_meta.ImplementationVersionName = f"MEDVIEWER_{__version__}"[:16]
+    return new_meta
 
 
 def changed_uids(before: Iterable[str], key: bytes) -> dict[str, str]:
