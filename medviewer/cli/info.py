@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medviewer.errors import MedViewerError, display_path
 from medviewer.io import quiet_pydicom_warnings, read_instance, transfer_syntax_name
 from medviewer.io.scan import ScanResult, Series, Study, scan
 
@@ -64,7 +65,7 @@ def _series_json(series: Series) -> dict[str, Any]:
         "number_of_frames": series.number_of_frames,
         "instances": [
             {
-                "path": str(inst.path),
+                "path": display_path(inst.path),
                 "sop_instance_uid": inst.sop_instance_uid,
                 "instance_number": inst.instance_number,
                 "image_position_patient": list(inst.image_position_patient)
@@ -73,7 +74,7 @@ def _series_json(series: Series) -> dict[str, Any]:
             }
             for inst in series.instances
         ],
-        "duplicates": [str(inst.path) for inst in series.duplicates],
+        "duplicates": [display_path(inst.path) for inst in series.duplicates],
         "gaps": [{"index": g.index, "missing": g.missing, "distance_mm": g.distance_mm,
                   "expected_mm": g.expected_mm} for g in series.gaps],
     }
@@ -94,7 +95,7 @@ def result_to_json(result: ScanResult) -> dict[str, Any]:
     """The ``--json`` document of a scan (see the module docstring)."""
     return {
         "studies": [_study_json(st) for st in result.studies],
-        "skipped": [{"path": str(s.path), "reason": s.reason} for s in result.skipped],
+        "skipped": [{"path": display_path(s.path), "reason": s.reason} for s in result.skipped],
     }
 
 
@@ -118,7 +119,7 @@ def _series_lines(series: Series) -> list[str]:
         detail.append(transfer_syntax_name(head.transfer_syntax_uid))
         detail.append(f"uid {series.series_instance_uid}")
     else:
-        detail.append(str(head.path))
+        detail.append(display_path(head.path))
     lines = [line, "      " + "  ".join(detail)]
     if series.duplicates:
         lines.append(f"      {len(series.duplicates)} duplicate file(s) of SOP Instances already listed")
@@ -148,20 +149,37 @@ def format_tree(result: ScanResult) -> str:
         lines.append("No readable images.")
     if result.skipped:
         lines.append(f"Skipped {len(result.skipped)} file{'s' * (len(result.skipped) != 1)}:")
-        lines.extend(f"  {s.path}: {s.reason}" for s in result.skipped)
+        lines.extend(f"  {display_path(s.path)}: {s.reason}" for s in result.skipped)
     return "\n".join(lines)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``medviewer info``; returns the exit status."""
     quiet_pydicom_warnings()
     paths = [Path(p) for p in args.paths]
-    if len(paths) == 1 and not paths[0].is_dir() and paths[0].name.upper() != "DICOMDIR":
+    if len(paths) == 1 and not _is_dir(paths[0]) and paths[0].name.upper() != "DICOMDIR":
         read_instance(paths[0])  # a single bad file: one-line ReadError, exit 1, via the dispatcher
     result = scan(paths)
+    if not result.studies and not result.skipped:
+        where = " ".join(display_path(p) for p in paths)
+        raise MedViewerError(f"{where}: no files found (empty folder)" if all(_is_dir(p) for p in paths)
+                             else f"{where}: no DICOM, PNG or JPEG images found")
     text = json.dumps(result_to_json(result), indent=2) if args.json else format_tree(result)
     try:
         print(text)
+        sys.stdout.flush()
     except BrokenPipeError:  # e.g. piped into `head`
         sys.stderr.close()
+        return 0 if result.studies else 1
+    if not result.studies:
+        n = len(result.skipped)
+        print(f"medviewer: error: no readable DICOM, PNG or JPEG images ({n} file{'s' * (n != 1)} skipped, "
+              f"see above)", file=sys.stderr)
     return 0 if result.studies else 1

@@ -13,8 +13,8 @@ from typing import Any
 
 import cv2
 
-from medviewer.errors import ReadError
-from medviewer.imaging import PRESETS, DisplayPipeline, Window, display_image, find_preset
+from medviewer.errors import ReadError, display_path, error_line
+from medviewer.imaging import PRESETS, DisplayPipeline, Window, check_not_blank, display_image, find_preset
 from medviewer.io import quiet_pydicom_warnings, read_instance
 
 __all__ = ["add_parser", "run"]
@@ -59,28 +59,39 @@ def run(args: argparse.Namespace) -> int:
         raise ReadError(path, f"--frame {args.frame} out of range (the image has {inst.number_of_frames} "
                               f"frame{'s' * (inst.number_of_frames != 1)}: 0..{inst.number_of_frames - 1})")
     try:
-        image = display_image(inst, frame=args.frame, window=window, preset=preset, invert=args.invert)
+        pipeline = DisplayPipeline.from_instance(inst, args.frame)
+        stored = inst.stored_pixels(args.frame)
+        image = display_image(inst, frame=args.frame, window=window, preset=preset, invert=args.invert,
+                              stored=stored)
     except ReadError:
         raise
     except Exception as exc:  # decoder bugs on odd files: still one line, no traceback
-        raise ReadError(path, f"cannot render: {type(exc).__name__}: {exc}") from exc
+        raise ReadError(path, f"cannot render: {error_line(exc)}") from exc
+    if window is None and preset is None:  # the file's own display must be an image, not a blank
+        check_not_blank(image, path, args.frame, stored)
+    for note in pipeline.notes:
+        print(f"medviewer: note: {display_path(path)}: {note}", file=sys.stderr)
     out = Path(args.out)
     if out.parent and not out.parent.exists():
-        return _error(f"{out}: output folder {out.parent} does not exist")
+        return _error(f"{display_path(out)}: output folder {display_path(out.parent)} does not exist")
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    try:
-        ok = cv2.imwrite(str(out), bgr)
+    try:  # encode, then write with Python: any file name (non-UTF-8 too), errors named
+        ok, buf = cv2.imencode(out.suffix or ".png", bgr)
     except cv2.error as exc:
-        return _error(f"{out}: cannot write image: {' '.join(str(exc).split())[:200]}")
+        return _error(f"{display_path(out)}: cannot write image: {' '.join(str(exc).split())[:200]}")
     if not ok:
-        return _error(f"{out}: cannot write image (unknown extension or unwritable)")
+        return _error(f"{display_path(out)}: cannot write image (unknown extension)")
+    try:
+        out.write_bytes(buf.tobytes())
+    except OSError as exc:
+        return _error(f"{display_path(out)}: cannot write image: {exc.strerror or exc}")
     if window is None and preset is None and not inst.is_color:
-        used = DisplayPipeline.from_instance(inst)
+        used = pipeline
         how = "file VOI LUT" if used.voi_luts else (
             f"window {used.windows[0].center:g}/{used.windows[0].width:g}" if used.windows else "default window")
     else:
         w = window or (preset.window if preset else None)
         how = f"window {w.center:g}/{w.width:g}" if w else "colour, unchanged"
     kind = "RGB" if image.ndim == 3 else "gray"
-    print(f"wrote {out} ({image.shape[1]}x{image.shape[0]} {kind}, {how}{', inverted' if args.invert else ''})")
+    print(f"wrote {display_path(out)} ({image.shape[1]}x{image.shape[0]} {kind}, {how}{', inverted' if args.invert else ''})")
     return 0

@@ -7,8 +7,8 @@ Model preprocessing of that image lives in :mod:`medviewer.imaging.preprocess`.
 from __future__ import annotations
 
 from medviewer.imaging.enum import PresentationLutShape, RescaleType, VoiLutFunction
-from medviewer.imaging.lut import ModalityLut, VoiLut
-from medviewer.imaging.pipeline import DisplayPipeline, display_image
+from medviewer.imaging.lut import LutError, ModalityLut, VoiLut
+from medviewer.imaging.pipeline import DisplayPipeline, check_not_blank, display_image
 from medviewer.imaging.window import (
     IDENTITY_8BIT,
     PRESETS,
@@ -25,12 +25,14 @@ from medviewer.imaging.window import (
 __all__ = [
     "DisplayPipeline",
     "display_image",
+    "check_not_blank",
     "Window",
     "VoiLutFunction",
     "PresentationLutShape",
     "RescaleType",
     "ModalityLut",
     "VoiLut",
+    "LutError",
     "Preset",
     "PRESETS",
     "IDENTITY_8BIT",

@@ -12,15 +12,29 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
-__all__ = ["ModalityLut", "VoiLut", "read_lut_item"]
+__all__ = ["ModalityLut", "VoiLut", "LutError", "read_lut_item"]
+
+
+class LutError(ValueError):
+    """A Modality or VOI LUT Sequence item whose descriptor and data disagree (PS3.3 C.11.1.1.1,
+    C.11.2.1.1); the message says which value is wrong."""
 
 
 def _descriptor(item: Dataset, pixel_signed: bool) -> tuple[int, int, int]:
-    desc = [int(v) for v in item.LUTDescriptor]
+    try:
+        raw = item.LUTDescriptor
+        values = list(raw) if not isinstance(raw, int | float) else [raw]
+        desc = [int(v) for v in values]
+    except Exception:
+        raise LutError("LUT Descriptor (0028,3002) is missing or unreadable") from None
     if len(desc) != 3:
-        raise ValueError(f"LUT Descriptor must have 3 values, got {desc}")
+        raise LutError(f"LUT Descriptor (0028,3002) must have 3 values, got {len(desc)}")
     entries, first, bits = desc
+    if entries < 0 or bits < 0:
+        raise LutError(f"LUT Descriptor (0028,3002) {desc} has a negative value")
     entries = entries or 65536  # PS3.3 C.11.1.1.1: 0 means 2**16 entries
+    if not 8 <= bits <= 16:
+        raise LutError(f"LUT Descriptor (0028,3002) declares {bits} bits per entry (8 to 16 expected)")
     if pixel_signed and first > 32767:  # US/SS ambiguity of the first mapped value
         first -= 65536
     return entries, first, bits
@@ -28,24 +42,37 @@ def _descriptor(item: Dataset, pixel_signed: bool) -> tuple[int, int, int]:
 
 def read_lut_item(item: Dataset, pixel_signed: bool, little_endian: bool = True
                   ) -> tuple[int, np.ndarray, int]:
-    """Decode one Modality/VOI LUT Sequence item.
+    """Decode and validate one Modality/VOI LUT Sequence item (PS3.3 C.11.1.1.1, C.11.2.1.1).
 
     Returns
     -------
     (first_mapped, data, bits)
-        First input value mapped, the LUT entries as int64 ``(n,)`` and the nominal bits per entry.
+        First input value mapped, the LUT entries as int64 ``(n,)`` (``n`` = the descriptor's number of
+        entries) and the nominal bits per entry.
+
+    Raises
+    ------
+    LutError
+        Descriptor without 3 values, bits per entry outside 8..16, fewer LUT Data (0028,3006) values
+        than the descriptor declares, or no data.
     """
     entries, first, bits = _descriptor(item, pixel_signed)
+    if "LUTData" not in item:
+        raise LutError("no LUT Data (0028,3006)")
     elem = item["LUTData"]
-    if elem.VR == "OW" or isinstance(elem.value, bytes | bytearray):
-        raw = bytes(elem.value)
-        count = min(entries, len(raw) // 2)
+    if elem.VR in ("OW", "OB", "UN") or isinstance(elem.value, bytes | bytearray):
+        raw = bytes(elem.value or b"")
+        count = len(raw) // 2
         data = np.asarray(struct.unpack(f"{'<' if little_endian else '>'}{count}H", raw[: 2 * count]), np.int64)
     else:
         value = elem.value
+        if value is None:
+            value = []
         data = np.asarray(list(value) if not isinstance(value, int | float) else [value], np.int64)
     if data.size == 0:
-        raise ValueError("empty LUT Data (0028,3006)")
+        raise LutError("empty LUT Data (0028,3006)")
+    if data.size < entries:
+        raise LutError(f"LUT Data (0028,3006) has {data.size} values, the LUT Descriptor declares {entries}")
     return first, data[:entries], bits
 
 

@@ -18,6 +18,7 @@ types (32-bit, float) take a vectorised float32 path.
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -26,8 +27,9 @@ import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 
+from medviewer.errors import ReadError
 from medviewer.imaging.enum import PresentationLutShape, VoiLutFunction
-from medviewer.imaging.lut import ModalityLut, VoiLut, read_lut_item
+from medviewer.imaging.lut import LutError, ModalityLut, VoiLut, read_lut_item
 from medviewer.imaging.window import (
     IDENTITY_8BIT,
     Preset,
@@ -42,7 +44,7 @@ from medviewer.imaging.window import (
 from medviewer.io.enum import PhotometricInterpretation
 from medviewer.io.instance import Instance
 
-__all__ = ["DisplayPipeline", "display_image"]
+__all__ = ["DisplayPipeline", "display_image", "check_not_blank"]
 
 _MAX_CACHED_TABLES = 8
 
@@ -84,10 +86,38 @@ def _as_floats(value: object) -> list[float]:
     return out
 
 
-def _modality_lut(ds: Dataset, signed: bool, little: bool, frame: int = 0) -> ModalityLut:
+#: Modality values beyond this magnitude are refused: float32 (the pixel pipeline's type) overflows at
+#: 3.4e38, and no real modality (HU, counts, SUV) comes near it.
+MAX_MODALITY_MAGNITUDE = 1e30
+
+
+def _stored_range(inst: Instance) -> tuple[float, float]:
+    bits = max(1, min(int(inst.bits_stored or 16), 64))
+    if inst.pixel_representation == 1:
+        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    return 0.0, 2.0**bits - 1
+
+
+def _rescale_value(inst: Instance, source: Dataset, keyword: str, tag: str, default: float) -> float:
+    if keyword not in source:
+        return default
+    values = _as_floats(source.get(keyword))
+    if not values:
+        return default
+    value = values[0]
+    if not np.isfinite(value):
+        raise ReadError(inst.path, f"{tag} is {source.get(keyword)!r}, not a finite number (PS3.3 C.11.1); refused")
+    return value
+
+
+def _modality_lut(inst: Instance, ds: Dataset, signed: bool, little: bool, frame: int = 0) -> ModalityLut:
     item = _first_item(ds, "ModalityLUTSequence")
-    if item is not None and "LUTDescriptor" in item and "LUTData" in item:
-        first, data, bits = read_lut_item(item, signed, little)
+    if item is not None and ("LUTDescriptor" in item or "LUTData" in item):
+        try:
+            first, data, bits = read_lut_item(item, signed, little)
+        except LutError as exc:
+            raise ReadError(inst.path, f"invalid Modality LUT Sequence (0028,3000): {exc} (PS3.3 C.11.1.1.1); "
+                                       f"modality values would be wrong, refused") from None
         return ModalityLut(rescale_type=str(item.get("ModalityLUTType", "")), lut=data, first_mapped=first,
                            lut_bits=bits)
     source: Dataset | None = ds
@@ -95,14 +125,22 @@ def _modality_lut(ds: Dataset, signed: bool, little: bool, frame: int = 0) -> Mo
         source = _functional(ds, "PixelValueTransformationSequence", frame)
     if source is None:
         return ModalityLut()
-    slope = _as_floats(source.get("RescaleSlope", 1.0))
-    intercept = _as_floats(source.get("RescaleIntercept", 0.0))
-    s = slope[0] if slope and np.isfinite(slope[0]) and slope[0] != 0 else 1.0
-    b = intercept[0] if intercept and np.isfinite(intercept[0]) else 0.0
+    s = _rescale_value(inst, source, "RescaleSlope", "Rescale Slope (0028,1053)", 1.0)
+    b = _rescale_value(inst, source, "RescaleIntercept", "Rescale Intercept (0028,1052)", 0.0)
+    if s == 0:
+        raise ReadError(inst.path, "Rescale Slope (0028,1053) is 0: every pixel would have the same modality "
+                                   "value; refused")
+    lo, hi = _stored_range(inst)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ends = np.array([lo, hi], np.float64) * s + b
+    if not np.all(np.isfinite(ends)) or np.abs(ends).max() > MAX_MODALITY_MAGNITUDE:
+        raise ReadError(inst.path, f"Rescale Slope {s:g} / Intercept {b:g} overflow: stored values "
+                                   f"{lo:g}..{hi:g} map to {ends[0]:g}..{ends[1]:g} (PS3.3 C.11.1); refused")
     return ModalityLut(slope=s, intercept=b, rescale_type=str(source.get("RescaleType", "") or ""))
 
 
-def _file_windows(ds: Dataset, frame: int = 0) -> list[Window]:
+def _file_windows(ds: Dataset, frame: int = 0, notes: list[str] | None = None) -> list[Window]:
+    notes = notes if notes is not None else []
     source: Dataset | None = ds
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
         source = _functional(ds, "FrameVOILUTSequence", frame)
@@ -110,6 +148,10 @@ def _file_windows(ds: Dataset, frame: int = 0) -> list[Window]:
         return []
     centers = _as_floats(source.get("WindowCenter"))
     widths = _as_floats(source.get("WindowWidth"))
+    if len(centers) != len(widths):
+        notes.append(f"Window Center (0028,1050) has {len(centers)} value(s) and Window Width (0028,1051) "
+                     f"{len(widths)}; they must pair up (PS3.3 C.11.2.1.2), so the file's windows are ignored")
+        return []
     explanations = source.get("WindowCenterWidthExplanation", "")
     if isinstance(explanations, str):
         explanations = [explanations] * max(len(centers), 1)
@@ -118,23 +160,29 @@ def _file_windows(ds: Dataset, frame: int = 0) -> list[Window]:
     for i, (c, w) in enumerate(zip(centers, widths, strict=False)):
         try:
             windows.append(Window(c, w, function, str(explanations[i]) if i < len(explanations) else ""))
-        except ValueError:
+        except ValueError as exc:
+            notes.append(f"window {i + 1} of the file ignored: {exc}")
             continue  # an invalid window in the file (e.g. width 0) is skipped, not fatal
     return windows
 
 
-def _voi_luts(ds: Dataset, signed: bool, little: bool) -> list[VoiLut]:
+def _voi_luts(ds: Dataset, signed: bool, little: bool, notes: list[str] | None = None) -> list[VoiLut]:
+    notes = notes if notes is not None else []
     out = []
     try:
         seq = ds.get("VOILUTSequence") or []
     except Exception:
+        notes.append("VOI LUT Sequence (0028,3010) is unreadable and ignored")
         seq = []
-    for item in seq:
-        if "LUTDescriptor" not in item or "LUTData" not in item:
-            continue
+    for k, item in enumerate(seq, start=1):
         try:
             first, data, bits = read_lut_item(item, signed, little)
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (LutError, ValueError, TypeError, KeyError, AttributeError, struct.error) as exc:
+            notes.append(f"VOI LUT Sequence item {k} ignored: {exc} (PS3.3 C.11.2.1.1)")
+            continue
+        if data.size > 1 and int(data.min()) == int(data.max()):
+            notes.append(f"VOI LUT Sequence item {k} ignored: every entry is {int(data[0])}, it would show a "
+                         f"blank image")
             continue
         out.append(VoiLut(first, data, bits, str(item.get("LUTExplanation", "") or "")))
     return out
@@ -161,6 +209,10 @@ class DisplayPipeline:
     identity_default : bool
         8-bit unsigned values with identity modality LUT and no VOI in the file (all 8-bit PNG/JPEG):
         the default display is the identity, pixels unchanged.
+    notes : list[str]
+        One line per problem found in the file's VOI attributes and what was used instead (an invalid
+        VOI LUT item skipped for the next valid VOI, unpaired Window Center/Width values ignored, ...).
+        Front ends show them (``medviewer render`` prints them on stderr); empty for a clean file.
     """
 
     modality: str = "OT"
@@ -170,6 +222,7 @@ class DisplayPipeline:
     inverse: bool = False
     color: bool = False
     identity_default: bool = False
+    notes: list[str] = field(default_factory=list)
     _tables: OrderedDict = field(default_factory=OrderedDict, repr=False)  # (dtype, window, ...) -> LUT
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -180,6 +233,17 @@ class DisplayPipeline:
         Rescale and window attributes absent from the top level are taken from the Functional Groups of
         enhanced multi-frame objects (Pixel Value Transformation / Frame VOI LUT, PS3.3 C.7.6.16.2.9-10):
         the Per-frame item of `frame`, else the Shared item.
+
+        Invalid VOI attributes are not fatal: a VOI LUT Sequence item whose descriptor and data disagree
+        (C.11.2.1.1) is skipped for the next valid one, unpaired Window Center/Width values are ignored
+        (C.11.2.1.2), and each such decision is recorded in :attr:`notes`.
+
+        Raises
+        ------
+        ReadError
+            The Modality LUT is wrong, so every modality value (HU) would be: a Modality LUT Sequence
+            whose descriptor and data disagree (C.11.1.1.1), a non-finite or zero Rescale Slope, a
+            non-finite Rescale Intercept, or a rescale that overflows (beyond 1e30) over the stored range.
         """
         color = inst.is_color
         if not inst.is_dicom or inst.dataset is None:
@@ -193,16 +257,20 @@ class DisplayPipeline:
             little = True
         if color:
             return cls(modality=inst.modality, color=True, identity_default=True)
-        mlut = _modality_lut(ds, signed, little, frame)
-        windows = _file_windows(ds, frame)
-        vois = _voi_luts(ds, signed, little)
+        notes: list[str] = []
+        mlut = _modality_lut(inst, ds, signed, little, frame)
+        windows = _file_windows(ds, frame, notes)
+        vois = _voi_luts(ds, signed, little, notes)
+        if notes:
+            notes.append("shown with " + ("the next valid VOI LUT" if vois else "the file's valid window" if windows
+                                          else "an automatic window (0.5-99.5th percentile)"))
         shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
         inverse = (inst.photometric_interpretation == PhotometricInterpretation.MONOCHROME1.value
                    or shape == PresentationLutShape.INVERSE.value)
         identity = (not windows and not vois and mlut.is_identity and inst.bits_stored <= 8
                     and not signed and inst.bits_allocated <= 8)
         return cls(modality=inst.modality, modality_lut=mlut, windows=windows, voi_luts=vois,
-                   inverse=inverse, identity_default=identity)
+                   inverse=inverse, identity_default=identity, notes=notes)
 
     @property
     def voi_function(self) -> VoiLutFunction:
@@ -373,12 +441,71 @@ def display_image(inst: Instance, frame: int = 0, window: Window | tuple[float, 
     Raises
     ------
     ReadError
-        The pixels cannot be decoded.
+        The pixels cannot be decoded, or the header's Modality LUT is invalid or overflows (see
+        :meth:`DisplayPipeline.from_instance`).
     ValueError
         Unknown preset, both window and preset given, or an invalid window.
+
+    Notes
+    -----
+    A constant result is returned as is; callers that must not show or score a blank image (``render``
+    with the default display, inference) call :func:`check_not_blank` on it.
     """
     win = _resolve_window(window, preset)
     pipeline = DisplayPipeline.from_instance(inst, frame)
     if stored is None:
         stored = inst.stored_pixels(frame)
     return pipeline.render(stored, win, invert)
+
+
+def _is_constant(arr: np.ndarray) -> bool:
+    if arr.size == 0:
+        return True
+    if arr.dtype.kind in "iub":
+        return bool(arr.min() == arr.max())
+    finite = arr[np.isfinite(arr)]
+    return finite.size == 0 or bool(finite.min() == finite.max())
+
+
+def check_not_blank(image: np.ndarray, path: object = "", frame: int | None = None,
+                    stored: np.ndarray | None = None) -> np.ndarray:
+    """Refuse a displayed image that is constant: a blank or garbled frame must not be shown as an image or
+    scored by a model as if it were one.
+
+    Parameters
+    ----------
+    image
+        A display image, uint8 ``(H, W)`` or ``(H, W, 3)`` (what :func:`display_image` returns); any
+        numeric array is accepted.
+    path
+        The file, for the error message.
+    frame
+        0-based frame index, for the error message of multi-frame images.
+    stored
+        The frame's stored values, when at hand: the message then says whether the frame itself is
+        constant or the window maps all its values to one display value.
+
+    Returns
+    -------
+    np.ndarray
+        `image` itself, when at least two pixels differ.
+
+    Raises
+    ------
+    ReadError
+        Every pixel (every channel) has the same value, or the image is empty.
+    """
+    arr = np.asarray(image)
+    where = f"frame {frame}: " if frame else ""
+    if arr.size == 0:
+        raise ReadError(str(path), f"{where}the displayed image is empty; refused")
+    first = arr.reshape(-1)[0]
+    constant = _is_constant(arr)
+    if constant:
+        if stored is not None and not _is_constant(np.asarray(stored)):
+            raise ReadError(str(path), f"{where}the displayed image is blank (every pixel is {first}): the "
+                                       f"window maps all stored values to one display value; refused (choose "
+                                       f"another window)")
+        raise ReadError(str(path), f"{where}the displayed image is blank (every pixel is {first}): a constant "
+                                   f"frame carries no image; refused")
+    return image

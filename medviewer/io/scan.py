@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from medviewer.errors import ReadError
-from medviewer.io.instance import FileKind, Instance, read_instance, sniff_kind
+from medviewer.errors import ReadError, error_line
+from medviewer.io.files import open_regular, os_error_reason, special_file_kind
+from medviewer.io.instance import Instance, read_instance
 
 __all__ = ["scan", "ScanResult", "Study", "Series", "Skipped", "Gap", "order_instances", "slice_normal",
            "SliceOrder"]
@@ -193,62 +194,130 @@ def order_instances(instances: list[Instance]) -> tuple[list[Instance], SliceOrd
 
 
 # ------------------------------------------------------------------ discovery
-def _dicomdir_files(path: Path) -> list[Path] | None:
-    """Files referenced by a DICOMDIR, or None when `path` is not one."""
+#: Most components a Referenced File ID may have (PS3.10 8.5 allows 8; real media use a few).
+_MAX_FILE_ID_COMPONENTS = 32
+#: Longest referenced path accepted, in bytes (Linux PATH_MAX is 4096; a component is at most 255).
+_MAX_REFERENCED_PATH = 1024
+_MAX_COMPONENT = 255
+
+
+def _referenced_path(folder: Path, ref: object) -> Path | str:
+    """The file a Referenced File ID (0004,1500) names, inside `folder`; else the reason it is refused.
+
+    PS3.10 8.5 / PS3.12: components are relative to the DICOMDIR's folder. A component that is ``..``,
+    absolute, empty, or carries a separator or NUL is refused, as is a path that (after resolving
+    symbolic links) lies outside `folder` -- a DICOMDIR must never make us open ``/etc/passwd``.
+    """
+    parts = [ref] if isinstance(ref, str) else list(ref)  # type: ignore[call-overload]
+    parts = [str(p).strip() for p in parts]
+    shown = "\\".join(parts)[:120]
+    if not parts or len(parts) > _MAX_FILE_ID_COMPONENTS:
+        return f"Referenced File ID '{shown}' has {len(parts)} components; refused"
+    for part in parts:
+        if not part or part in (".", "..") or "/" in part or "\\" in part or "\x00" in part or ":" in part:
+            return f"Referenced File ID '{shown}' leaves the DICOMDIR's folder or is malformed; refused"
+        if len(part.encode("utf-8", "surrogateescape")) > _MAX_COMPONENT:
+            return f"Referenced File ID component of {len(part)} characters is too long; refused"
+    candidate = folder.joinpath(*parts)
+    if len(os.fsencode(candidate)) > _MAX_REFERENCED_PATH:
+        return f"Referenced File ID '{shown}...' is {len(os.fsencode(candidate))} bytes long; refused"
+    base = os.path.realpath(folder)
+    real = os.path.realpath(candidate)
+    if os.path.commonpath([base, real]) != base:
+        return f"Referenced File ID '{shown}' resolves outside the DICOMDIR's folder; refused"
+    return candidate
+
+
+def _dicomdir_files(path: Path, skipped: list[Skipped] | None = None) -> list[Path] | None:
+    """Files referenced by a DICOMDIR, or None when `path` is not one; refused references are added to
+    `skipped` with the reason."""
     try:
-        ds = pydicom.dcmread(os.fspath(path), stop_before_pixels=True, force=True)
+        with open_regular(path) as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
         if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) != _MEDIA_DIRECTORY \
                 and "DirectoryRecordSequence" not in ds:
             return None
         out = []
         for rec in ds.get("DirectoryRecordSequence", []):
-            ref = rec.get("ReferencedFileID")
+            try:
+                ref = rec.get("ReferencedFileID")
+            except Exception:
+                ref = None
             if not ref:
                 continue
-            parts = [ref] if isinstance(ref, str) else list(ref)
-            out.append(path.parent.joinpath(*[str(p) for p in parts]))
+            target = _referenced_path(path.parent, ref)
+            if isinstance(target, str):
+                if skipped is not None:
+                    skipped.append(Skipped(path, target))
+                continue
+            out.append(target)
         return out
     except Exception:
         return None
 
 
+def _stat_problem(p: Path) -> str | None:
+    """None for a regular file that can be stat'ed; else why it is skipped (never opens it)."""
+    try:
+        st = os.stat(p)
+    except OSError as exc:
+        return os_error_reason(exc)
+    except ValueError as exc:
+        return f"invalid file name ({exc})"
+    kind = special_file_kind(st.st_mode)
+    return None if kind is None else f"is {kind}, not a regular file; refused"
+
+
 def _walk(paths: Iterable[str | Path], skipped: list[Skipped]) -> list[Path]:
     files: list[Path] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
 
-    def add(p: Path) -> None:
-        key = p.resolve()
+    def add(p: Path, why_missing: str | None = None) -> None:
+        problem = _stat_problem(p)
+        if problem is not None:
+            if why_missing and problem == "no such file":
+                problem = why_missing
+            skipped.append(Skipped(p, problem))
+            return
+        key = os.path.realpath(p)
         if key not in seen:
             seen.add(key)
             files.append(p)
 
+    def on_error(exc: OSError) -> None:
+        where = Path(exc.filename) if exc.filename else Path("?")
+        skipped.append(Skipped(where, f"cannot list folder: {os_error_reason(exc)}"))
+
     for raw in paths:
         root = Path(raw)
-        if not root.exists():
-            skipped.append(Skipped(root, "no such file or folder"))
-            continue
-        if root.is_file():
-            listed = _dicomdir_files(root) if root.name.upper() == "DICOMDIR" else None
+        try:
+            is_dir = root.is_dir()
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            problem = _stat_problem(root)
+            if problem is not None:
+                skipped.append(Skipped(root, "no such file or folder" if problem == "no such file" else problem))
+                continue
+            listed = _dicomdir_files(root, skipped) if root.name.upper() == "DICOMDIR" else None
             if listed is None:
                 add(root)
                 continue
-            candidates = listed
-        else:
-            candidates = []
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                here = Path(dirpath)
-                if "DICOMDIR" in filenames:
-                    listed = _dicomdir_files(here / "DICOMDIR")
-                    if listed is not None:
-                        candidates.extend(listed)
-                        filenames = [f for f in filenames if f != "DICOMDIR"]
-                candidates.extend(here / f for f in sorted(filenames) if not f.startswith("."))
-        for p in candidates:
-            if not p.is_file():
-                skipped.append(Skipped(p, "referenced by DICOMDIR but missing"))
-            else:
-                add(p)
+            for p in listed:
+                add(p, "referenced by DICOMDIR but missing")
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            here = Path(dirpath)
+            if "DICOMDIR" in filenames:
+                listed = _dicomdir_files(here / "DICOMDIR", skipped)
+                if listed is not None:
+                    for p in listed:
+                        add(p, "referenced by DICOMDIR but missing")
+                    filenames = [f for f in filenames if f != "DICOMDIR"]
+            for f in sorted(filenames):
+                if not f.startswith("."):
+                    add(here / f)
     return files
 
 
@@ -312,16 +381,14 @@ def scan(paths: str | Path | Iterable[str | Path],
     instances: list[Instance] = []
     total = len(files)
     for done, path in enumerate(files, start=1):
-        kind = sniff_kind(path)
-        if kind == FileKind.UNKNOWN:
-            result.skipped.append(Skipped(path, "not a DICOM, PNG or JPEG file (unrecognised content)"))
-        else:
-            try:
-                instances.append(read_instance(path))
-            except ReadError as exc:
-                result.skipped.append(Skipped(path, exc.reason))
-            except Exception as exc:  # a reader bug on one odd file must not abort a folder scan
-                result.skipped.append(Skipped(path, f"unreadable: {type(exc).__name__}: {exc}"))
+        try:
+            instances.append(read_instance(path))
+        except ReadError as exc:
+            result.skipped.append(Skipped(path, exc.reason))
+        except RecursionError:
+            result.skipped.append(Skipped(path, "unreadable: data nested too deeply"))
+        except Exception as exc:  # a reader bug on one odd file must not abort a folder scan
+            result.skipped.append(Skipped(path, f"unreadable: {error_line(exc)}"))
         if progress is not None and progress(done, total) is False:
             result.cancelled = True
             break
