@@ -1,0 +1,98 @@
+"""Packaging: the resources an installed MedViewer needs travel with it, and the build files agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import REPO, pydicom_test_file
+
+from medviewer import resources
+from medviewer.inference import registry
+
+RESOURCES = REPO / "resources"
+
+
+def _shipped_files() -> list[str]:
+    """Every file under resources/{models,icons,demo}, as the wheel must carry it."""
+    return sorted(f"medviewer/_resources/{p.relative_to(RESOURCES).as_posix()}"
+                  for sub in ("models", "icons", "demo") if (RESOURCES / sub).is_dir()
+                  for p in (RESOURCES / sub).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def test_source_tree_resources():
+    assert resources.resources_root() == RESOURCES
+    assert resources.icon_path().is_file() and resources.icon_path().suffix == ".svg"
+    assert registry.builtin_models_dir() == RESOURCES / "models"
+    assert resources.demo_dir() == RESOURCES / "demo"
+    assert (resources.builtin_models_dir() / registry.DEFAULT_MODEL_NAME / "model.json").is_file()
+
+
+def test_make_test_and_ci_agree_with_the_readme():
+    """The README's set-up commands exist in the Makefile; CI runs `make test`, the system packages and the wheel."""
+    makefile = (REPO / "Makefile").read_text()
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    for target in ("demo", "test", "bundle", "wheel"):
+        assert re.search(rf"^{target}:", makefile, re.M), target
+    assert "make demo" in readme and "make test" in readme
+    assert "make test" in ci and "bash .ci/system-packages.sh" in ci and "make wheel" in ci
+    assert "--demo --screenshot" in ci
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel of this checkout (setuptools of the running interpreter, no download)."""
+    pytest.importorskip("setuptools", minversion="68")
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                           "--no-index", "-w", str(out), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (whl,) = out.glob("medviewer-*.whl")
+    return whl
+
+
+def test_wheel_carries_models_icon_and_demo(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = _shipped_files()
+    assert f"medviewer/_resources/models/{registry.DEFAULT_MODEL_NAME}/model.onnx" in shipped
+    assert [f for f in shipped if f not in names] == []
+    assert "medviewer/resources.py" in names and "medviewer/py.typed" in names
+
+
+@pytest.mark.slow
+def test_installed_wheel_finds_its_model_outside_the_source_tree(wheel, tmp_path):
+    """Installed (not editable) into a fresh venv and run from elsewhere: the built-in model, the icon and
+    ``infer`` without --model come from the install, not from this checkout."""
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)  # dependencies from this Python
+    py = env_dir / "bin" / "python"
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", registry.MODEL_PATH_ENV)}
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")  # an empty user model folder
+    site = subprocess.run([py, "-c", "import medviewer.resources as r; print(r.resources_root()); "
+                           "print(r.icon_path().is_file())"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, check=True).stdout.split()
+    assert Path(site[0]).is_relative_to(env_dir) and site[1] == "True"
+
+    proc = subprocess.run([py, "-m", "medviewer", "models", "list", "--json"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (model,) = [m for m in json.loads(proc.stdout)["models"] if m["name"] == registry.DEFAULT_MODEL_NAME]
+    assert model["default"] and model["source"] == "builtin" and Path(model["path"]).is_relative_to(env_dir)
+
+    out = tmp_path / "infer"
+    cr = pydicom_test_file("RG1_UNCR.dcm")
+    proc = subprocess.run([py, "-m", "medviewer", "infer", str(cr), "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert Path(doc["model"]["path"]).is_relative_to(env_dir)
+    assert set(doc["results"][0]["scores"]) == set(doc["labels"])
