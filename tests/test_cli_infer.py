@@ -76,7 +76,7 @@ def test_folder_with_a_corrupt_file_completes_with_exit_2(tmp_path, folder, mode
     overlay = cv2.imread(str(out / wide["overlay"]))
     assert overlay.shape == (200, 300, 3)
     rows = list(csv.reader((out / "results.csv").open()))
-    assert rows[0] == ["path", "NORMAL", "PNEUMONIA", "flagged", "error"]
+    assert rows[0] == ["path", "NORMAL", "PNEUMONIA", "flagged", "applicability", "ood_score", "error"]
     assert len(rows) == 6
     csv_wide = next(r for r in rows if r[0].endswith("wide.png"))
     assert float(csv_wide[2]) == pytest.approx(wide["scores"]["PNEUMONIA"], abs=1e-6) and csv_wide[3] == "PNEUMONIA"

@@ -27,10 +27,19 @@ outputs:
   DIR/results.json   {"model": {"name", "version", "sha256"}, "provider", "results": [{"path",
                      "sop_instance_uid", "frame", "scores": {label: probability}, "flagged": [label],
                      "regions": [{"label", "bbox": [x0, y0, x1, y1], "bbox_mm", "peak", "mean",
-                     "area_px", "area_mm2"}], "seconds", "error", "overlay"}], "summary",
+                     "area_px", "area_mm2"}], "applicability": {"status": "in_scope" |
+                     "out_of_scope" | "unknown", "reasons", "checks", "ood_score", "ood_threshold",
+                     "overridden"}, "seconds", "error", "overlay"}], "summary",
                      "ignored": [{"path", "reason"}]}  (files in folders that are not images)
   DIR/results.csv    path, [frame (with --frames all),] one probability column per label,
-                     flagged (';'-separated), error
+                     flagged (';'-separated), applicability, ood_score, error
+
+intended use:
+  Every image is checked against the model card's intended use (modality, body part, view, patient
+  age, photometric interpretation from the DICOM header; a missing tag is "unknown") and against its
+  out-of-distribution detector (pixels). An out-of-scope image gets no flagged labels and no regions;
+  its scores stay in the file, and "applicability" says why in one line per reason.
+  --ignore-intended-use shows findings anyway and records "overridden": true.
   DIR/overlays/*.png with --overlays: heat map of the top flagged (else most probable) label,
                      region outlines and scores, on the original image grid
 
@@ -78,6 +87,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="regions for every positive label, not only the flagged ones")
     p.add_argument("--frames", choices=["first", "all"], default="first",
                    help="multi-frame instances: score the first frame only, or every frame (default: first)")
+    p.add_argument("--ignore-intended-use", action="store_true",
+                   help="flag findings on images outside the model's intended use too (recorded in the results)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
     return p
@@ -102,11 +113,15 @@ def _gather(inputs: list[str], all_frames: bool) -> tuple[list, list[dict]]:
 
     res = scan(inputs)
     items = expand_frames(res.instances, all_frames)
-    named = {Path(i).resolve() for i in inputs}
+    named = {os.path.realpath(i) for i in inputs}  # realpath: no RuntimeError on a symbolic link loop
     ignored: list[dict] = []
     for sk in res.skipped:
         path = Path(sk.path)
-        if (path.exists() and path.resolve() not in named and path.suffix.lower() not in IMAGE_SUFFIXES
+        try:
+            regular = path.is_file()  # False for FIFOs/devices: never opened (sniff_kind cannot block either)
+        except OSError:  # e.g. file name too long
+            regular = False
+        if (regular and os.path.realpath(path) not in named and path.suffix.lower() not in IMAGE_SUFFIXES
                 and sniff_kind(path) == FileKind.UNKNOWN):
             ignored.append({"path": str(path), "reason": sk.reason})
         else:
@@ -140,6 +155,8 @@ def _result_entry(o) -> dict:
         "scores": {} if pred is None else {k: round(v, 6) for k, v in pred.scores.items()},
         "flagged": [] if pred is None else list(pred.flagged),
         "regions": [] if pred is None else [r.to_dict() for r in pred.regions],
+        "applicability": None if pred is None else pred.applicability,
+        "energy": None if pred is None or pred.energy is None else round(pred.energy, 4),
         "seconds": round(o.seconds, 4),
         "error": o.error,
     }
@@ -154,6 +171,9 @@ def write_results(out_dir: Path, package, session, outcomes, *, options: dict, w
 
     labels = list(package.card.labels)
     failed = sum(1 for o in outcomes if not o.ok)
+    out_of_scope = sum(1 for o in outcomes if o.prediction is not None and (o.prediction.applicability or {})
+                       .get("status") == "out_of_scope")
+    card = package.card
     doc = {
         "model": {"name": package.card.name, "version": package.card.version, "sha256": package.card.sha256,
                   "path": str(package.path)},
@@ -162,11 +182,16 @@ def write_results(out_dir: Path, package, session, outcomes, *, options: dict, w
         "fallback_warning": session.fallback_warning,
         "labels": labels,
         "operating_points": {op.label: op.threshold for op in package.card.operating_points},
+        "intended_use": {
+            "applicability": None if card.applicability is None else card.applicability.model_dump(mode="json"),
+            "ood_threshold": None if card.ood is None else card.ood.threshold,
+            "ignore_intended_use": bool(options.get("ignore_intended_use", False)),
+        },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "producer": f"medviewer {__version__}",
         "options": options,
         "summary": {"images": len(outcomes), "scored": len(outcomes) - failed, "failed": failed,
-                    "ignored": len(ignored or []),
+                    "ignored": len(ignored or []), "out_of_scope": out_of_scope,
                     "seconds": round(wall_s, 3),
                     "images_per_second": round((len(outcomes) - failed) / wall_s, 3) if wall_s > 0 else None},
         "results": [_result_entry(o) for o in outcomes],
@@ -179,12 +204,17 @@ def write_results(out_dir: Path, package, session, outcomes, *, options: dict, w
     frame_col = options.get("frames") == "all"  # a frame column only when frames are scored separately
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["path", *(["frame"] if frame_col else []), *labels, "flagged", "error"])
+        w.writerow(["path", *(["frame"] if frame_col else []), *labels, "flagged", "applicability", "ood_score",
+                    "error"])
         for o in outcomes:
-            scores = o.prediction.scores if o.prediction is not None else {}
+            pred = o.prediction
+            scores = pred.scores if pred is not None else {}
+            app = (pred.applicability or {}) if pred is not None else {}
+            ood = "" if pred is None or pred.ood_score is None else f"{pred.ood_score:.4f}"
             w.writerow([str(o.path), *([o.frame if o.frame is not None else ""] if frame_col else []),
                         *(f"{scores[lab]:.6f}" if lab in scores else "" for lab in labels),
-                        ";".join(o.prediction.flagged if o.prediction is not None else []), o.error or ""])
+                        ";".join(pred.flagged if pred is not None else []), app.get("status", ""), ood,
+                        o.error or ""])
     return json_path, csv_path
 
 
@@ -216,6 +246,9 @@ def run(args: argparse.Namespace) -> int:
     if session.fallback_warning:
         print(f"medviewer: warning: {session.fallback_warning}", file=sys.stderr)
 
+    from medviewer.workstation.intended_use import IntendedUsePolicy
+
+    policy = IntendedUsePolicy(package.card, ignore_intended_use=args.ignore_intended_use)
     quiet_pydicom_warnings()
     items, ignored = _gather(args.inputs, args.frames == "all")
     if not items:
@@ -243,14 +276,14 @@ def run(args: argparse.Namespace) -> int:
         outcomes = score_instances(
             session, items, batch_size=args.batch, workers=args.workers,
             regions="all" if args.all_regions else "flagged", fraction=args.region_threshold,
-            min_area_px=args.min_region_area, on_done=on_done, progress=lambda o: bar.update(1))
+            min_area_px=args.min_region_area, policy=policy, on_done=on_done, progress=lambda o: bar.update(1))
     finally:
         bar.close()
     wall = time.perf_counter() - t0
     options = {"inputs": list(args.inputs), "batch": args.batch, "overlays": bool(args.overlays),
                "region_threshold": args.region_threshold, "min_region_area": args.min_region_area,
                "all_regions": bool(args.all_regions), "colormap": args.colormap, "alpha": args.alpha,
-               "frames": args.frames}
+               "frames": args.frames, "ignore_intended_use": bool(args.ignore_intended_use)}
     json_path, _ = write_results(out_dir, package, session, outcomes, options=options, wall_s=wall, ignored=ignored)
     failed = [o for o in outcomes if not o.ok]
     for o in failed[:10]:
@@ -259,8 +292,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"medviewer: ... and {len(failed) - 10} more failures (see {json_path})", file=sys.stderr)
     n_ok = len(outcomes) - len(failed)
     flagged = sum(1 for o in outcomes if o.prediction is not None and o.prediction.flagged)
+    scope = [o for o in outcomes if o.prediction is not None
+             and (o.prediction.applicability or {}).get("status") == "out_of_scope"]
+    for o in scope[:10]:
+        reasons = "; ".join(o.prediction.applicability.get("reasons", []))
+        verb = "shown anyway" if args.ignore_intended_use else "no findings reported"
+        print(f"medviewer: outside intended use ({verb}): {o.path}: {reasons}", file=sys.stderr)
     skipped = f", {len(ignored)} non-image files ignored" if ignored else ""
-    print(f"{n_ok}/{len(outcomes)} images scored ({flagged} with findings flagged, {len(failed)} failed{skipped}) by "
+    oos = f", {len(scope)} outside intended use" if scope else ""
+    print(f"{n_ok}/{len(outcomes)} images scored ({flagged} with findings flagged{oos}, {len(failed)} failed{skipped}) by "
           f"{package.card.name} {package.card.version} on {session.provider} in {wall:.1f} s "
           f"({n_ok / wall if wall > 0 else 0:.1f} images/s) -> {json_path}")
     return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -93,11 +93,11 @@ class Outcome:
 
 
 def _display(item) -> np.ndarray:
-    from medviewer.imaging import display_image
+    from medviewer.imaging import check_not_blank, display_image
 
-    if isinstance(item, FrameRef):
-        return display_image(item.instance, frame=item.frame)
-    return display_image(item)
+    if isinstance(item, FrameRef):  # a blank (constant) display image is refused, never scored
+        return check_not_blank(display_image(item.instance, frame=item.frame), item.path, item.frame)
+    return check_not_blank(display_image(item), item.path)
 
 
 def score_instances(
@@ -111,6 +111,7 @@ def score_instances(
     min_area_px: int | None = None,
     keep_cams: bool = False,
     render: Callable[[Any], np.ndarray] = _display,
+    policy: Callable[[Any, np.ndarray, Prediction], Any] | None = None,
     on_done: Callable[[Outcome, np.ndarray, Prediction], dict | None] | None = None,
     progress: Callable[[Outcome], None] | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -130,6 +131,10 @@ def score_instances(
         Decode/postprocess threads; default ``min(4, os.cpu_count())``.
     regions, fraction, min_area_px
         See :meth:`Session.finish`.
+    policy
+        Called in a worker thread as ``policy(item, display_u8, prediction)`` before ``on_done``: the
+        intended-use policy (:class:`medviewer.workstation.intended_use.IntendedUsePolicy`), which records
+        the applicability and withholds findings from out-of-scope images.
     keep_cams
         Keep each prediction's CAMs (memory: ``K * H * W * 4`` bytes per image).
     render
@@ -167,11 +172,13 @@ def score_instances(
         prepared = session.prepare(img, getattr(inst, "pixel_spacing", None))
         return img, prepared, time.perf_counter() - t0 - prepared.seconds
 
-    def finish(out: Outcome, img: np.ndarray, prepared: Prepared, logits: np.ndarray, cam: np.ndarray,
-               share: float, decode_s: float) -> Outcome:
+    def finish(out: Outcome, item: Any, img: np.ndarray, prepared: Prepared, logits: np.ndarray, cam: np.ndarray,
+               feats: np.ndarray | None, share: float, decode_s: float) -> Outcome:
         try:
             pred = session.finish(prepared, logits, cam, net_seconds=share, regions=regions, fraction=fraction,
-                                  min_area_px=min_area_px)
+                                  min_area_px=min_area_px, features=feats)
+            if policy is not None:
+                policy(item, img, pred)
             out.seconds = decode_s + pred.seconds
             if on_done is not None:
                 extra = on_done(out, img, pred)
@@ -205,7 +212,7 @@ def score_instances(
             emit_ready()
 
         refill()
-        batch: list[tuple[Outcome, np.ndarray, Prepared, float]] = []
+        batch: list[tuple[Outcome, Any, np.ndarray, Prepared, float]] = []
         cancelled = False
         while pending:
             i, inst, fut = pending.popleft()
@@ -218,22 +225,23 @@ def score_instances(
             else:
                 try:
                     img, prepared, decode_s = fut.result()
-                    batch.append((out, img, prepared, decode_s))
+                    batch.append((out, inst, img, prepared, decode_s))
                 except Exception as exc:
                     out.error = error_line(exc)
                     results[i] = out
             if batch and (len(batch) >= batch_size or not pending):
                 t0 = time.perf_counter()
                 try:
-                    logits, cams = session.run(np.stack([b[2].x for b in batch]))
+                    logits, cams, feats = session.run_all(np.stack([b[3].x for b in batch]))
                 except Exception as exc:
                     for b in batch:
                         b[0].error = error_line(exc)
                         results[b[0].index] = b[0]
                 else:
                     share = (time.perf_counter() - t0) / len(batch)
-                    for k, (o, img, prepared, decode_s) in enumerate(batch):
-                        post.append(pool.submit(finish, o, img, prepared, logits[k], cams[k], share, decode_s))
+                    for k, (o, item, img, prepared, decode_s) in enumerate(batch):
+                        post.append(pool.submit(finish, o, item, img, prepared, logits[k], cams[k],
+                                                None if feats is None else feats[k], share, decode_s))
                 batch = []
                 if cancel is not None and cancel():
                     cancelled = True

@@ -1,14 +1,22 @@
-"""The model card: ``model.json`` of a model package, schema version 1.
+"""The model card: ``model.json`` of a model package, schema version 2 (version 1 still loads).
 
 This module is the single definition of the contract between ``training`` (which writes cards through
 :class:`ModelCard`) and the app (which validates them). It is inspired by MONAI Bundle's
 ``metadata.json``. A model package is a directory holding::
 
-    model.onnx     # inputs: card.input.name (N, C, H, W) float32; outputs: card.outputs.logits (N, K)
-                   # and card.outputs.cam (N, K, h, w), the class activation maps (Zhou et al. 2016)
+    model.onnx     # inputs: card.input.name (N, C, H, W) float32; outputs: card.outputs.logits (N, K),
+                   # card.outputs.cam (N, K, h, w), the class activation maps (Zhou et al. 2016), and
+                   # (v2, optional) card.outputs.features (N, D), pooled features for out-of-distribution scoring
     model.json     # this card
+    ood.npz        # (v2, optional) the statistics that score card.outputs.features (see OODSpec)
     README.md      # optional human-readable card
     plots/*.png    # optional evaluation plots
+
+Schema 2 adds what the app needs to decide whether the model applies to an image at all:
+:class:`Applicability` (the intended use, machine-readable, checked against the DICOM header),
+:class:`OODSpec` (image-based out-of-distribution detection, for files without tags and tags that lie),
+``files`` (the SHA-256 of every file of the package, checked on load) and ``history``.
+A schema-1 card loads with ``applicability = None`` and no OOD detector ("unknown" applicability).
 
 Changing this schema is a deliberate act: bump :data:`SCHEMA_VERSION` and keep reading old versions.
 """
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
@@ -39,12 +48,19 @@ __all__ = [
     "Provenance",
     "Producer",
     "ModelCard",
+    "Applicability",
+    "OODLayer",
+    "OODSpec",
+    "HistoryEntry",
+    "SUPPORTED_SCHEMAS",
     "sha256_file",
     "load_card",
     "save_card",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: schema versions this app reads
+SUPPORTED_SCHEMAS = (1, 2)
 
 
 class Task(str, Enum):
@@ -92,10 +108,102 @@ class Preprocessing(_Strict):
 
 
 class OutputSpec(_Strict):
-    """Names of the ONNX outputs: logits (N, K) and class activation maps (N, K, h, w)."""
+    """Names of the ONNX outputs: logits (N, K), class activation maps (N, K, h, w) and, optionally
+    (schema 2), pooled features (N, D) for out-of-distribution scoring (None: the graph has none)."""
 
     logits: str = "logits"
     cam: str = "cam"
+    features: str | None = None
+
+
+class Applicability(_Strict):
+    """The intended use, machine-readable: which images the model may speak about (schema 2).
+
+    Each criterion is checked against the image's DICOM header by
+    :func:`medviewer.workstation.intended_use.check_header`; an empty list (or None) accepts anything, a
+    missing or empty tag is "unknown" (never a failure), a present tag that contradicts the card is a
+    failure. Comparisons are case-insensitive.
+
+    Attributes
+    ----------
+    modalities
+        Modality (0008,0060) defined terms, e.g. ``["CR", "DX"]`` (PS3.3 C.7.3.1.1.1).
+    body_parts
+        Body Part Examined (0018,0015) defined terms, e.g. ``["CHEST"]`` (PS3.16 Annex L).
+    views
+        View Position (0018,5101) defined terms, e.g. ``["AP", "PA"]`` (PS3.3 C.8.11.5.1.1); View Code
+        Sequence (0054,0220) SNOMED CT codes are mapped onto them.
+    age_years
+        ``(min, max)`` inclusive, in completed years: a patient aged 5 y 11 m is 5. From Patient's Age
+        (0010,1010), else Patient's Birth Date against Study/Series/Acquisition/Content Date.
+    photometric
+        Accepted Photometric Interpretation (0028,0004) values, e.g. ``["MONOCHROME1", "MONOCHROME2"]``;
+        for PNG/JPEG, a grey image (R = G = B) counts as MONOCHROME2 and anything else as RGB.
+    """
+
+    modalities: list[str] = Field(default_factory=list)
+    body_parts: list[str] = Field(default_factory=list)
+    views: list[str] = Field(default_factory=list)
+    age_years: tuple[float, float] | None = None
+    photometric: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _ages(self) -> Applicability:
+        if self.age_years is not None:
+            lo, hi = self.age_years
+            if not (0 <= lo <= hi <= 150):
+                raise ValueError(f"age_years must satisfy 0 <= min <= max <= 150, got {self.age_years}")
+        return self
+
+
+class OODLayer(_Strict):
+    """One block of the features output scored by a Mahalanobis distance: columns ``[start, stop)``."""
+
+    name: str
+    start: int = Field(ge=0)
+    stop: int = Field(gt=0)
+    normaliser: float = Field(gt=0, description="median distance of this block on the validation split")
+
+    @model_validator(mode="after")
+    def _range(self) -> OODLayer:
+        if self.stop <= self.start:
+            raise ValueError(f"layer {self.name!r}: stop {self.stop} must exceed start {self.start}")
+        return self
+
+
+class OODSpec(_Strict):
+    """Image-based out-of-distribution detection from the graph's pooled features (schema 2).
+
+    Score (Lee et al. 2018, "A Simple Unified Framework for Detecting Out-of-Distribution Samples and
+    Adversarial Attacks", NeurIPS, with their feature ensemble over layers): for each block ``l`` of the
+    features output, ``f = log1p(max(x, 0))`` (if ``transform == "log1p"``), the Mahalanobis distance to the
+    nearest class mean with the shared (Ledoit-Wolf) covariance, ``d_l = min_k (f - mu_lk)^T P_l (f - mu_lk)``;
+    the score is ``mean_l(d_l / normaliser_l)`` (about 1 on the training distribution). An image whose score
+    exceeds ``threshold`` is out of distribution. Means ``mu`` and precisions ``P`` are in ``file``
+    (``<layer>.means`` (K, D_l), ``<layer>.precision`` (D_l, D_l), float64), hashed in the card's ``files``.
+    """
+
+    method: Literal["mahalanobis"] = "mahalanobis"
+    file: str = "ood.npz"
+    transform: Literal["log1p", "none"] = "log1p"
+    layers: list[OODLayer] = Field(min_length=1)
+    threshold: float = Field(gt=0)
+    calibration: str = Field(description="how the threshold was chosen, and on which split")
+    target_false_rejection: float = Field(ge=0, le=1)
+    validation_false_rejection: float = Field(ge=0, le=1)
+    shifted_false_rejection: float | None = Field(None, ge=0, le=1)
+    n_fit: int = Field(ge=1, description="training images the statistics were fitted on")
+    detection: dict[str, float] = Field(
+        default_factory=dict, description="measured detection rates / AUROC on named out-of-scope sets")
+
+
+class HistoryEntry(_Strict):
+    """An earlier version of the model, so users see what changed."""
+
+    version: str
+    created: str = ""
+    changes: str
+    metrics: list[Metrics] = Field(default_factory=list)
 
 
 class OperatingPoint(_Strict):
@@ -155,7 +263,7 @@ class Producer(_Strict):
 class ModelCard(_Strict):
     """``model.json``: everything the app needs to run, explain and present a model honestly."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     version: str = Field(min_length=1)
     description: str
@@ -178,6 +286,20 @@ class ModelCard(_Strict):
     producer: Producer = Field(default_factory=Producer)
     onnx_opset: int = Field(ge=7)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    applicability: Applicability | None = None
+    ood: OODSpec | None = None
+    files: dict[str, str] = Field(
+        default_factory=dict, description="package-relative path -> SHA-256 of every file but model.json (schema 2)")
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_files(cls, data: object) -> object:
+        # a schema-2 card always hashes its ONNX file: fill files["model.onnx"] when a writer left files out
+        if (isinstance(data, dict) and data.get("schema_version", SCHEMA_VERSION) >= 2 and not data.get("files")
+                and isinstance(data.get("sha256"), str)):
+            data = {**data, "files": {"model.onnx": data["sha256"]}}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
@@ -190,6 +312,19 @@ class ModelCard(_Strict):
                 raise ValueError(f"operating point for unknown label {op.label!r}")
         if len(self.preprocessing.mean) != self.input.channels or len(self.preprocessing.std) != self.input.channels:
             raise ValueError("preprocessing mean/std need one value per input channel")
+        for rel, digest in self.files.items():
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"files[{rel!r}] is not a SHA-256 hex digest")
+            if rel.startswith(("/", "\\")) or ".." in Path(rel).parts or rel == "model.json":
+                raise ValueError(f"files lists {rel!r}: only package-relative paths other than model.json")
+        if self.schema_version < 2:
+            if self.applicability is not None or self.ood is not None or self.outputs.features is not None:
+                raise ValueError("applicability, ood and outputs.features need schema_version 2")
+        if self.ood is not None:
+            if self.outputs.features is None:
+                raise ValueError("ood needs outputs.features (the graph output it scores)")
+            if self.ood.file not in self.files:
+                raise ValueError(f"ood.file {self.ood.file!r} is not hashed in files")
         return self
 
     @property
@@ -233,9 +368,14 @@ def load_card(path: str | Path) -> ModelCard:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelPackageError(path, f"not valid JSON ({exc})") from None
-    if isinstance(data, dict) and data.get("schema_version") not in (None, SCHEMA_VERSION):
+    if not isinstance(data, dict):
+        raise ModelPackageError(path, "invalid model card: the JSON document is not an object")
+    if data.get("schema_version") not in (None, *SUPPORTED_SCHEMAS):
         raise ModelPackageError(
-            path, f"schema_version {data.get('schema_version')!r} is not supported (this app reads {SCHEMA_VERSION})")
+            path, f"schema_version {data.get('schema_version')!r} is not supported (this app reads "
+                  f"{', '.join(map(str, SUPPORTED_SCHEMAS))})")
+    if "schema_version" not in data:
+        data = {**data, "schema_version": 1}  # cards written before the field was required
     try:
         return ModelCard.model_validate(data)
     except ValidationError as exc:

@@ -3,13 +3,18 @@
 Loading checks, in order, and stops at the first failure with a one-line
 :class:`~medviewer.errors.ModelPackageError`:
 
-1. the card parses and satisfies schema v1 (:func:`medviewer.inference.card.load_card`);
-2. ``model.onnx`` exists and its SHA-256 equals ``card.sha256`` (the card describes *these* weights);
+1. the card parses and satisfies schema v1 or v2 (:func:`medviewer.inference.card.load_card`);
+2. ``model.onnx`` exists and its SHA-256 equals ``card.sha256`` (the card describes *these* weights); for
+   schema 2, every file listed in ``card.files`` (``ood.npz``, README, plots) exists, is a regular file
+   inside the package and has the listed SHA-256 (tampered statistics are refused);
 3. the ONNX graph loads in onnxruntime (CPU) and has exactly one input, named ``card.input.name``,
-   float32, shape ``(N, channels, height, width)``, and the outputs ``card.outputs.logits`` (rank 2)
-   and ``card.outputs.cam`` (rank 4);
-4. a dry run on one all-zero input returns logits ``(1, K)`` and CAMs ``(1, K, h, w)`` with
-   ``K = len(card.labels)``, so symbolic dimensions are checked too.
+   float32, shape ``(N, channels, height, width)``, and the outputs ``card.outputs.logits`` (rank 2),
+   ``card.outputs.cam`` (rank 4) and, when the card names one, ``card.outputs.features`` (rank 2);
+4. dry runs on a real-looking input (a smooth gradient with texture, not zeros) at batch 1 and batch 2,
+   each under a time limit (:data:`DRY_RUN_SECONDS`), return logits ``(N, K)``, CAMs ``(N, K, h, w)``
+   with ``h, w >= 1`` and features ``(N, D)``, all finite, with ``K = len(card.labels)``;
+5. the OOD statistics (``card.ood``) load without pickles and fit the features output: blocks within
+   ``D``, means ``(K_l, D_l)`` and precisions ``(D_l, D_l)``, all finite.
 
 Example
 -------
@@ -20,6 +25,8 @@ Example
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +36,14 @@ import numpy as np
 from medviewer.errors import ModelPackageError
 from medviewer.inference._ort import quiet_session
 from medviewer.inference.card import ModelCard, load_card, sha256_file
+from medviewer.inference.ood import OODDetector
 
-__all__ = ["ModelPackage", "CARD_FILE", "ONNX_FILE"]
+__all__ = ["ModelPackage", "CARD_FILE", "ONNX_FILE", "DRY_RUN_SECONDS", "check_files", "check_graph"]
 
 CARD_FILE = "model.json"
 ONNX_FILE = "model.onnx"
+#: time limit of each validation dry run, seconds (environment: MEDVIEWER_DRY_RUN_SECONDS)
+DRY_RUN_SECONDS = float(os.environ.get("MEDVIEWER_DRY_RUN_SECONDS", "20"))
 
 _cache: dict[tuple, ModelPackage] = {}
 _cache_lock = threading.Lock()
@@ -56,6 +66,10 @@ class ModelPackage:
         ``"env"`` (``MEDVIEWER_MODEL_PATH``) or ``"path"`` (given explicitly).
     feature_shape
         ``(h, w)`` of the CAM output observed in the dry run.
+    feature_dim
+        ``D`` of the features output (0 when the graph has none).
+    ood
+        The :class:`~medviewer.inference.ood.OODDetector` of ``card.ood``, or None.
     """
 
     path: Path
@@ -65,6 +79,8 @@ class ModelPackage:
     feature_shape: tuple[int, int] = (0, 0)
     readme_path: Path | None = None
     plots: tuple[Path, ...] = field(default_factory=tuple)
+    feature_dim: int = 0
+    ood: OODDetector | None = None
 
     @property
     def name(self) -> str:
@@ -117,11 +133,15 @@ class ModelPackage:
             raise ModelPackageError(
                 p, f"{ONNX_FILE} SHA-256 {digest[:12]}... does not match the card's {card.sha256[:12]}... "
                    "(the weights were changed or the card belongs to another model; re-export the package)")
-        feature_shape = check_graph(onnx_path, card)
+        check_files(p, card)
+        feature_shape, feature_dim = check_graph(onnx_path, card)
+        ood = None
+        if card.ood is not None:
+            ood = OODDetector.load(p, card.ood, feature_dim)
         readme = p / "README.md"
         pkg = cls(path=p, card=card, onnx_path=onnx_path, source=source, feature_shape=feature_shape,
                   readme_path=readme if readme.is_file() else None,
-                  plots=tuple(sorted((p / "plots").glob("*.png"))))
+                  plots=tuple(sorted((p / "plots").glob("*.png"))), feature_dim=feature_dim, ood=ood)
         with _cache_lock:
             _cache[key] = pkg
         return pkg
@@ -139,8 +159,68 @@ def _dims(shape) -> str:
     return "(" + ", ".join(str(d) if d is not None else "?" for d in shape) + ")"
 
 
-def check_graph(onnx_path: Path, card: ModelCard) -> tuple[int, int]:
-    """Check the ONNX graph's inputs/outputs against ``card``; returns the CAM's ``(h, w)``.
+def check_files(package_dir: Path, card: ModelCard) -> None:
+    """Check every file the card hashes (schema 2): a regular file inside the package with that SHA-256.
+
+    Raises
+    ------
+    ModelPackageError
+        A missing, non-regular or escaping file, or a digest mismatch (names the file).
+    """
+    root = package_dir.resolve()
+    for rel, digest in card.files.items():
+        if rel == ONNX_FILE:
+            continue  # checked against card.sha256 before
+        f = package_dir / rel
+        try:
+            st = f.lstat()
+        except OSError:
+            raise ModelPackageError(package_dir, f"{rel} is listed in the card's files but missing") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelPackageError(package_dir, f"{rel} is not a regular file (links and special files are refused)")
+        if root not in f.resolve().parents:
+            raise ModelPackageError(package_dir, f"{rel} lies outside the package")
+        got = sha256_file(f)
+        if got != digest:
+            raise ModelPackageError(
+                package_dir, f"{rel} SHA-256 {got[:12]}... does not match the card's {digest[:12]}... "
+                             "(the file was changed after export; re-export the package)")
+
+
+def dry_run_input(batch: int, channels: int, height: int, width: int) -> np.ndarray:
+    """A real-looking float32 ``(batch, C, H, W)`` input: a smooth gradient with a seeded texture, in the
+    range of normalised images (about -2..2), different per batch item. Zeros hide models that fail
+    only on real data (an empty CAM, NaN after a log)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = np.empty((batch, channels, height, width), np.float32)
+    for n in range(batch):
+        base = np.sin(xx / max(width, 1) * np.pi * (1 + n)) * np.cos(yy / max(height, 1) * np.pi)
+        out[n] = (1.5 * base + 0.3 * rng.standard_normal((height, width))).astype(np.float32)[None]
+    return out
+
+
+def _run_limited(sess, names: list[str], feed: dict, seconds: float) -> list[np.ndarray]:
+    """``sess.run`` that is terminated (``RunOptions.terminate``) after ``seconds``; raises TimeoutError."""
+    import onnxruntime as ort
+
+    opts = ort.RunOptions()
+    timer = threading.Timer(seconds, lambda: setattr(opts, "terminate", True))
+    timer.daemon = True
+    timer.start()
+    try:
+        return sess.run(names, feed, opts)
+    except Exception:
+        if opts.terminate:
+            raise TimeoutError(f"did not finish within {seconds:g} s") from None
+        raise
+    finally:
+        timer.cancel()
+
+
+def check_graph(onnx_path: Path, card: ModelCard) -> tuple[tuple[int, int], int]:
+    """Check the ONNX graph's inputs/outputs against ``card``; returns the CAM's ``(h, w)`` and the
+    features output's ``D`` (0 without one).
 
     Raises
     ------
@@ -171,27 +251,52 @@ def check_graph(onnx_path: Path, card: ModelCard) -> tuple[int, int]:
                        f"{what} {want} (card input {inp.channels}x{inp.height}x{inp.width})")
     outs = {o.name: o for o in sess.get_outputs()}
     k = len(card.labels)
-    for name, rank, what in ((card.outputs.logits, 2, "logits (N, K)"), (card.outputs.cam, 4, "cam (N, K, h, w)")):
+    wanted = [(card.outputs.logits, 2, "logits (N, K)"), (card.outputs.cam, 4, "cam (N, K, h, w)")]
+    if card.outputs.features:
+        wanted.append((card.outputs.features, 2, "features (N, D)"))
+    for name, rank, what in wanted:
         if name not in outs:
             raise ModelPackageError(where, f"graph has no output {name!r} ({what}); outputs are {sorted(outs)}")
         shape = outs[name].shape
         if len(shape) != rank:
             raise ModelPackageError(where, f"graph output {name!r} has shape {_dims(shape)}, expected {what}")
-        if isinstance(shape[1], int) and shape[1] != k:
+        if what.startswith(("logits", "cam")) and isinstance(shape[1], int) and shape[1] != k:
             raise ModelPackageError(
                 where, f"graph output {name!r} has {shape[1]} classes but the card lists {k} labels {card.labels}")
-    batch = gi.shape[0] if isinstance(gi.shape[0], int) else 1
-    x = np.zeros((batch, inp.channels, inp.height, inp.width), np.float32)
-    try:
-        logits, cam = sess.run([card.outputs.logits, card.outputs.cam], {inp.name: x})
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelPackageError(where, f"dry run of {ONNX_FILE} on a zero input failed ({first})") from None
-    if logits.shape != (batch, k):
-        raise ModelPackageError(
-            where, f"graph output {card.outputs.logits!r} is {logits.shape} for one input; the card's {k} labels "
-                   f"need ({batch}, {k})")
-    if cam.ndim != 4 or cam.shape[:2] != (batch, k):
-        raise ModelPackageError(
-            where, f"graph output {card.outputs.cam!r} is {cam.shape} for one input; expected ({batch}, {k}, h, w)")
-    return int(cam.shape[2]), int(cam.shape[3])
+    fixed = gi.shape[0] if isinstance(gi.shape[0], int) else None
+    names = [n for n, _, _ in wanted]
+    feature_dim = 0
+    cam_hw = (0, 0)
+    for batch in ((fixed,) if fixed else (1, 2)):
+        x = dry_run_input(batch, inp.channels, inp.height, inp.width)
+        try:
+            got = _run_limited(sess, names, {inp.name: x}, DRY_RUN_SECONDS)
+        except TimeoutError as exc:
+            raise ModelPackageError(where, f"dry run of {ONNX_FILE} at batch {batch} {exc} (a graph that does "
+                                           "not terminate, or far too slow for this machine)") from None
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelPackageError(where, f"dry run of {ONNX_FILE} at batch {batch} failed ({first})") from None
+        logits, cam = got[0], got[1]
+        if logits.shape != (batch, k):
+            raise ModelPackageError(
+                where, f"graph output {card.outputs.logits!r} is {logits.shape} for {batch} input(s); the card's "
+                       f"{k} labels need ({batch}, {k})")
+        if cam.ndim != 4 or cam.shape[:2] != (batch, k) or min(cam.shape[2:]) < 1:
+            raise ModelPackageError(
+                where, f"graph output {card.outputs.cam!r} is {cam.shape} for {batch} input(s); expected "
+                       f"({batch}, {k}, h, w) with h, w >= 1")
+        cam_hw = (int(cam.shape[2]), int(cam.shape[3]))
+        if card.outputs.features:
+            feats = got[2]
+            if feats.ndim != 2 or feats.shape[0] != batch or feats.shape[1] < 1:
+                raise ModelPackageError(
+                    where, f"graph output {card.outputs.features!r} is {feats.shape} for {batch} input(s); "
+                           f"expected ({batch}, D)")
+            feature_dim = int(feats.shape[1])
+        for name, arr in zip(names, got, strict=True):
+            if not np.all(np.isfinite(arr)):
+                raise ModelPackageError(
+                    where, f"graph output {name!r} is not finite (NaN or infinity) on a real-looking input at "
+                           f"batch {batch}: the weights or the card's preprocessing are broken")
+    return cam_hw, feature_dim

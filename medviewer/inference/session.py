@@ -117,6 +117,19 @@ class Prediction:
         :class:`Region` s for the flagged labels (or those asked for), strongest first per label.
     seconds
         Wall time for this image: preprocessing, its share of the batched network run, postprocessing.
+    ood_score
+        The image's out-of-distribution score (:class:`~medviewer.inference.ood.OODDetector`), None when
+        the model has no OOD detector.
+    energy
+        The free energy ``-logsumexp(logits)`` (Liu et al. 2020, "Energy-based Out-of-distribution
+        Detection", NeurIPS): lower = more typical. Reported for research, not used for decisions.
+    applicability
+        Set by the intended-use policy (:mod:`medviewer.workstation.intended_use`): a dict with ``status``
+        (``"in_scope"``, ``"out_of_scope"`` or ``"unknown"``), ``reasons``, ``checks``, ``ood_score``,
+        ``ood_threshold``, ``overridden``; None until the policy ran.
+    suppressed_flags, suppressed_regions
+        What the policy withheld from an out-of-scope image (the labels that would have been flagged and
+        their regions), so a reader can still "show anyway", visibly labelled.
     """
 
     labels: list[str]
@@ -126,6 +139,11 @@ class Prediction:
     cam_peaks: dict[str, float]
     regions: list[Region] = field(default_factory=list)
     seconds: float = 0.0
+    ood_score: float | None = None
+    energy: float | None = None
+    applicability: dict | None = None
+    suppressed_flags: list[str] = field(default_factory=list)
+    suppressed_regions: list[Region] = field(default_factory=list)
 
     def cam(self, label: str) -> np.ndarray:
         """float32 ``(H0, W0)`` normalised CAM of ``label``."""
@@ -211,6 +229,8 @@ class Session:
         self.input_name = inp.name
         self.fixed_batch: int | None = inp.shape[0] if isinstance(inp.shape[0], int) else None
         self._outputs = [self.card.outputs.logits, self.card.outputs.cam]
+        if self.card.outputs.features:
+            self._outputs.append(self.card.outputs.features)
         self._switch_lock = threading.Lock()
 
     def _cpu_session(self):
@@ -255,19 +275,29 @@ class Session:
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the network on float32 ``(N, C, H, W)``; returns logits ``(N, K)`` and CAMs ``(N, K, h, w)``.
 
+        See :meth:`run_all` (which also returns the features output).
+        """
+        logits, cam, _ = self.run_all(batch)
+        return logits, cam
+
+    def run_all(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Run the network on float32 ``(N, C, H, W)``: logits ``(N, K)``, CAMs ``(N, K, h, w)`` and the
+        pooled features ``(N, D)`` (None when the card names no features output).
+
         Splits the batch when the graph has a fixed batch size. Thread-safe (ORT sessions are).
 
         Raises
         ------
         InferenceError
-            onnxruntime failed (message is one line).
+            onnxruntime failed, or its outputs do not have one row per input (message is one line).
         """
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
-            parts = [self.run(x[i : i + self.fixed_batch]) for i in range(0, x.shape[0], self.fixed_batch)]
-            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            parts = [self.run_all(x[i : i + self.fixed_batch]) for i in range(0, x.shape[0], self.fixed_batch)]
+            feats = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), feats
         try:
-            logits, cam = self._sess.run(self._outputs, {self.input_name: x})
+            got = self._sess.run(self._outputs, {self.input_name: x})
         except Exception as exc:
             if self.provider != CUDA:
                 raise InferenceError(f"{self.card.name}: inference failed on {self.provider} "
@@ -279,19 +309,46 @@ class Session:
                     self.providers = list(self._sess.get_providers())
                     self.provider = self.providers[0]
                     self._set_fallback(f"CUDA failed during inference ({_ort.first_line(exc)})")
-            return self.run(x)
-        return np.asarray(logits, np.float32), np.asarray(cam, np.float32)
+            return self.run_all(x)
+        logits, cam = np.asarray(got[0], np.float32), np.asarray(got[1], np.float32)
+        feats = np.asarray(got[2], np.float32) if len(got) > 2 else None
+        n, k = x.shape[0], len(self.card.labels)
+        if (logits.shape != (n, k) or cam.ndim != 4 or cam.shape[:2] != (n, k) or min(cam.shape[2:], default=0) < 1
+                or (feats is not None and (feats.ndim != 2 or feats.shape[0] != n))):
+            raise InferenceError(
+                f"{self.card.name}: the model returned logits {logits.shape}, CAMs {cam.shape}"
+                + ("" if feats is None else f", features {feats.shape}")
+                + f" for a batch of {n}; expected ({n}, {k}) and ({n}, {k}, h, w)")
+        return logits, cam, feats
 
     def finish(self, prepared: Prepared, logits: np.ndarray, cam: np.ndarray, *, net_seconds: float = 0.0,
                regions: str | Sequence[str] = "flagged", fraction: float = DEFAULT_FRACTION,
-               min_area_px: int | None = None, max_regions: int = 5) -> Prediction:
-        """One image's logits ``(K,)`` and CAMs ``(K, h, w)`` -> :class:`Prediction` on the original grid.
+               min_area_px: int | None = None, max_regions: int = 5,
+               features: np.ndarray | None = None) -> Prediction:
+        """One image's logits ``(K,)``, CAMs ``(K, h, w)`` and features ``(D,)`` (optional) ->
+        :class:`Prediction` on the original grid, with the OOD score when the package has a detector.
 
         ``regions``: ``"flagged"`` (default), ``"all"`` (every positive label), ``"none"``, or a list
         of labels.
+
+        Raises
+        ------
+        InferenceError
+            The logits or CAMs are not finite (NaN or infinity): never reported as "no finding".
         """
         t0 = time.perf_counter()
         labels = list(self.card.labels)
+        if not np.all(np.isfinite(logits)):
+            raise InferenceError(f"{self.card.name} returned non-finite scores ({np.asarray(logits).tolist()}) "
+                                 "for this image; no result is reported")
+        if not np.all(np.isfinite(cam)):
+            raise InferenceError(f"{self.card.name} returned a non-finite class activation map for this image; "
+                                 "no result is reported")
+        ood_score = None
+        if features is not None and self.package.ood is not None:
+            ood_score = float(self.package.ood.score(np.asarray(features)[None, :])[0])
+        z = np.asarray(logits, np.float64)
+        energy = float(-(z.max() + np.log(np.exp(z - z.max()).sum())))
         probs = probabilities(logits[None, :], self.card.task)[0]
         scores = {lab: float(p) for lab, p in zip(labels, probs, strict=True)}
         flagged = flag(scores, self.card)
@@ -317,7 +374,7 @@ class Session:
             found += find_regions(cams[labels.index(lab)], lab, prepared.pixel_spacing, fraction=fraction,
                                   min_area_px=min_area_px, max_regions=max_regions)
         seconds = prepared.seconds + net_seconds + time.perf_counter() - t0
-        return Prediction(labels, scores, flagged, cams, peaks, found, seconds)
+        return Prediction(labels, scores, flagged, cams, peaks, found, seconds, ood_score=ood_score, energy=energy)
 
     def predict(self, images_u8: Sequence[np.ndarray],
                 pixel_spacings: Sequence[tuple[float, float] | None] | None = None, *, batch_size: int = 16,
@@ -355,10 +412,11 @@ class Session:
             prepared = [self.prepare(im, sp) for im, sp in zip(images_u8[start : start + batch_size],
                                                                 pixel_spacings[start : start + batch_size], strict=True)]
             t0 = time.perf_counter()
-            logits, cams = self.run(np.stack([p.x for p in prepared]))
+            logits, cams, feats = self.run_all(np.stack([p.x for p in prepared]))
             share = (time.perf_counter() - t0) / len(prepared)
             out += [self.finish(p, logits[i], cams[i], net_seconds=share, regions=regions, fraction=fraction,
-                                min_area_px=min_area_px) for i, p in enumerate(prepared)]
+                                min_area_px=min_area_px, features=None if feats is None else feats[i])
+                    for i, p in enumerate(prepared)]
         return out
 
 

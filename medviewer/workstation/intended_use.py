@@ -1,0 +1,394 @@
+"""Intended use: whether a model may speak about an image -- one policy for the GUI, the CLI and the rest.
+
+A model card (schema 2) states its intended use machine-readably
+(:class:`medviewer.inference.card.Applicability`: modalities, body parts, views, patient age, photometric
+interpretation) and carries an image-based out-of-distribution detector
+(:class:`medviewer.inference.ood.OODDetector`). :class:`IntendedUsePolicy` checks both for every scored
+image and decides:
+
+* ``in_scope``: every header check passed or was unknown, and the OOD score is within the threshold;
+* ``out_of_scope``: a present tag contradicts the card, or the pixels are out of distribution. Then
+  nothing is flagged and no region is drawn (the scores stay, for research); the reasons are one line
+  each, in words a radiologist reads ("patient age 64 y; model: 1-5 y");
+* ``unknown``: the card states no intended use and has no detector (schema 1): results are shown as the
+  model gives them, with that said.
+
+A missing or empty tag is "unknown", never a failure: tags are missing in many real studies, which is why
+the pixels are checked too. ``ignore_intended_use=True`` overrides the decision (findings are shown); the
+override is recorded in the result.
+
+This module is Qt-free: ``medviewer infer`` and the workstation call the same functions.
+
+Example
+-------
+>>> policy = IntendedUsePolicy(package.card)  # doctest: +SKIP
+>>> policy.apply(instance, prediction).status  # doctest: +SKIP
+'out_of_scope'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from medviewer.inference.card import Applicability, ModelCard
+
+#: modalities a schema-1 card (no stated intended use) is run on automatically: projection radiographs and
+#: secondary captures / other (which PNG/JPEG files read as)
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT", "SC", "XC"})
+
+__all__ = [
+    "RADIOGRAPH_MODALITIES",
+    "Status",
+    "CheckStatus",
+    "Check",
+    "Assessment",
+    "HeaderFacts",
+    "header_facts",
+    "check_header",
+    "assess",
+    "IntendedUsePolicy",
+    "should_auto_run",
+    "parse_age_string",
+]
+
+
+class Status(str, Enum):
+    """The applicability of a model to one image."""
+
+    IN_SCOPE = "in_scope"
+    OUT_OF_SCOPE = "out_of_scope"
+    UNKNOWN = "unknown"  #: the card states no intended use and has no OOD detector (schema 1)
+
+
+class CheckStatus(str, Enum):
+    """The outcome of one check."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    UNKNOWN = "unknown"  #: the tag is missing or empty, or the card does not constrain it
+
+
+@dataclass(frozen=True)
+class Check:
+    """One criterion: what the image says, what the model accepts, and the outcome."""
+
+    name: str
+    status: CheckStatus
+    value: str | None
+    expected: str | None
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"status": self.status.value, "value": self.value, "expected": self.expected, "reason": self.reason}
+
+
+@dataclass
+class Assessment:
+    """Applicability of a model to one image (see the module docstring).
+
+    ``to_dict()`` is what ``results.json`` stores per image under ``"applicability"``.
+    """
+
+    status: Status
+    reasons: list[str] = field(default_factory=list)
+    checks: dict[str, Check] = field(default_factory=dict)
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+    overridden: bool = False
+
+    @property
+    def in_scope(self) -> bool:
+        """True unless out of scope (``unknown`` counts as in scope: nothing is known against it)."""
+        return self.status != Status.OUT_OF_SCOPE
+
+    def summary(self) -> str:
+        """One line for a status bar or a CSV cell."""
+        if self.status == Status.OUT_OF_SCOPE:
+            text = "outside intended use: " + "; ".join(self.reasons)
+            return text + (" (overridden: shown anyway)" if self.overridden else "")
+        if self.status == Status.UNKNOWN:
+            return "intended use not stated by the model card (schema 1)"
+        return "within intended use"
+
+    def to_dict(self) -> dict:
+        return {
+            "status": self.status.value,
+            "reasons": list(self.reasons),
+            "checks": {k: c.to_dict() for k, c in self.checks.items()},
+            "ood_score": None if self.ood_score is None else round(float(self.ood_score), 4)
+            if np.isfinite(self.ood_score) else "inf",
+            "ood_threshold": None if self.ood_threshold is None else round(float(self.ood_threshold), 4),
+            "overridden": self.overridden,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- header
+@dataclass(frozen=True)
+class HeaderFacts:
+    """What the header (or, for PNG/JPEG, the pixels) says about the criteria; None = unknown."""
+
+    modality: str | None = None
+    body_part: str | None = None
+    view: str | None = None
+    view_source: str | None = None
+    age_years: float | None = None
+    age_source: str | None = None
+    photometric: str | None = None
+
+
+def _text(ds: Any, keyword: str) -> str | None:
+    if ds is None:
+        return None
+    try:
+        v = ds.get(keyword)
+    except Exception:  # a malformed element must not break the policy: treat as unknown
+        return None
+    if v is None:
+        return None
+    if hasattr(v, "value"):
+        v = v.value
+    if isinstance(v, list | tuple):
+        v = v[0] if v else None
+    text = str(v).strip() if v is not None else ""
+    return text or None
+
+
+_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def parse_age_string(text: str | None) -> float | None:
+    """Patient's Age (0010,1010), VR AS ``nnnD|W|M|Y`` (PS3.5 Table 6.2-1) -> years, or None if absent,
+    malformed or the placeholder ``"000Y"`` (e.g. ``"064Y"`` -> 64.0, ``"018M"`` -> 1.5)."""
+    if not text:
+        return None
+    m = _AGE.match(text)
+    if not m:
+        return None
+    if int(m.group(1)) == 0 and m.group(2).upper() == "Y":
+        return None  # "000Y" is a common placeholder of anonymisers; a newborn is coded in days or weeks
+    return int(m.group(1)) * _AGE_UNIT_YEARS[m.group(2).upper()]
+
+
+def _date(text: str | None) -> date | None:
+    if not text:
+        return None
+    digits = re.sub(r"[^0-9]", "", text)[:8]
+    if len(digits) != 8:
+        return None
+    try:
+        return date(int(digits[:4]), int(digits[4:6]), int(digits[6:8]))
+    except ValueError:
+        return None
+
+
+#: View Code Sequence (0054,0220) codes (SNOMED CT and the legacy SRT codes of PS3.16 CID 4010) -> View Position
+_VIEW_CODES = {
+    "399348003": "AP", "R-10206": "AP", "399173006": "PA", "R-10214": "PA",
+    "399198007": "RL", "R-10232": "RL", "399067008": "LL", "R-10236": "LL",
+}
+_VIEW_WORDS = (("antero-posterior", "AP"), ("anteroposterior", "AP"), ("postero-anterior", "PA"),
+               ("posteroanterior", "PA"), ("right lateral", "RL"), ("left lateral", "LL"), ("lateral", "LATERAL"))
+
+
+def _view(ds: Any) -> tuple[str | None, str | None]:
+    vp = _text(ds, "ViewPosition")
+    if vp:
+        return vp.upper(), "View Position"
+    try:
+        seq = ds.get("ViewCodeSequence") if ds is not None else None
+        item = seq[0] if seq else None
+    except Exception:
+        item = None
+    if item is None:
+        return None, None
+    code = _text(item, "CodeValue")
+    if code and code in _VIEW_CODES:
+        return _VIEW_CODES[code], "View Code Sequence"
+    meaning = (_text(item, "CodeMeaning") or "").lower()
+    for word, view in _VIEW_WORDS:
+        if word in meaning:
+            return view, "View Code Sequence"
+    return None, None
+
+
+def _age(ds: Any) -> tuple[float | None, str | None]:
+    years = parse_age_string(_text(ds, "PatientAge"))
+    if years is not None:
+        return years, "Patient's Age"
+    born = _date(_text(ds, "PatientBirthDate"))
+    if born is None:
+        return None, None
+    for kw, name in (("StudyDate", "Study Date"), ("SeriesDate", "Series Date"),
+                     ("AcquisitionDate", "Acquisition Date"), ("ContentDate", "Content Date")):
+        when = _date(_text(ds, kw))
+        if when is not None and when >= born:
+            return (when - born).days / 365.25, f"Patient's Birth Date and {name}"
+    return None, None
+
+
+def _raster_photometric(image_u8: np.ndarray | None) -> str | None:
+    if image_u8 is None:
+        return None
+    if image_u8.ndim == 2:
+        return "MONOCHROME2"
+    if image_u8.ndim == 3 and image_u8.shape[2] >= 3:
+        grey = np.array_equal(image_u8[..., 0], image_u8[..., 1]) and np.array_equal(image_u8[..., 1], image_u8[..., 2])
+        return "MONOCHROME2" if grey else "RGB"
+    return None
+
+
+def header_facts(instance: Any, image_u8: np.ndarray | None = None) -> HeaderFacts:
+    """Read the criteria from an :class:`medviewer.io.Instance` (its header ``dataset``).
+
+    For PNG/JPEG (no header) everything is unknown except the photometric interpretation, read from the
+    display image ``image_u8`` (uint8 ``(H, W)`` or ``(H, W, 3)``): grey (R = G = B) is MONOCHROME2.
+    """
+    ds = getattr(instance, "dataset", None)
+    if ds is None or not getattr(instance, "is_dicom", ds is not None):
+        return HeaderFacts(photometric=_raster_photometric(image_u8))
+    modality = _text(ds, "Modality")
+    view, view_src = _view(ds)
+    age, age_src = _age(ds)
+    body = _text(ds, "BodyPartExamined")
+    photometric = _text(ds, "PhotometricInterpretation")
+    return HeaderFacts(modality=modality.upper() if modality else None, body_part=body.upper() if body else None,
+                       view=view, view_source=view_src, age_years=age, age_source=age_src,
+                       photometric=photometric.upper() if photometric else None)
+
+
+def _fmt_years(y: float) -> str:
+    if y < 1:
+        months = int(y * 12 + 1e-9)
+        return f"{months} mo"
+    return f"{int(y + 1e-9)} y"
+
+
+def _fmt_range(lo: float, hi: float) -> str:
+    return f"{lo:g}\u2013{hi:g} y"
+
+
+def _membership(name: str, label: str, value: str | None, accepted: list[str], source: str | None = None) -> Check:
+    want = [a.upper() for a in accepted]
+    expected = ", ".join(want) if want else None
+    if not want:
+        return Check(name, CheckStatus.UNKNOWN, value, None)
+    if not value:
+        return Check(name, CheckStatus.UNKNOWN, None, expected)
+    if value.upper() in want:
+        return Check(name, CheckStatus.PASS, value, expected)
+    shown = value if not source or source == label else f"{value} ({source})"
+    return Check(name, CheckStatus.FAIL, value, expected, f"{label} {shown}; model: {expected}")
+
+
+def check_header(app: Applicability | None, facts: HeaderFacts) -> dict[str, Check]:
+    """Each criterion of ``app`` against ``facts``: ``{"modality", "body_part", "view", "age",
+    "photometric"}`` -> :class:`Check`. With ``app`` None (schema 1 card) every check is unknown."""
+    app = app or Applicability()
+    checks = {
+        "modality": _membership("modality", "modality", facts.modality, app.modalities),
+        "body_part": _membership("body_part", "body part", facts.body_part, app.body_parts),
+        "view": _membership("view", "view", facts.view, app.views, facts.view_source),
+        "photometric": _membership("photometric", "photometric interpretation", facts.photometric, app.photometric),
+    }
+    if app.age_years is None:
+        checks["age"] = Check("age", CheckStatus.UNKNOWN, None if facts.age_years is None else _fmt_years(facts.age_years), None)
+    else:
+        lo, hi = app.age_years
+        expected = _fmt_range(lo, hi)
+        if facts.age_years is None:
+            checks["age"] = Check("age", CheckStatus.UNKNOWN, None, expected)
+        else:
+            completed = int(facts.age_years + 1e-9) if facts.age_years >= 1 else facts.age_years
+            ok = lo <= completed <= hi
+            shown = _fmt_years(facts.age_years)
+            checks["age"] = Check("age", CheckStatus.PASS if ok else CheckStatus.FAIL, shown, expected,
+                                  None if ok else f"patient age {shown}; model: {expected}")
+    return checks
+
+
+def assess(card: ModelCard, facts: HeaderFacts, ood_score: float | None, ood_threshold: float | None = None, *,
+           ignore_intended_use: bool = False) -> Assessment:
+    """The decision for one image from its header facts and OOD score (see the module docstring)."""
+    checks = check_header(card.applicability, facts)
+    thr = ood_threshold if ood_threshold is not None else (card.ood.threshold if card.ood is not None else None)
+    reasons = [c.reason for c in checks.values() if c.status == CheckStatus.FAIL and c.reason]
+    if thr is not None:
+        if ood_score is None:
+            checks["image"] = Check("image", CheckStatus.UNKNOWN, None, f"OOD score <= {thr:.3g}")
+        elif not np.isfinite(ood_score) or ood_score > thr:
+            checks["image"] = Check("image", CheckStatus.FAIL, f"{ood_score:.3g}", f"<= {thr:.3g}",
+                                    "the image does not look like the model's training images "
+                                    f"(out-of-distribution score {ood_score:.3g} > {thr:.3g})")
+            reasons.append(checks["image"].reason or "")
+        else:
+            checks["image"] = Check("image", CheckStatus.PASS, f"{ood_score:.3g}", f"<= {thr:.3g}")
+    if reasons:
+        status = Status.OUT_OF_SCOPE
+    elif card.applicability is None and card.ood is None:
+        status = Status.UNKNOWN
+    else:
+        status = Status.IN_SCOPE
+    return Assessment(status, reasons, checks, ood_score, thr, overridden=ignore_intended_use and bool(reasons))
+
+
+class IntendedUsePolicy:
+    """Applies a model card's intended use to predictions: the one policy of every front end.
+
+    Parameters
+    ----------
+    card
+        The model's card.
+    ignore_intended_use
+        Show findings on out-of-scope images anyway (recorded as ``overridden`` in the assessment).
+
+    Calling the policy (``policy(instance, display_u8, prediction)``, the signature
+    :func:`medviewer.inference.batch.score_instances` expects) is :meth:`apply`.
+    """
+
+    def __init__(self, card: ModelCard, *, ignore_intended_use: bool = False) -> None:
+        self.card = card
+        self.ignore_intended_use = bool(ignore_intended_use)
+
+    def apply(self, instance: Any, prediction: Any, image_u8: np.ndarray | None = None) -> Assessment:
+        """Assess ``prediction`` (a :class:`medviewer.inference.session.Prediction`) of ``instance`` and record
+        the result in ``prediction.applicability``. Out of scope (and not overridden): ``flagged`` and
+        ``regions`` move to ``suppressed_flags`` / ``suppressed_regions``; the scores are kept."""
+        inst = getattr(instance, "instance", instance)  # a batch FrameRef wraps its instance
+        facts = header_facts(inst, image_u8)
+        a = assess(self.card, facts, prediction.ood_score, ignore_intended_use=self.ignore_intended_use)
+        if a.status == Status.OUT_OF_SCOPE and not self.ignore_intended_use and prediction.flagged is not None:
+            prediction.suppressed_flags = list(prediction.flagged)
+            prediction.suppressed_regions = list(prediction.regions)
+            prediction.flagged = []
+            prediction.regions = []
+        prediction.applicability = a.to_dict()
+        return a
+
+    def __call__(self, instance: Any, image_u8: np.ndarray | None, prediction: Any) -> Assessment:
+        return self.apply(instance, prediction, image_u8)
+
+
+def should_auto_run(card: ModelCard, instance: Any) -> tuple[bool, str | None]:
+    """Whether "run AI on open" should run ``card``'s model on ``instance`` without being asked.
+
+    Decided from the header alone (no pixels are scored): False, with the reason, when a present tag
+    contradicts the card's applicability (a CT opened with a chest X-ray model); True otherwise. A
+    schema-1 card without applicability keeps the historical rule: :data:`RADIOGRAPH_MODALITIES` and files
+    without a modality (PNG/JPEG) only.
+    """
+    facts = header_facts(getattr(instance, "instance", instance))
+    if card.applicability is None:
+        mod = facts.modality
+        if mod is None or mod in RADIOGRAPH_MODALITIES:
+            return True, None
+        return False, f"modality {mod} is not a projection radiograph"
+    fails = [c.reason for c in check_header(card.applicability, facts).values()
+             if c.status == CheckStatus.FAIL and c.reason]
+    return (not fails), ("; ".join(fails) if fails else None)
