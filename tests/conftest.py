@@ -52,3 +52,10 @@ def model_dirs(tmp_path, monkeypatch) -> tuple[Path, Path]:
     monkeypatch.setattr(registry, "user_models_dir", lambda: user)
     monkeypatch.delenv(registry.MODEL_PATH_ENV, raising=False)
     return builtin, user
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _audit_log_in_tmp(tmp_path_factory) -> None:
+    """Commands run by tests (infer, anonymize) write their audit records to a temporary folder, never to
+    the developer's real audit log (tests that check the log set MEDVIEWER_AUDIT_DIR themselves)."""
+    os.environ.setdefault("MEDVIEWER_AUDIT_DIR", str(tmp_path_factory.mktemp("audit")))

@@ -303,4 +303,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{n_ok}/{len(outcomes)} images scored ({flagged} with findings flagged{oos}, {len(failed)} failed{skipped}) by "
           f"{package.card.name} {package.card.version} on {session.provider} in {wall:.1f} s "
           f"({n_ok / wall if wall > 0 else 0:.1f} images/s) -> {json_path}")
+    from medviewer.audit import record_ai_run  # audit trail: model, objects by UID only, outcome
+
+    record_ai_run({"name": package.card.name, "version": package.card.version, "sha256": package.card.sha256},
+                  [o.sop_instance_uid for o in outcomes if o.sop_instance_uid],
+                  study_uids=[getattr(getattr(it, "instance", None), "study_instance_uid", "") for it in items],
+                  scored=n_ok, failed=len(failed), provider=session.provider)
     return EXIT_SOME_FAILED if failed else EXIT_OK
