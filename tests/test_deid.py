@@ -341,3 +341,12 @@ def test_cli_anonymize_errors_and_audit(tmp_path, monkeypatch, capsys):
     assert main(["anonymize", str(burned), "--out", str(tmp_path / "o2")]) == 1
     err = capsys.readouterr().err
     assert "Burned In Annotation is YES" in err and err.strip().splitlines()[-1].startswith("medviewer: error:")
+
+
+def test_safe_private_list_keeps_only_listed_private_attributes():
+    ds = _read("CT_small.dcm")
+    assert ds[0x00431010].value == 400  # GEMS_PARM_01 (0043,xx10) Window value
+    out = anonymize_dataset(ds, DeidOptions(safe_private=frozenset({(0x0043, "GEMS_PARM_01", 0x10)})), KEY)
+    private = [e.tag for e in out if e.tag.is_private]
+    assert private == [0x00430010, 0x00431010] and out[0x00431010].value == 400
+    assert "113111" in [i.CodeValue for i in out.DeidentificationMethodCodeSequence]
