@@ -42,7 +42,7 @@ from medviewer.imaging.window import (
     to_u8,
 )
 from medviewer.io.enum import PhotometricInterpretation
-from medviewer.io.instance import Instance
+from medviewer.io.instance import Instance, rescale_problem
 
 __all__ = ["DisplayPipeline", "display_image", "check_not_blank"]
 
@@ -86,28 +86,11 @@ def _as_floats(value: object) -> list[float]:
     return out
 
 
-#: Modality values beyond this magnitude are refused: float32 (the pixel pipeline's type) overflows at
-#: 3.4e38, and no real modality (HU, counts, SUV) comes near it.
-MAX_MODALITY_MAGNITUDE = 1e30
-
-
-def _stored_range(inst: Instance) -> tuple[float, float]:
-    bits = max(1, min(int(inst.bits_stored or 16), 64))
-    if inst.pixel_representation == 1:
-        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
-    return 0.0, 2.0**bits - 1
-
-
 def _rescale_value(inst: Instance, source: Dataset, keyword: str, tag: str, default: float) -> float:
     if keyword not in source:
         return default
     values = _as_floats(source.get(keyword))
-    if not values:
-        return default
-    value = values[0]
-    if not np.isfinite(value):
-        raise ReadError(inst.path, f"{tag} is {source.get(keyword)!r}, not a finite number (PS3.3 C.11.1); refused")
-    return value
+    return values[0] if values else default
 
 
 def _modality_lut(inst: Instance, ds: Dataset, signed: bool, little: bool, frame: int = 0) -> ModalityLut:
@@ -127,15 +110,9 @@ def _modality_lut(inst: Instance, ds: Dataset, signed: bool, little: bool, frame
         return ModalityLut()
     s = _rescale_value(inst, source, "RescaleSlope", "Rescale Slope (0028,1053)", 1.0)
     b = _rescale_value(inst, source, "RescaleIntercept", "Rescale Intercept (0028,1052)", 0.0)
-    if s == 0:
-        raise ReadError(inst.path, "Rescale Slope (0028,1053) is 0: every pixel would have the same modality "
-                                   "value; refused")
-    lo, hi = _stored_range(inst)
-    with np.errstate(over="ignore", invalid="ignore"):
-        ends = np.array([lo, hi], np.float64) * s + b
-    if not np.all(np.isfinite(ends)) or np.abs(ends).max() > MAX_MODALITY_MAGNITUDE:
-        raise ReadError(inst.path, f"Rescale Slope {s:g} / Intercept {b:g} overflow: stored values "
-                                   f"{lo:g}..{hi:g} map to {ends[0]:g}..{ends[1]:g} (PS3.3 C.11.1); refused")
+    problem = rescale_problem(s, b, inst.bits_stored, inst.pixel_representation == 1)
+    if problem:
+        raise ReadError(inst.path, problem)
     return ModalityLut(slope=s, intercept=b, rescale_type=str(source.get("RescaleType", "") or ""))
 
 

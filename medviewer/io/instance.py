@@ -22,18 +22,20 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from medviewer.errors import ReadError, error_line
+from medviewer.errors import MedViewerError, ReadError, error_line
 from medviewer.io.encapsulation import EncapsulationProblem, check_encapsulated
 from medviewer.io.enum import RASTER_MODALITY, PhotometricInterpretation, PixelSpacingSource
 from medviewer.io.files import check_regular, open_regular, os_error_reason
 from medviewer.io.transfer_syntax import check_decodable, transfer_syntax_name
 from medviewer.limits import get_limits
 
-__all__ = ["Instance", "read_instance", "sniff_kind", "FileKind", "quiet_pydicom_warnings"]
+__all__ = ["Instance", "read_instance", "sniff_kind", "FileKind", "quiet_pydicom_warnings", "rescale_problem",
+           "MAX_MODALITY_MAGNITUDE"]
 
 
 def quiet_pydicom_warnings() -> None:
-    """Silence pydicom's UserWarnings about non-conformant values (odd VRs, padding, VR mismatches).
+    """Silence pydicom's UserWarnings about non-conformant values (odd VRs, padding, VR mismatches) and
+    OpenCV's decoder warnings.
 
     Reading continues past them and real problems surface as :class:`ReadError`, so command-line tools
     call this to keep their error output to one line.
@@ -41,6 +43,10 @@ def quiet_pydicom_warnings() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+    try:  # OpenCV's C++ warnings ("[ WARN:0] ... imdecode_") go straight to stderr; errors are ours to report
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except (AttributeError, cv2.error):
+        pass
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -595,7 +601,7 @@ def _checked_dicom_instance(path: Path, fp: Any, file_size: int, ds: Dataset,
 
     try:
         inst = _instance_from_header(path, ds, ts or None)
-    except ReadError:
+    except MedViewerError:  # ReadError, or a LimitError naming the bad environment variable
         raise
     except Exception as exc:
         raise ReadError(path, f"invalid image header: {error_line(exc)}") from exc
@@ -632,6 +638,50 @@ def _checked_dicom_instance(path: Path, fp: Any, file_size: int, ds: Dataset,
             if tag == 0x7FE00010 and inst.photometric_interpretation != PhotometricInterpretation.YBR_FULL_422:
                 inst._pixel_offset = offset
     return inst
+
+
+#: Modality values beyond this magnitude are refused: float32 (the pixel pipeline's type) overflows at
+#: 3.4e38, and no real modality (HU, counts, SUV) comes near it.
+MAX_MODALITY_MAGNITUDE = 1e30
+
+
+def rescale_problem(slope: float, intercept: float, bits_stored: int, signed: bool) -> str | None:
+    """None when Rescale Slope/Intercept (PS3.3 C.11.1) map every storable value to a finite modality value
+    within +-1e30, else a one-line reason (non-finite or zero slope, non-finite intercept, overflow)."""
+    if not np.isfinite(slope):
+        return f"Rescale Slope (0028,1053) is {slope}, not a finite number (PS3.3 C.11.1); refused"
+    if not np.isfinite(intercept):
+        return f"Rescale Intercept (0028,1052) is {intercept}, not a finite number (PS3.3 C.11.1); refused"
+    if slope == 0:
+        return "Rescale Slope (0028,1053) is 0: every pixel would have the same modality value; refused"
+    bits = max(1, min(int(bits_stored or 16), 64))
+    lo, hi = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0**bits - 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ends = np.array([lo, hi], np.float64) * slope + intercept
+    if not np.all(np.isfinite(ends)) or float(np.abs(ends).max()) > MAX_MODALITY_MAGNITUDE:
+        return (f"Rescale Slope {slope:g} / Intercept {intercept:g} overflow: stored values {lo:g}..{hi:g} map "
+                f"to {ends[0]:g}..{ends[1]:g} (PS3.3 C.11.1); refused")
+    return None
+
+
+def _header_rescale(path: Path, ds: Dataset, bits_stored: int, signed: bool) -> None:
+    source: Dataset | None = ds
+    if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
+        source = _functional_group(ds, "PixelValueTransformationSequence")
+    if source is None:
+        return
+    values = []
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        try:
+            value = _value(source, keyword)
+            if isinstance(value, list):
+                value = value[0] if value else None
+            values.append(default if value is None else float(value))
+        except (TypeError, ValueError):
+            raise ReadError(path, f"unreadable {keyword} value; the header is malformed") from None
+    problem = rescale_problem(values[0], values[1], bits_stored, signed)
+    if problem:
+        raise ReadError(path, problem)
 
 
 def _check_palette(path: Path, ds: Dataset) -> None:
@@ -710,6 +760,8 @@ def _instance_from_header(path: Path, ds: Dataset, ts: str | None) -> Instance:
         raise ReadError(path, f"invalid Pixel Representation (0028,0103) {representation} (0 or 1 expected)")
     if pi == PhotometricInterpretation.PALETTE_COLOR:
         _check_palette(path, ds)
+    if pi.is_monochrome and "ModalityLUTSequence" not in ds:
+        _header_rescale(path, ds, bits_stored, representation == 1)
     budget = get_limits().frame_problem(rows, cols, samples, frames)
     if budget:
         raise ReadError(path, f"{budget}; refused before allocating")

@@ -201,12 +201,13 @@ _MAX_REFERENCED_PATH = 1024
 _MAX_COMPONENT = 255
 
 
-def _referenced_path(folder: Path, ref: object) -> Path | str:
+def _referenced_path(folder: Path, ref: object, refused: set[str] | None = None) -> Path | str:
     """The file a Referenced File ID (0004,1500) names, inside `folder`; else the reason it is refused.
 
     PS3.10 8.5 / PS3.12: components are relative to the DICOMDIR's folder. A component that is ``..``,
     absolute, empty, or carries a separator or NUL is refused, as is a path that (after resolving
-    symbolic links) lies outside `folder` -- a DICOMDIR must never make us open ``/etc/passwd``.
+    symbolic links) lies outside `folder` -- a DICOMDIR must never make us open ``/etc/passwd``. Such a
+    link's own path is added to `refused`, so the folder walk does not read it either.
     """
     parts = [ref] if isinstance(ref, str) else list(ref)  # type: ignore[call-overload]
     parts = [str(p).strip() for p in parts]
@@ -224,11 +225,14 @@ def _referenced_path(folder: Path, ref: object) -> Path | str:
     base = os.path.realpath(folder)
     real = os.path.realpath(candidate)
     if os.path.commonpath([base, real]) != base:
+        if refused is not None:
+            refused.add(os.path.abspath(candidate))
         return f"Referenced File ID '{shown}' resolves outside the DICOMDIR's folder; refused"
     return candidate
 
 
-def _dicomdir_files(path: Path, skipped: list[Skipped] | None = None) -> list[Path] | None:
+def _dicomdir_files(path: Path, skipped: list[Skipped] | None = None,
+                    refused: set[str] | None = None) -> list[Path] | None:
     """Files referenced by a DICOMDIR, or None when `path` is not one; refused references are added to
     `skipped` with the reason."""
     try:
@@ -245,7 +249,7 @@ def _dicomdir_files(path: Path, skipped: list[Skipped] | None = None) -> list[Pa
                 ref = None
             if not ref:
                 continue
-            target = _referenced_path(path.parent, ref)
+            target = _referenced_path(path.parent, ref, refused)
             if isinstance(target, str):
                 if skipped is not None:
                     skipped.append(Skipped(path, target))
@@ -270,6 +274,7 @@ def _stat_problem(p: Path) -> str | None:
 
 def _walk(paths: Iterable[str | Path], skipped: list[Skipped]) -> list[Path]:
     files: list[Path] = []
+    refused: set[str] = set()  # links a DICOMDIR named that resolve outside its folder
     seen: set[str] = set()
 
     def add(p: Path, why_missing: str | None = None) -> None:
@@ -299,7 +304,7 @@ def _walk(paths: Iterable[str | Path], skipped: list[Skipped]) -> list[Path]:
             if problem is not None:
                 skipped.append(Skipped(root, "no such file or folder" if problem == "no such file" else problem))
                 continue
-            listed = _dicomdir_files(root, skipped) if root.name.upper() == "DICOMDIR" else None
+            listed = _dicomdir_files(root, skipped, refused) if root.name.upper() == "DICOMDIR" else None
             if listed is None:
                 add(root)
                 continue
@@ -310,13 +315,13 @@ def _walk(paths: Iterable[str | Path], skipped: list[Skipped]) -> list[Path]:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             here = Path(dirpath)
             if "DICOMDIR" in filenames:
-                listed = _dicomdir_files(here / "DICOMDIR", skipped)
+                listed = _dicomdir_files(here / "DICOMDIR", skipped, refused)
                 if listed is not None:
                     for p in listed:
                         add(p, "referenced by DICOMDIR but missing")
                     filenames = [f for f in filenames if f != "DICOMDIR"]
             for f in sorted(filenames):
-                if not f.startswith("."):
+                if not f.startswith(".") and os.path.abspath(here / f) not in refused:
                     add(here / f)
     return files
 

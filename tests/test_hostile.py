@@ -1,0 +1,403 @@
+"""Malformed input never hangs, crashes, lies or eats the machine (issue 14, the reading side).
+
+The hostile corpus (``tests/hostile.py``, seeded, generated from pydicom's real test files) goes through
+``medviewer info``, ``medviewer render`` and ``medviewer infer`` via the real entry point; every case must
+end in a one-line error (exit 1) or a correct image (exit 0), never a traceback, a hang or a memory peak.
+A ``hypothesis`` layer mutates the pixel-module attributes of a real CT header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import REPO, pydicom_test_file
+from hostile import Case, build_corpus, build_dicomdir_trap
+
+import medviewer.cli as cli
+from medviewer.errors import ReadError
+from medviewer.imaging import DisplayPipeline, check_not_blank, display_image
+from medviewer.io import read_instance, scan
+from medviewer.limits import MAX_FRAME_PIXELS_ENV, LimitError, Limits, get_limits
+
+CASE_TIMEOUT_S = 20
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> list[Case]:
+    pydicom_test_file("CT_small.dcm")  # skip cleanly when pydicom's test files are absent
+    return build_corpus(tmp_path_factory.mktemp("hostile"), seed=14)
+
+
+class _Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):  # noqa: ARG001
+    raise _Hang(f"no answer within {CASE_TIMEOUT_S} s")
+
+
+def run_cli(*argv: object, subcommands: tuple[str, ...] = ("info", "render")) -> tuple[object, str, str]:
+    """``medviewer.cli.main`` in-process, output captured, with a SIGALRM watchdog: a blocking ``open()``
+    of a FIFO is interrupted and reported as a hang instead of stopping the suite."""
+    out, err = io.StringIO(), io.StringIO()
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(CASE_TIMEOUT_S)
+    saved = dict(cli.SUBCOMMANDS)
+    cli.SUBCOMMANDS.clear()
+    cli.SUBCOMMANDS.update({k: saved[k] for k in subcommands})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code: object = cli.main([str(a) for a in argv])
+    except _Hang as exc:
+        code = f"HANG: {exc}"
+    except BaseException as exc:  # anything escaping main() would be a traceback for a user
+        code = f"TRACEBACK: {type(exc).__name__}: {exc}"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        cli.SUBCOMMANDS.clear()
+        cli.SUBCOMMANDS.update(saved)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _judge(case: Case, command: str, code: object, err: str) -> str | None:
+    """None when the front end answered `case` correctly, else what went wrong."""
+    if isinstance(code, str):
+        return code
+    if "Traceback" in err:
+        return "traceback on stderr"
+    errors = [line for line in err.splitlines() if line.startswith("medviewer: error:")]
+    others = [line for line in err.splitlines() if not line.startswith(("medviewer: error:", "medviewer: note:"))]
+    if others:
+        return f"unexpected stderr: {others[:2]}"
+    if code not in (0, 1):
+        return f"exit {code}"
+    must_fail = case.expect == "error" and (command != "info" or case.stage == "header")
+    if must_fail and code == 0:
+        return "exit 0 on an input that must be refused"
+    if case.expect == "ok" and code != 0:
+        return f"refused a good input: {err.strip()}"
+    if code == 1 and len(errors) != 1:
+        return f"exit 1 without exactly one error line: {err.strip()!r}"
+    if must_fail and case.needle and case.needle not in errors[0]:
+        return f"error does not name the cause ({case.needle!r}): {errors[0]}"
+    if command == "render" and case.expect == "ok" and case.needle and case.needle not in err:
+        return f"no note about the fallback ({case.needle!r}): {err.strip()!r}"
+    return None
+
+
+def test_corpus_covers_every_category(corpus):
+    categories = {c.category for c in corpus}
+    assert {"control", "truncation", "bitflip", "lie", "encapsulation", "blank", "raster", "special"} <= categories
+    assert sum(c.expect == "error" for c in corpus) >= 45
+    assert len({c.path for c in corpus}) == len(corpus)
+    # seeded: the same seed writes the same bytes
+    flips = [c for c in corpus if c.category == "bitflip"]
+    assert len(flips) >= 12
+
+
+@pytest.mark.parametrize("command", ["info", "render"])
+def test_every_hostile_case_ends_in_one_line_error_or_a_correct_image(corpus, command, tmp_path):
+    failures = []
+    for case in corpus:
+        out_png = tmp_path / f"{case.category}__{case.name}.png"
+        argv = [command, case.path] + (["--out", out_png] if command == "render" else [])
+        code, _out, err = run_cli(*argv)
+        problem = _judge(case, command, code, err)
+        if problem is None and command == "render" and code == 0:
+            written = out_png.read_bytes()
+            import cv2
+
+            img = cv2.imdecode(np.frombuffer(written, np.uint8), cv2.IMREAD_UNCHANGED)
+            inst = read_instance(case.path)
+            if img is None or img.shape[:2] != (inst.rows, inst.columns):
+                problem = f"wrote {None if img is None else img.shape}, header says {inst.rows}x{inst.columns}"
+            elif int(img.max()) == int(img.min()):
+                problem = "exit 0 with a blank image"
+        if problem:
+            failures.append(f"{case.category}/{case.name}: {problem}")
+    assert not failures, "\n".join(failures)
+
+
+def test_render_of_a_good_file_is_unchanged_by_the_checks(corpus):
+    """The controls render exactly what display_image gives (the checks refuse, they never alter)."""
+    for case in (c for c in corpus if c.category == "control"):
+        inst = read_instance(case.path)
+        image = display_image(inst)
+        assert check_not_blank(image, case.path) is image
+        assert DisplayPipeline.from_instance(inst).notes == []
+
+
+# --------------------------------------------------------------------------- specific behaviours
+def test_fallback_notes_say_what_was_used(corpus):
+    by_name = {c.name: c for c in corpus}
+    inst = read_instance(by_name["voi_lut_bad_then_good"].path)
+    pipeline = DisplayPipeline.from_instance(inst)
+    assert len(pipeline.voi_luts) == 1 and "item 1 ignored" in pipeline.notes[0]
+    assert pipeline.notes[-1] == "shown with the next valid VOI LUT"
+    original = read_instance(pydicom_test_file("vlut_04.dcm"))
+    assert np.array_equal(display_image(inst), display_image(original))  # the good LUT, as in the original
+
+    inst = read_instance(by_name["three_centres_one_width"].path)
+    pipeline = DisplayPipeline.from_instance(inst)
+    assert pipeline.windows == [] and "automatic window" in pipeline.notes[-1]
+
+
+def test_truncated_jpeg_lossless_is_refused_not_shown_with_black_below(corpus):
+    case = next(c for c in corpus if c.name == "jpeg_ll_top_third")
+    # pydicom decodes it without a word: top third of the body, the rest black -- what we must not show
+    try:
+        partial = pydicom.dcmread(case.path).pixel_array
+    except Exception:
+        partial = None
+    if partial is not None:
+        assert (partial[-50:] == partial[-1, -1]).all()  # constant bottom: the missing part
+    with pytest.raises(ReadError, match="end-of-image"):
+        read_instance(case.path)
+
+
+def test_j2k_labelled_jpeg_baseline_is_refused(corpus):
+    case = next(c for c in corpus if c.name == "j2k_labelled_jpeg_baseline")
+    with pytest.raises(ReadError, match="JPEG 2000 codestream, not a JPEG stream"):
+        read_instance(case.path)
+
+
+def test_dicomdir_never_leaves_its_folder(tmp_path, monkeypatch):
+    study, outside, needles = build_dicomdir_trap(tmp_path)
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path, *args, **kwargs):
+        opened.append(os.path.realpath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    result = scan(study)
+    monkeypatch.undo()
+    assert len(result.instances) == 1 and result.instances[0].modality == "CT"
+    reasons = " | ".join(s.reason for s in result.skipped)
+    for needle in needles:
+        assert needle in reasons, reasons
+    assert str(outside.resolve()) not in opened and "/etc/passwd" not in opened
+    code, out, err = run_cli("info", study, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert [i["path"] for st in doc["studies"] for se in st["series"] for i in se["instances"]] == \
+        [str(result.instances[0].path)]
+    assert len(doc["skipped"]) == len(result.skipped) >= 5
+
+
+def test_permission_denied_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "locked.dcm"
+    path.write_bytes(pydicom_test_file("CT_small.dcm").read_bytes())
+    real_open = os.open
+
+    def deny(p, *args, **kwargs):
+        if os.fspath(p) == str(path):
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_open(p, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)  # as root, mode 000 would not stop us: simulate the refusal
+    with pytest.raises(ReadError, match="permission denied"):
+        read_instance(path)
+    result = scan(tmp_path)
+    assert [(s.path.name, s.reason) for s in result.skipped] == [("locked.dcm", "permission denied")]
+
+
+def test_unreadable_folder_is_listed_under_skipped(tmp_path, monkeypatch):
+    good, locked = tmp_path / "good", tmp_path / "locked"
+    good.mkdir()
+    locked.mkdir()
+    (good / "ct.dcm").write_bytes(pydicom_test_file("CT_small.dcm").read_bytes())
+    real_scandir = os.scandir
+
+    def scandir(p="."):
+        if os.fspath(p) == str(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(p))
+        return real_scandir(p)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = scan(tmp_path)
+    assert len(result.instances) == 1
+    assert [(s.path, s.reason) for s in result.skipped] == [(locked, "cannot list folder: permission denied")]
+
+
+def test_info_on_an_empty_folder_is_one_line(tmp_path):
+    code, out, err = run_cli("info", tmp_path)
+    assert code == 1 and out == ""
+    assert err.strip().splitlines() == [f"medviewer: error: {tmp_path}: no files found (empty folder)"]
+
+
+def test_info_on_a_folder_of_bad_files_says_so(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    code, out, err = run_cli("info", tmp_path)
+    assert code == 1 and "notes.txt" in out
+    assert err.startswith("medviewer: error: no readable DICOM, PNG or JPEG images (1 file skipped")
+
+
+def test_non_utf8_file_name_is_printed_escaped(corpus):
+    case = next(c for c in corpus if c.name == "non_utf8_name")
+    code, out, err = run_cli("info", case.path.parent, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    paths = [i["path"] for st in doc["studies"] for se in st["series"] for i in se["instances"]]
+    paths += [p for st in doc["studies"] for se in st["series"] for p in se["duplicates"]]  # same SOP as control
+    assert any(p.endswith("special__non_utf8_\\xff\\xfe.dcm") for p in paths)
+    out.encode("utf-8")  # printable as UTF-8
+
+
+# --------------------------------------------------------------------------- limits
+def test_limits_defaults_and_environment(monkeypatch):
+    for name in (MAX_FRAME_PIXELS_ENV,):
+        monkeypatch.delenv(name, raising=False)
+    assert get_limits() == Limits()
+    monkeypatch.setenv(MAX_FRAME_PIXELS_ENV, "10000")
+    assert get_limits().max_frame_pixels == 10_000
+    with pytest.raises(ReadError, match=f"limit of 10,000 \\({MAX_FRAME_PIXELS_ENV}\\)"):
+        read_instance(pydicom_test_file("CT_small.dcm"))  # 128 x 128 = 16,384
+    monkeypatch.setenv(MAX_FRAME_PIXELS_ENV, "lots")
+    with pytest.raises(LimitError, match=MAX_FRAME_PIXELS_ENV):
+        get_limits()
+    code, _, err = run_cli("info", pydicom_test_file("CT_small.dcm"))
+    assert code == 1 and err.startswith(f"medviewer: error: {MAX_FRAME_PIXELS_ENV}='lots' is not an integer")
+
+
+def test_frame_budget_arithmetic():
+    limits = Limits(max_frame_pixels=100, max_series_pixels=1000)
+    assert limits.frame_problem(10, 10) is None
+    assert "per frame" in limits.frame_problem(10, 10, samples=3)
+    assert limits.frame_problem(10, 10, frames=10) is None
+    assert "11 frames" in limits.frame_problem(10, 10, frames=11)
+
+
+def test_check_not_blank():
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert check_not_blank(ramp, "x") is ramp
+    with pytest.raises(ReadError, match="every pixel is 255"):
+        check_not_blank(np.full((8, 8), 255, np.uint8), "x.dcm")
+    with pytest.raises(ReadError, match="window maps all stored values"):
+        check_not_blank(np.zeros((4, 4), np.uint8), "x.dcm", stored=np.arange(16).reshape(4, 4))
+    with pytest.raises(ReadError, match="blank"):
+        check_not_blank(np.full((4, 4, 3), 7, np.uint8), "x.png")
+
+
+# --------------------------------------------------------------------------- hypothesis: mutated headers
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_INTS = st.one_of(st.integers(-3, 70), st.sampled_from([0, 1, 3, 7, 8, 12, 16, 32, 64, 255, 65535]))
+_DS = st.one_of(st.sampled_from(["0", "1", "-1", "1e308", "-1e308", "nan", "inf", "1e-30", "3.5", "", "abc"]),
+                st.floats(allow_nan=True, allow_infinity=True).map(lambda f: repr(f)[:16]))
+_MUTATIONS = {
+    "Rows": _INTS, "Columns": _INTS, "BitsAllocated": _INTS, "BitsStored": _INTS, "HighBit": _INTS,
+    "PixelRepresentation": _INTS, "SamplesPerPixel": _INTS,
+    "NumberOfFrames": st.sampled_from(["0", "1", "2", "-1", "100000", "x"]),
+    "PhotometricInterpretation": st.sampled_from(["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR",
+                                                  "YBR_FULL_422", "HSV", ""]),
+    "RescaleSlope": _DS, "RescaleIntercept": _DS, "WindowCenter": _DS, "WindowWidth": _DS,
+}
+
+
+def _set_raw(ds: pydicom.Dataset, keyword: str, value: object) -> None:
+    """Put `value` into `ds` as raw bytes, as a non-conformant writer would (pydicom validates on set)."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    tag = Tag(tag_for_keyword(keyword))
+    vr = dictionary_VR(tag)
+    if vr == "US":
+        raw = struct.pack("<H", int(value) & 0xFFFF)
+    else:
+        raw = str(value).encode("ascii", "replace")
+        raw += b" " * (len(raw) % 2)
+    ds._dict[tag] = RawDataElement(tag, vr, len(raw), raw, 0, False, True)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.dictionaries(st.sampled_from(sorted(_MUTATIONS)), st.none(), min_size=1, max_size=4)
+       .flatmap(lambda d: st.fixed_dictionaries({k: _MUTATIONS[k] for k in d})))
+def test_mutated_real_header_reads_or_refuses_in_one_line(tmp_path_factory, edits):
+    import warnings
+
+    path = tmp_path_factory.mktemp("mut") / "m.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
+        for key, value in edits.items():
+            if value == "":
+                if key in ds:
+                    delattr(ds, key)
+                continue
+            _set_raw(ds, key, value)
+        try:
+            ds.save_as(path, enforce_file_format=False)
+        except Exception:
+            return  # pydicom itself refuses to write it: nothing to read
+        try:
+            inst = read_instance(path)
+            image = display_image(inst)
+        except ReadError as exc:
+            assert "\n" not in str(exc) and str(path) in str(exc)
+            return
+    expected = (inst.rows, inst.columns) + ((3,) if inst.is_color else ())
+    assert image.dtype == np.uint8 and image.shape == expected
+
+
+# --------------------------------------------------------------------------- infer over the whole corpus
+@pytest.mark.slow
+def test_infer_folder_run_survives_every_bad_file_without_a_memory_peak(corpus, tmp_path):
+    """One ``medviewer infer`` over the whole corpus folder (FIFO, loop and bombs included), in a child
+    process whose peak RSS is measured: it finishes, scores the good images, gives every bad one an error
+    entry, writes strict JSON, and stays under 4 GiB."""
+    folder = corpus[0].path.parent
+    out = tmp_path / "out"
+    probe = (
+        "import resource, subprocess, sys, json;"
+        "r = subprocess.run([sys.executable, '-m', 'medviewer', 'infer', sys.argv[1], '--out', sys.argv[2],"
+        " '--quiet', '--batch', '4'], capture_output=True, text=True, timeout=300);"
+        "print(json.dumps({'rc': r.returncode, 'err': r.stderr[-4000:], 'out': r.stdout[-2000:],"
+        " 'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe, str(folder), str(out)], capture_output=True, text=True,
+                          timeout=360, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["rc"] == 2, info  # some inputs failed, the rest were scored
+    assert "Traceback" not in info["err"], info["err"]
+    assert info["maxrss_kib"] < 4 * 1024 * 1024, info["maxrss_kib"]
+
+    def no_constants(name):
+        raise AssertionError(f"results.json holds a bare {name}")
+
+    doc = json.loads((out / "results.json").read_text(encoding="utf-8"), parse_constant=no_constants)
+    duplicates = {p.name for se in scan(folder).series for p in (d.path for d in se.duplicates)}
+    by_name = {}
+    for entry in doc["results"] + [dict(e, error=e["reason"]) for e in doc["ignored"]]:
+        by_name[entry["path"].rsplit("/", 1)[-1]] = entry
+    problems = []
+    for case in corpus:
+        name = case.path.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        entry = by_name.get(name) or by_name.get(case.path.name)
+        if entry is None and case.path.name in duplicates:
+            continue  # a byte copy of another case's SOP Instance: scored once, as the scan intends
+        if entry is None:
+            problems.append(f"{case.name}: missing from results.json")
+        elif case.expect == "error" and not entry.get("error"):
+            problems.append(f"{case.name}: scored, but must be refused")
+        elif case.expect == "ok" and entry.get("error"):
+            problems.append(f"{case.name}: refused: {entry['error']}")
+        elif case.expect == "ok" and not all(np.isfinite(v) for v in entry["scores"].values()):
+            problems.append(f"{case.name}: non-finite score")
+    assert not problems, "\n".join(problems)
