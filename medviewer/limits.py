@@ -15,7 +15,7 @@ setting                            environment variable              default
 ``max_frame_pixels``               ``MEDVIEWER_MAX_FRAME_PIXELS``    2**28 (268 M samples, e.g. 16384 x 16384)
 ``max_series_pixels``              ``MEDVIEWER_MAX_SERIES_PIXELS``   2**31 (2.1 G samples over all frames)
 ``max_model_input_pixels``         ``MEDVIEWER_MAX_MODEL_INPUT_PIXELS``  2**24 (16.7 M, e.g. 4096 x 4096)
-``model_validation_seconds``       ``MEDVIEWER_MODEL_VALIDATION_SECONDS``  60 s
+``model_validation_seconds``       ``MEDVIEWER_DRY_RUN_SECONDS``     20 s (each validation dry run)
 =================================  ================================  ==========================================
 
 Pixel counts are *samples*: an RGB pixel counts three. A 16384 x 16384 x 1 16-bit frame is 512 MiB stored
@@ -50,12 +50,12 @@ __all__ = [
 MAX_FRAME_PIXELS_ENV = "MEDVIEWER_MAX_FRAME_PIXELS"
 MAX_SERIES_PIXELS_ENV = "MEDVIEWER_MAX_SERIES_PIXELS"
 MAX_MODEL_INPUT_PIXELS_ENV = "MEDVIEWER_MAX_MODEL_INPUT_PIXELS"
-MODEL_VALIDATION_SECONDS_ENV = "MEDVIEWER_MODEL_VALIDATION_SECONDS"
+MODEL_VALIDATION_SECONDS_ENV = "MEDVIEWER_DRY_RUN_SECONDS"  # as medviewer.inference.package reads it
 
 DEFAULT_MAX_FRAME_PIXELS = 2**28
 DEFAULT_MAX_SERIES_PIXELS = 2**31
 DEFAULT_MAX_MODEL_INPUT_PIXELS = 2**24
-DEFAULT_MODEL_VALIDATION_SECONDS = 60.0
+DEFAULT_MODEL_VALIDATION_SECONDS = 20.0
 
 
 class LimitError(MedViewerError, ValueError):
