@@ -25,7 +25,7 @@ BUNDLE_STAMP := $(VENV)/.medviewer-bundle.stamp
 .PHONY: install install-dev demo test lint system-packages wheel bundle bench clean distclean
 
 $(PY):
-	@echo "no virtual environment active: creating $(VENV)"
+	@echo "creating the virtual environment $(VENV) (none is active)"
 	@$(PYTHON) -m venv "$(VENV)" || { echo "make: '$(PYTHON) -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv (or activate a venv first)" >&2; exit 1; }
 	$(PIP) install -q --upgrade pip
 
@@ -67,9 +67,12 @@ $(BUNDLE_STAMP): $(APP_STAMP) constraints.txt
 	$(PIP) install -q -c constraints.txt pyinstaller
 	touch "$@"
 
-# PyInstaller one-folder desktop bundle: dist/medviewer/medviewer (no torch, no source tree needed)
+# PyInstaller one-folder desktop bundle: dist/medviewer/medviewer (no torch, no source tree needed), with
+# install-desktop.sh for the launcher and icon
 bundle: $(BUNDLE_STAMP)
 	$(PY) -m PyInstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller packaging/medviewer.spec
+	install -m 755 packaging/install-desktop.sh dist/medviewer/install-desktop.sh
+	install -m 644 packaging/medviewer.desktop dist/medviewer/medviewer.desktop
 
 bench: $(DEV_STAMP)
 	$(PY) benchmarks/bench_display.py
