@@ -286,6 +286,17 @@ def build_corpus(root: Path, seed: int = 14) -> list[Case]:
         ds.Rows, ds.Columns, ds.NumberOfFrames = 4096, 4096, 100000
     header("huge_frame_count", "error", "limit", "ct", huge_frames)
 
+    def nested_sequences(path: Path, depth: int = 20_000) -> None:  # SQ in item in SQ ..., undefined lengths
+        ds = _load("ct")
+        _save(ds, path)
+        data = path.read_bytes()
+        at = data.find(b"\xe0\x7f\x10\x00")  # Pixel Data: the nest goes right before it
+        sq = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
+        item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+        close = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+        path.write_bytes(data[:at] + (sq + item) * depth + close * depth + data[at:])
+    add("sequences_nested_20000_deep", "lie", "error", nested_sequences, "nested too deeply")
+
     # ---------------------------------------------------------------- broken encapsulation
     def j2k_as_baseline(path: Path) -> None:
         ds = _load("j2k")

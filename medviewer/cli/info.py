@@ -13,7 +13,10 @@ Text output (one line per patient, study and series)::
 "modality", ..., "instances": [{"path", "sop_instance_uid", "instance_number", "image_position_patient",
 ...}]}]}], "skipped": [{"path", "reason"}]}`` with instances in display order.
 
-Exit status: 0 when at least one image was read, 1 otherwise (a single bad file: a one-line error).
+Exit status: 0 when at least one image was read, 1 otherwise: a single bad file or an empty folder is a
+one-line error; a folder with files but no readable image prints the skipped list, then a one-line error.
+Nothing is decoded: problems only the pixels show (a blank frame, a Modality LUT whose data disagree with
+its descriptor) are found by ``render`` and ``infer``, not here.
 """
 
 from __future__ import annotations
