@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from medviewer.imaging.preprocess import ResizeGeometry
+from medviewer.errors import ModelPackageError
+from medviewer.imaging.preprocess import ResizeGeometry, normalise
 from medviewer.inference import ModelPackage
 from medviewer.inference.card import load_card, sha256_file
 from training.cli import main
@@ -114,8 +115,22 @@ def test_export_parity_synthetic(square_run, tmp_path: Path) -> None:
 
     g = onnx.load(str(onnx_path))
     assert [i.name for i in g.graph.input] == ["image"]
-    assert [o.name for o in g.graph.output] == ["logits", "cam"]
+    assert [o.name for o in g.graph.output] == ["logits", "cam", "features"]
+    assert rep.features_max_rel <= 1e-3
+    # the pooled features end with the penultimate layer: the classifier applied to them gives the logits
+    import onnxruntime as ort
+
+    x = np.stack([normalise(im, spec) for im in x_va[:3]]).astype(np.float32)
+    logits, feats = ort.InferenceSession(str(onnx_path)).run(["logits", "features"], {"image": x})
+    w, b = model.classifier.weight.detach().numpy(), model.classifier.bias.detach().numpy()
+    k = w.shape[1]
+    assert feats.shape[1] == sum(f for _, f in model.ood_block_sizes(1, inp.height, inp.width))
+    assert np.allclose(feats[:, -k:] @ w.T + b, logits, atol=1e-4)
     assert g.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def by_rows(run: Path, part: str) -> list[str]:
+    return [line for line in (run / "split.csv").read_text().splitlines()[1:] if line.rsplit(",", 1)[1] == part]
 
 
 def test_fit_kermany_subset_export_evaluate(kermany_dir: Path, tmp_path: Path) -> None:
@@ -143,6 +158,22 @@ def test_fit_kermany_subset_export_evaluate(kermany_dir: Path, tmp_path: Path) -
     assert (pkg / "README.md").read_text().startswith("# test-cxr") and (pkg / "plots" / "roc.png").is_file()
     loaded = ModelPackage.load(pkg)  # the app's validation: schema, SHA-256, graph vs card
     assert loaded.card.name == "test-cxr"
+    # schema 2: intended use, an OOD detector fitted on the run's training split, every file hashed
+    assert card.schema_version == 2 and card.applicability.age_years == (1, 5) and "CHEST" in card.applicability.body_parts
+    assert card.ood is not None and loaded.ood is not None and card.ood.n_fit == len(by_rows(run, "train"))
+    assert card.ood.validation_false_rejection <= 0.05 and card.ood.shifted_false_rejection is not None
+    assert set(card.files) >= {"model.onnx", "ood.npz", "README.md", "plots/roc.png"}
+    assert all(sha256_file(pkg / rel) == digest for rel, digest in card.files.items())
+    # tampered statistics are refused
+    import numpy as _np
+
+    with _np.load(pkg / "ood.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    first = next(iter(arrays))
+    arrays[first] = arrays[first] * 0.5
+    _np.savez(pkg / "ood.npz", **arrays)
+    with pytest.raises(ModelPackageError, match="ood.npz SHA-256"):
+        ModelPackage.load(pkg)
 
     # the operating point can be re-chosen on the run's validation predictions at export time
     export_package(run / "best.pt", tmp_path / "pkg2", name="test-cxr", parity_images=2,

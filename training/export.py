@@ -1,9 +1,10 @@
 """Export a trained network as a MedViewer model package: ``model.onnx`` + ``model.json`` + README + plots.
 
-The ONNX graph has one input ``image`` ``(N, C, H, W)`` float32 and two outputs: ``logits`` ``(N, K)`` and
+The ONNX graph has one input ``image`` ``(N, C, H, W)`` float32 and three outputs: ``logits`` ``(N, K)``,
 ``cam`` ``(N, K, h, w)``, the class activation maps of Zhou et al. (2016) computed in the graph as the
-classifier applied at every location of the last feature map (``cam.mean((2, 3)) == logits``). The batch
-axis is dynamic (named ``batch``); weights are stored inside the one file.
+classifier applied at every location of the last feature map (``cam.mean((2, 3)) == logits``), and
+``features`` ``(N, D)``, the pooled feature maps the out-of-distribution detector scores (card schema 2,
+:mod:`training.ood`). The batch axis is dynamic (named ``batch``); weights are stored inside the one file.
 
 Before the package is written, :func:`check_parity` runs the ONNX graph (onnxruntime, CPU) and the torch
 model on real images: probabilities agree within 1e-4, CAMs within 1e-3 of their range, and the torch
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -30,11 +32,14 @@ from torch import nn
 from medviewer.errors import ModelPackageError
 from medviewer.imaging.preprocess import fit_to_input, normalise
 from medviewer.inference.card import (
+    Applicability,
     ComparisonRow,
     InputSpec,
     Metrics,
     ModelCard,
+    OODSpec,
     OperatingPoint,
+    OutputSpec,
     Preprocessing,
     Provenance,
     Task,
@@ -70,12 +75,19 @@ class _WithCam(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_with_cam(image)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_features(image)
+
+
+class _QuietExporter(logging.Filter):
+    """Drops the exporter's "torchvision is not installed. Skipping torchvision::nms" lines (we need none)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torchvision is not installed" not in record.getMessage()
 
 
 def export_onnx(model: CAMNet, path: str | Path, inp: InputSpec, opset: int = OPSET) -> Path:
-    """Write ``model`` as one self-contained ONNX file with outputs ``logits`` and ``cam``.
+    """Write ``model`` as one self-contained ONNX file with outputs ``logits``, ``cam`` and ``features``.
 
     Uses the dynamo-based exporter (``torch.onnx.export(..., dynamo=True, external_data=False)``) with a
     dynamic batch dimension named ``batch``.
@@ -85,11 +97,18 @@ def export_onnx(model: CAMNet, path: str | Path, inp: InputSpec, opset: int = OP
     wrapper = _WithCam(model.cpu().eval()).eval()
     dummy = torch.zeros(2, inp.channels, inp.height, inp.width)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (dummy,), str(path), input_names=[inp.name], output_names=["logits", "cam"],
-                          dynamic_shapes={"image": {0: batch}}, dynamo=True, external_data=False,
-                          opset_version=opset, verbose=False, optimize=True)
+    quiet = _QuietExporter()
+    reg_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    reg_logger.addFilter(quiet)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapper, (dummy,), str(path), input_names=[inp.name],
+                              output_names=["logits", "cam", "features"],
+                              dynamic_shapes={"image": {0: batch}}, dynamo=True, external_data=False,
+                              opset_version=opset, verbose=False, optimize=True)
+    finally:
+        reg_logger.removeFilter(quiet)
     for extra in path.parent.glob(path.name + ".data"):
         extra.unlink()
     return path
@@ -119,6 +138,7 @@ class ParityReport:
     cam_max_rel: float
     monai_max_rel: float
     ok: bool
+    features_max_rel: float = 0.0
 
 
 def check_parity(model: CAMNet, onnx_path: str | Path, fitted_u8: np.ndarray, spec: Preprocessing,
@@ -139,9 +159,9 @@ def check_parity(model: CAMNet, onnx_path: str | Path, fitted_u8: np.ndarray, sp
     x = np.stack([normalise(im, spec) for im in fitted_u8]).astype(np.float32)
     model = model.cpu().eval()
     with torch.no_grad():
-        logits_t, cam_t = model.forward_with_cam(torch.from_numpy(x))
+        logits_t, cam_t, feats_t = model.forward_with_features(torch.from_numpy(x))
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    logits_o, cam_o = sess.run(["logits", "cam"], {sess.get_inputs()[0].name: x})
+    logits_o, cam_o, feats_o = sess.run(["logits", "cam", "features"], {sess.get_inputs()[0].name: x})
     p_t = torch.softmax(logits_t, 1).numpy()
     p_o = torch.softmax(torch.from_numpy(logits_o), 1).numpy()
     rng = (cam_t.amax(dim=(2, 3)) - cam_t.amin(dim=(2, 3))).clamp_min(1e-6)[..., None, None]
@@ -151,8 +171,9 @@ def check_parity(model: CAMNet, onnx_path: str | Path, fitted_u8: np.ndarray, sp
         ref = monai_cam(model, torch.from_numpy(x), k)
         monai_rel = max(monai_rel, float(((ref - cam_t[:, k]).abs() / rng[:, k]).max()))
     prob = float(np.abs(p_o - p_t).max())
-    ok = prob <= prob_tol and cam_rel <= cam_tol and monai_rel <= cam_tol
-    return ParityReport(len(x), prob, cam_rel, monai_rel, ok)
+    feat_rel = float(np.abs(feats_o - feats_t.numpy()).max() / max(float(feats_t.abs().max()), 1e-6))
+    ok = prob <= prob_tol and cam_rel <= cam_tol and monai_rel <= cam_tol and feat_rel <= cam_tol
+    return ParityReport(len(x), prob, cam_rel, monai_rel, ok, feat_rel)
 
 
 def _validation_images(run_dir: Path, spec: Preprocessing, inp: InputSpec, n: int) -> np.ndarray:
@@ -176,6 +197,36 @@ def _fmt(v: float | None, pct: bool = True) -> str:
     return f"{100 * v:.1f} %" if pct else f"{v:.3f}"
 
 
+def render_intended_use(card: ModelCard) -> list[str]:
+    """Markdown lines: the machine-readable intended use and the OOD detector of a schema-2 card."""
+    lines: list[str] = []
+    a = card.applicability
+    if a is not None:
+        ages = f"{a.age_years[0]:g}-{a.age_years[1]:g} years" if a.age_years else "any"
+        lines += ["## Where the model applies (checked by the app on every image)", "",
+                  f"- Modality: {', '.join(a.modalities) or 'any'}; body part: {', '.join(a.body_parts) or 'any'}; "
+                  f"view: {', '.join(a.views) or 'any'}; patient age: {ages}; photometric interpretation: "
+                  f"{', '.join(a.photometric) or 'any'}.",
+                  "- A missing tag is unknown, never a failure; a present tag that contradicts this is a failure, "
+                  "and the app then reports no finding (scores are kept for research).", ""]
+    o = card.ood
+    if o is not None:
+        blocks = ", ".join(f"{b.name} ({b.stop - b.start})" for b in o.layers)
+        lines += ["## Out-of-distribution detection (pixels)", "",
+                  f"- Output `{card.outputs.features}`: pooled features of {blocks}; Mahalanobis distance to the "
+                  "nearest class mean with a shared Ledoit-Wolf covariance per block (Lee et al. 2018), "
+                  f"{o.transform} transform, averaged over blocks after normalising each by its validation median.",
+                  f"- Threshold {o.threshold:.3f}: {o.calibration}.",
+                  f"- False rejections: {_fmt(o.validation_false_rejection)} of validation images"
+                  + (f", {_fmt(o.shifted_false_rejection)} of shifted validation images" if o.shifted_false_rejection
+                     is not None else "") + "."]
+        lines += [f"- Called out of distribution: {_fmt(v)} of {k}." for k, v in o.detection.items()]
+        lines += [""]
+    if card.history:
+        lines += ["## History", ""] + [f"- {h.version}: {h.changes}" for h in card.history] + [""]
+    return lines
+
+
 def render_readme(card: ModelCard, parity: ParityReport, plots: list[str], trained: str = "", op_note: str = "") -> str:
     """A human-readable model card (Markdown) from the JSON card."""
     lines = [f"# {card.name} {card.version}", "", card.description, "",
@@ -189,6 +240,7 @@ def render_readme(card: ModelCard, parity: ParityReport, plots: list[str], train
              f"- Outputs: `{card.outputs.logits}` (N, K) and `{card.outputs.cam}` (N, K, h, w) class activation maps "
              "(Zhou et al. 2016), computed in the graph",
              f"- ONNX opset {card.onnx_opset}; SHA-256 `{card.sha256}`", ""]
+    lines += render_intended_use(card)
     for op in card.operating_points:
         lines += ["## Operating point", "",
                   f"`{op.label}` is flagged when its probability >= **{op.threshold:.4f}** ({op.criterion}, chosen on "
@@ -256,13 +308,71 @@ def _with_criterion(command: str, criterion: str) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+#: the intended use of a model trained on Kermany et al. (2018): paediatric (1-5 y) frontal chest radiographs
+KERMANY_APPLICABILITY = Applicability(modalities=["CR", "DX"], body_parts=["CHEST"], views=["AP", "PA"],
+                                      age_years=(1, 5), photometric=["MONOCHROME1", "MONOCHROME2"])
+
+
+def _split_rows(run_dir: Path) -> dict[str, list[dict]]:
+    split_csv = run_dir / "split.csv"
+    if not split_csv.is_file():
+        raise ModelPackageError(run_dir, "split.csv missing: cannot fit the out-of-distribution detector")
+    rows: dict[str, list[dict]] = {}
+    with open(split_csv, newline="") as f:
+        for r in csv.DictReader(f):
+            rows.setdefault(r["split"], []).append(r)
+    return rows
+
+
+def fit_intended_use(onnx_path: Path, spec: Preprocessing, inp: InputSpec, blocks: list[tuple[str, int]],
+                     train_paths: list[Path], train_labels: np.ndarray, val_paths: list[Path],
+                     split: str, seed: int = 0) -> tuple[OODSpec, dict[str, np.ndarray]]:
+    """Fit and calibrate the package's OOD detector from the exported graph (see :mod:`training.ood`).
+
+    Also measures, on the validation images, the rate called out of distribution after a 90 degree
+    rotation and after inverting the grey scale (images a chest model must not accept); these go into
+    ``OODSpec.detection``.
+    """
+    from training.data import read_display_u8
+    from training.ood import fit_ood, onnx_outputs, ood_rates, shift_image
+
+    train_imgs = [read_display_u8(p) for p in train_paths]
+    val_imgs = [read_display_u8(p) for p in val_paths]
+    (f_tr,) = onnx_outputs(onnx_path, train_imgs, spec, inp, names=["features"])
+    (f_va,) = onnx_outputs(onnx_path, val_imgs, spec, inp, names=["features"])
+    rng = np.random.default_rng(seed)
+    (f_sh,) = onnx_outputs(onnx_path, [shift_image(im, rng) for im in val_imgs], spec, inp, names=["features"])
+    ood, arrays = fit_ood(f_tr, train_labels, f_va, blocks, f_sh, split=split)
+    from medviewer.inference.ood import OODDetector
+
+    det = OODDetector(ood, tuple(arrays[f"{b.name}.means"] for b in ood.layers),
+                      tuple(arrays[f"{b.name}.precision"] for b in ood.layers))
+    gray = [im[..., 0] if im.ndim == 3 else im for im in val_imgs]
+    (f_rot,) = onnx_outputs(onnx_path, [np.ascontiguousarray(np.rot90(g)) for g in gray], spec, inp, names=["features"])
+    (f_inv,) = onnx_outputs(onnx_path, [255 - g for g in gray], spec, inp, names=["features"])
+    detection = {"validation images rotated 90 degrees": ood_rates(det.score(f_rot), ood.threshold),
+                 "validation images with inverted grey scale": ood_rates(det.score(f_inv), ood.threshold)}
+    return ood.model_copy(update={"detection": detection}), arrays
+
+
+def finalize_files(out: Path, card: ModelCard) -> ModelCard:
+    """Hash every regular file of the package but ``model.json`` into ``card.files`` and write the card."""
+    files = {p.relative_to(out).as_posix(): sha256_file(p) for p in sorted(out.rglob("*"))
+             if p.is_file() and not p.is_symlink() and p.name != "model.json"}
+    card = card.model_copy(update={"files": files, "schema_version": 2})
+    card = ModelCard.model_validate(card.model_dump())
+    save_card(card, out)
+    return card
+
+
 def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str = "1.0.0",
                    description: str | None = None, intended_use: str | None = None,
                    limitations: str | None = None, comparisons: str | Path | None = None,
                    dataset: str | None = None, citation: str | None = None, data_licence: str | None = None,
                    license: str = "CC-BY-4.0", command: str = "", parity_images: int = 16,
                    authors: list[str] | None = None, negative_label: str | None = None,
-                   operating_point: str | None = None) -> tuple[Path, ParityReport]:
+                   operating_point: str | None = None, applicability: Applicability | None = None,
+                   ood: bool = True) -> tuple[Path, ParityReport]:
     """Write a complete, validated model package from a ``best.pt`` checkpoint of :func:`training.engine.fit`.
 
     Parameters
@@ -275,6 +385,12 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
         Optional ``baselines.json`` from ``medviewer-train baseline`` (default: the run's, if present).
     dataset, citation, data_licence
         Provenance; default to Kermany et al. (2018), CC BY 4.0 when the data path names it.
+    applicability
+        The card's machine-readable intended use; default: :data:`KERMANY_APPLICABILITY` when the data
+        path names Kermany, else none (every header check "unknown").
+    ood
+        Fit the out-of-distribution detector (``ood.npz``) on the run's training split and calibrate it on
+        its validation split (:func:`fit_intended_use`).
     operating_point
         Re-choose the operating point with this criterion (``youden``, ``sensitivity>=X``) from the run's
         validation predictions (``val_predictions.csv``) instead of the one chosen at the end of ``fit``;
@@ -347,6 +463,18 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
             if f"plots/{p.name}" not in plots:
                 plots.append(f"plots/{p.name}")
     arch = f"{cfg['model']} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), input {inp.height}x{inp.width}"
+    ood_spec = None
+    if ood:
+        rows = _split_rows(run_dir)
+        blocks = model.ood_block_sizes(inp.channels, inp.height, inp.width)
+        train_rows = [r for r in rows.get("train", []) if Path(r["path"]).is_file()]
+        ood_spec, arrays = fit_intended_use(
+            onnx_path, spec, inp, blocks, [Path(r["path"]) for r in train_rows],
+            np.array([classes.index(r["label"]) for r in train_rows]),
+            [Path(r["path"]) for r in rows.get("val", []) if Path(r["path"]).is_file()], mj["split"], int(cfg["seed"]))
+        from training.ood import save_ood
+
+        save_ood(arrays, out / ood_spec.file)
     card = ModelCard(
         name=name, version=version,
         description=description or (f"Classifies frontal chest radiographs as {' / '.join(classes)} and shows "
@@ -372,8 +500,10 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
                             architecture=arch),
         authors=authors or ["MedViewer developers"], license=license, onnx_opset=int(opset),
         sha256=sha256_file(onnx_path),
+        applicability=applicability or (KERMANY_APPLICABILITY if is_kermany else None),
+        ood=ood_spec, outputs=OutputSpec(features="features"),
+        files={f.relative_to(out).as_posix(): sha256_file(f) for f in (onnx_path, out / "ood.npz") if f.is_file()},
     )
-    save_card(card, out)
     trained = f"trained in {mj['seconds'] / 60:.0f} min on {mj.get('device', 'cpu')}" if "seconds" in mj else ""
     note = ""
     if rechosen:
@@ -381,4 +511,5 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
                 f"{_fmt(fit_op['sensitivity'])}, specificity {_fmt(fit_op['specificity'])}); the export re-chose the "
                 f"operating point on the same validation predictions with `{op['criterion']}`.")
     (out / "README.md").write_text(render_readme(card, parity, plots, trained, note), encoding="utf-8")
+    finalize_files(out, card)
     return out, parity

@@ -68,6 +68,37 @@ class CAMNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
+    def ood_blocks(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """Feature maps whose spatial means feed the out-of-distribution detector: ``(name, (N, F_l, h, w))``.
+
+        The default is the last feature map only (the penultimate layer, what the classifier sees);
+        networks with named stages add them (Lee et al. 2018's feature ensemble). The last entry is always
+        the penultimate layer.
+        """
+        return [("penultimate", self.features(x))]
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits ``(N, K)``, CAMs ``(N, K, h, w)`` and pooled features ``(N, D)`` from one pass.
+
+        ``features`` concatenates the spatial means of :meth:`ood_blocks` (``D = sum F_l``); its last block
+        is the penultimate layer, so ``logits == classifier(features[:, -F:])``.
+        """
+        blocks = self.ood_blocks(x)
+        feats = blocks[-1][1]
+        logits = self.classifier(feats.mean(dim=(2, 3)))
+        cam = torch.einsum("kf,nfhw->nkhw", self.classifier.weight, feats) + self.classifier.bias[None, :, None, None]
+        pooled = torch.cat([b.mean(dim=(2, 3)) for _, b in blocks], dim=1)
+        return logits, cam, pooled
+
+    def ood_block_sizes(self, channels: int, height: int, width: int) -> list[tuple[str, int]]:
+        """``(name, F_l)`` of :meth:`ood_blocks` for an input of that shape (one dry pass on CPU)."""
+        with torch.no_grad():
+            was = self.training
+            self.eval()
+            blocks = self.ood_blocks(torch.zeros(1, channels, height, width))
+            self.train(was)
+        return [(name, int(b.shape[1])) for name, b in blocks]
+
     def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(N, K)`` and class activation maps ``(N, K, h, w)`` from one pass.
 
@@ -132,6 +163,16 @@ class CompactCNN(CAMNet):
 
     def backbone(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
+
+    def ood_blocks(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """Each residual stage's output, then the penultimate feature map (see :meth:`CAMNet.ood_blocks`)."""
+        out = []
+        y = self.stem(x)
+        for i, stage in enumerate(self.stages):
+            y = stage(y)
+            out.append((f"stage{i + 1}", y))
+        out.append(("penultimate", self.feature_act(self.head(y))))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.features(x).mean(dim=(2, 3))))

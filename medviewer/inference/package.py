@@ -120,7 +120,7 @@ class ModelPackage:
             raise ModelPackageError(p, "a model package is a directory holding model.json and model.onnx")
         p = p.resolve()
         card_path, onnx_path = p / CARD_FILE, p / ONNX_FILE
-        key = (p, source, _stat(card_path), _stat(onnx_path))
+        key = (p, source, _stat(card_path), _stat(onnx_path), _tree_stat(p))
         with _cache_lock:
             hit = _cache.get(key)
         if hit is not None:
@@ -153,6 +153,14 @@ def _stat(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
+
+
+def _tree_stat(root: Path) -> tuple:
+    """(name, size, mtime) of every file in the package (the cache must notice a changed ood.npz or plot)."""
+    try:
+        return tuple(sorted((str(f.relative_to(root)), _stat(f)) for f in root.rglob("*") if f.is_file()))
+    except OSError:
+        return ()
 
 
 def _dims(shape) -> str:
