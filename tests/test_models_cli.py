@@ -160,3 +160,20 @@ def test_closed_pipe_is_quiet(tmp_path):
         os.close(write_end)
     assert proc.returncode == 141
     assert proc.stderr == ""
+
+
+def test_import_copies_every_file_a_schema_2_card_lists(dirs, tmp_path):
+    import hashlib
+
+    src = make_package(tmp_path / "v2", name="listed")
+    (src / "extra").mkdir()
+    (src / "extra" / "ood.npz").write_bytes(b"statistics")
+    card = json.loads((src / "model.json").read_text())
+    card["schema_version"] = 2
+    card["files"] = {"model.onnx": card["sha256"],
+                     "extra/ood.npz": hashlib.sha256(b"statistics").hexdigest()}
+    (src / "model.json").write_text(json.dumps(card))
+    assert main(["models", "validate", str(src)]) == 0
+    assert main(["models", "import", str(src)]) == 0
+    assert (dirs[1] / "listed" / "extra" / "ood.npz").read_bytes() == b"statistics"
+    assert registry.resolve_model("listed").path == dirs[1] / "listed"

@@ -213,8 +213,8 @@ def _copy_regular_tree(src: Path, dst: Path) -> None:
 def import_model(path: str | Path, *, overwrite: bool = False) -> ModelPackage:
     """Validate the package at ``path`` and copy it into :func:`user_models_dir` ``/ <card name>``.
 
-    Copies ``model.onnx``, ``model.json`` and, when present, ``README.md`` and ``plots/`` -- regular files
-    only: a symbolic link (``README.md -> /etc/passwd``), FIFO or device anywhere in them is refused, so
+    Copies ``model.onnx``, ``model.json``, every file the card lists in ``files`` (schema 2, e.g.
+    ``ood.npz``) and, when present, ``README.md`` and ``plots/`` -- regular files only: a symbolic link (``README.md -> /etc/passwd``), FIFO or device anywhere in them is refused, so
     nothing outside the package is copied and nothing blocks.
 
     Raises
@@ -255,6 +255,11 @@ def import_model(path: str | Path, *, overwrite: bool = False) -> ModelPackage:
                 raise ModelPackageError(plots, "is not a folder of regular files; a model package holds "
                                                "regular files only")
             _copy_regular_tree(plots, tmp / "plots")
+        for rel in getattr(src.card, "files", None) or {}:  # schema 2 hashes every file (e.g. ood.npz)
+            target = tmp / rel
+            if not target.exists():  # load() checked that each lies inside the package
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _copy_regular_file(src.path / rel, target)
         if dest.is_symlink() or dest.is_file():
             dest.unlink()
         elif dest.exists():
