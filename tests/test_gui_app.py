@@ -13,7 +13,7 @@ from onnx_models import make_package
 pytest.importorskip("pytestqt")
 from PySide6.QtCore import QPoint, QPointF, QSettings, Qt  # noqa: E402
 from PySide6.QtGui import QWheelEvent  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from PySide6.QtWidgets import QApplication, QLabel  # noqa: E402
 
 from medviewer.gui.main_window import MainWindow  # noqa: E402
 from medviewer.gui.measure import Shape, distance  # noqa: E402
@@ -150,7 +150,7 @@ def test_inference_in_worker_heatmap_and_region_zoom(qtbot, settings, model_dir,
     assert threads and threads[0] is not threading.main_thread()
     assert set(pred.scores) == {"NORMAL", "PNEUMONIA"}
     assert "CPU" in win.panel.status.text() and "ms" in win.panel.status.text()
-    assert win.panel.scores_layout.count() == 3  # headline + one row per label
+    assert win.panel.scores_layout.count() == 4  # headline + "no stated intended use" note + one row per label
     assert win.panel.cam_combo.currentText() == "PNEUMONIA" and "flagged" in win.panel.cam_note.text()
     win.panel.cam_combo.setCurrentIndex(0)  # NORMAL: the negative label is never a finding
     assert "not a finding" in win.panel.cam_note.text()
@@ -317,18 +317,19 @@ def test_tag_browser_search_and_dialogs(qtbot, settings, model_dir):
     assert {b.key for b in KEYS} <= listed
 
 
-def test_run_app_demo_screenshot(qtbot, tmp_path, model_dir, monkeypatch):
+def test_run_app_demo_screenshot(qtbot, tmp_path, monkeypatch):
+    """The demo with the shipped model: the paediatric CR is flagged with a heat map, RG1 (an adult) is
+    outside the intended use with its reasons in the panel; the screenshot run exits 0."""
     import argparse
 
-    from medviewer.gui.app import demo_path, run_app
+    from medviewer.gui.app import demo_paths, run_app
 
-    if demo_path() is None:
-        pytest.skip("RG1_UNCR.dcm (pydicom-data) not available offline")
+    if len(demo_paths()) < 2:
+        pytest.skip("the demo studies (resources/demo, RG1_UNCR.dcm of pydicom-data) are not available")
     QSettings.setPath(QSettings.NativeFormat, QSettings.UserScope, str(tmp_path / "cfg"))
     QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path / "cfg"))
-    monkeypatch.setenv("MEDVIEWER_MODEL_PATH", str(model_dir.parent))
     out = tmp_path / "demo.png"
-    args = argparse.Namespace(paths=[], model="test-cam", provider="cpu", demo=True, screenshot=str(out))
+    args = argparse.Namespace(paths=[], model=None, provider="cpu", demo=True, screenshot=str(out))
     assert run_app(args) == 0
     from PySide6.QtGui import QImage
 
@@ -336,8 +337,34 @@ def test_run_app_demo_screenshot(qtbot, tmp_path, model_dir, monkeypatch):
     assert not img.isNull() and img.width() >= 800
     win = next(w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow))
     qtbot.addWidget(win)
-    assert win.active.current_instance().modality == "CR" and win.predictions  # loaded and inferred
-    assert win.panel.heatmap_on()
+    status = {}
+    for v in win.viewports:
+        if v.isVisible() and v.source is not None:
+            pred = win.predictions[v.frame_uid()][0]
+            status[v.current_instance().patient_id] = (pred.applicability["status"], pred.flagged, v.ai.heatmap_on)
+    assert status["9RG1"][0] == "out_of_scope" and status["9RG1"][1] == [] and not status["9RG1"][2]
+    paed = next(k for k in status if k.startswith("KERMANY"))
+    assert status[paed] == ("in_scope", ["pneumonia"], True)
+    # the panel shows the active (out-of-scope) image's reasons in plain words
+    assert win.active.current_instance().patient_id == "9RG1"
+    assert "patient age 64 y" in " ".join(lab.text() for lab in win.panel.findChildren(QLabel))
+
+
+def test_demo_screenshot_fails_when_no_model(qtbot, tmp_path, monkeypatch, model_dirs):
+    """--demo --screenshot must not exit 0 showing "No model available" (CI would not notice)."""
+    import argparse
+
+    from medviewer.gui.app import demo_paths, run_app
+
+    if len(demo_paths()) < 2:
+        pytest.skip("the demo studies are not available")
+    QSettings.setPath(QSettings.NativeFormat, QSettings.UserScope, str(tmp_path / "cfg"))
+    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path / "cfg"))
+    args = argparse.Namespace(paths=[], model=None, provider="cpu", demo=True, screenshot=str(tmp_path / "d.png"))
+    assert run_app(args) == 3
+    for w in QApplication.topLevelWidgets():
+        if isinstance(w, MainWindow):
+            qtbot.addWidget(w)
 
 
 def test_run_on_open_only_for_projection_radiographs(qtbot, settings, model_dir):
@@ -347,8 +374,35 @@ def test_run_on_open_only_for_projection_radiographs(qtbot, settings, model_dir)
     qtbot.waitUntil(lambda: not win._tasks, timeout=TIMEOUT)
     assert not win.predictions and "skipped" in win.status_msg.text()
     with qtbot.waitSignal(win.predictionShown, timeout=TIMEOUT):
-        win.run_ai()  # a reader may still run it, with a note
-    assert "not a projection radiograph" in win.panel.warning.text()
+        win.run_ai()  # a reader may still run it; the card states no intended use, and the panel says so
+    assert win.predictions[win.active.frame_uid()][0].applicability["status"] == "unknown"
+    assert any("no machine-readable intended use" in lab.text() for lab in win.panel.findChildren(QLabel))
+
+
+def test_out_of_scope_result_is_shown_honestly_and_show_anyway_is_labelled(qtbot, settings):
+    """The shipped model on RG3 (an extremity): reasons at the top, grey bars, no FLAGGED, no heat map;
+    "Show anyway" brings the findings back, labelled on the image."""
+    from medviewer.gui.ai_panel import ScoreRow
+
+    win = _window(qtbot, settings)
+    qtbot.waitUntil(lambda: win.models_ready, timeout=TIMEOUT)
+    assert win.package is not None and win.package.card.schema_version == 2
+    _open(qtbot, win, pydicom_test_file("RG3_UNCR.dcm"))
+    with qtbot.waitSignal(win.predictionShown, timeout=TIMEOUT):
+        win.run_ai()
+    pred = win.predictions[win.active.frame_uid()][0]
+    assert pred.applicability["status"] == "out_of_scope" and pred.flagged == [] and pred.regions == []
+    assert pred.scores["pneumonia"] > 0.5  # the model alone would have flagged it
+    texts = " ".join(lab.text() for lab in win.panel.findChildren(QLabel))
+    assert "body part EXTREMITY; model: CHEST" in texts and "Outside the model's intended use" in texts
+    rows = win.panel.findChildren(ScoreRow)
+    assert rows and all(r.muted and not r.flagged for r in rows)
+    assert not win.active.ai.heatmap_on and not win.active.ai.show_regions
+    assert win.panel.show_anyway_button is not None
+    win.panel.show_anyway_button.click()
+    pred = win.predictions[win.active.frame_uid()][0]
+    assert pred.applicability["overridden"] and pred.flagged == ["pneumonia"]
+    assert win.active.ai.heatmap_on and any(r.flagged for r in win.panel.findChildren(ScoreRow))
 
 
 def test_no_display_is_a_clear_error_not_a_qt_abort(monkeypatch, capsys):

@@ -16,6 +16,7 @@ from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPen
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -40,10 +41,11 @@ class ScoreRow(QWidget):
     """Label, probability bar with the operating-point tick, and the value; amber when flagged."""
 
     def __init__(self, label: str, score: float, threshold: float | None, flagged: bool, negative: bool,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, muted: bool = False) -> None:
         super().__init__(parent)
         self.label, self.score, self.threshold = label, float(score), threshold
-        self.flagged, self.negative = flagged, negative
+        self.flagged, self.negative = flagged and not muted, negative
+        self.muted = muted  # outside the model's intended use: grey, never "FLAGGED"
         self.setMinimumHeight(52)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
         tip = f"{label}: probability {score:.3f}"
@@ -51,6 +53,8 @@ class ScoreRow(QWidget):
             tip += f"; operating point {threshold:.3f} ({'at or above: flagged' if flagged else 'below'})"
         if negative:
             tip += " (the 'no finding' label: never flagged)"
+        if muted:
+            tip += " -- outside the model's intended use: not a finding"
         self.setToolTip(tip)
 
     def paintEvent(self, event: Any) -> None:  # noqa: N802
@@ -62,7 +66,7 @@ class ScoreRow(QWidget):
         f.setBold(self.flagged)
         p.setFont(f)
         fm = QFontMetrics(f)
-        colour = QColor(theme.FLAG) if self.flagged else QColor(theme.MUTED if self.negative else "#d5d9de")
+        colour = QColor(theme.FLAG) if self.flagged else QColor(theme.MUTED if self.negative or self.muted else "#d5d9de")
         p.setPen(colour)
         p.drawText(0, fm.ascent() + 2, self.label)
         right = f"{self.score * 100:.1f} %"
@@ -86,7 +90,7 @@ class ScoreRow(QWidget):
         p.setBrush(QColor("#2e333a"))
         p.drawRoundedRect(bar, 3, 3)
         fill = QRectF(0, y, max(2.0, (w - 1) * float(np.clip(self.score, 0, 1))), 10)
-        p.setBrush(QColor(theme.FLAG) if self.flagged else QColor("#5b6570" if self.negative else theme.ACCENT))
+        p.setBrush(QColor(theme.FLAG) if self.flagged else QColor("#5b6570" if self.negative or self.muted else theme.ACCENT))
         p.drawRoundedRect(fill, 3, 3)
         if self.threshold is not None:
             x = (w - 1) * float(np.clip(self.threshold, 0, 1))
@@ -147,6 +151,7 @@ class AiPanel(QWidget):
     heatmapChanged = Signal()
     regionClicked = Signal(int)
     autoRunChanged = Signal(bool)
+    showAnywayRequested = Signal()  # the reader overrides an out-of-scope result
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -322,8 +327,13 @@ class AiPanel(QWidget):
         if pred is None or not lab:
             self.cam_note.setText("")
             return
-        if lab in pred.flagged:
-            self.cam_note.setText(f"Where the model saw evidence for {lab} (flagged).")
+        app = getattr(pred, "applicability", None) or {}
+        if app.get("status") == "out_of_scope" and not app.get("overridden"):
+            self.cam_note.setText("Outside the model's intended use: no heat map is shown.")
+            self.cam_note.setStyleSheet(f"color: {theme.MUTED};")
+        elif lab in pred.flagged:
+            self.cam_note.setText(f"Where the model saw evidence for {lab} (flagged"
+                                  + (", shown anyway outside intended use)." if app.get("overridden") else ")."))
             self.cam_note.setStyleSheet(f"color: {theme.FLAG};")
         else:
             self.cam_note.setText(f"{lab} is below its operating point: this map is not a finding.")
@@ -359,6 +369,7 @@ class AiPanel(QWidget):
 
     def clear_result(self, text: str = "No result yet") -> None:
         self.prediction = None
+        self.show_anyway_button: QPushButton | None = None
         while self.scores_layout.count():
             w = self.scores_layout.takeAt(0).widget()
             if w is not None:
@@ -368,18 +379,60 @@ class AiPanel(QWidget):
         self.scores_box.setVisible(False)
         self.status.setText(text)
 
+    def _scope_banner(self, app: dict) -> QWidget:
+        """The intended-use message at the top of the result: reasons in plain words, and "Show anyway"."""
+        box = QFrame()
+        box.setObjectName("scopeBanner")
+        overridden = bool(app.get("overridden"))
+        box.setStyleSheet(f"#scopeBanner {{ border: 1px solid {theme.FLAG}; border-radius: 4px; "
+                          "background: #2b2418; }")
+        lay = QVBoxLayout(box)
+        lay.setContentsMargins(8, 6, 8, 6)
+        title = QLabel("Shown anyway: outside the model's intended use" if overridden
+                       else "Outside the model's intended use: no finding is reported")
+        title.setWordWrap(True)
+        title.setStyleSheet(f"color: {theme.FLAG}; font-weight: bold;")
+        lay.addWidget(title)
+        for reason in app.get("reasons", []):
+            r = QLabel("• " + reason)
+            r.setWordWrap(True)
+            r.setStyleSheet("color: #e8dcc8; font-size: 9pt;")
+            lay.addWidget(r)
+        if not overridden:
+            note = QLabel("The scores below are for research only. The heat map is hidden.")
+            note.setWordWrap(True)
+            note.setStyleSheet(f"color: {theme.MUTED}; font-size: 8.5pt;")
+            lay.addWidget(note)
+            btn = QPushButton("Show anyway")
+            btn.setToolTip("Show the withheld findings, heat map and regions, labelled as outside intended use")
+            btn.clicked.connect(self.showAnywayRequested)
+            self.show_anyway_button = btn
+            lay.addWidget(btn, 0, Qt.AlignLeft)
+        return box
+
     def show_prediction(self, pred: Any, card: Any, provider: str, where: str = "") -> None:
-        """Show a :class:`~medviewer.inference.Prediction` of ``card``'s model run on ``provider``."""
+        """Show a :class:`~medviewer.inference.Prediction` of ``card``'s model run on ``provider``.
+
+        An out-of-scope result (``pred.applicability["status"] == "out_of_scope"``, see
+        :mod:`medviewer.workstation.intended_use`) shows the reasons at the top, grey score bars and no
+        FLAGGED badge, unless the reader pressed "Show anyway".
+        """
         self.clear_result()
         self.scores_box.setVisible(True)
         self.prediction = pred
+        self.show_anyway_button = None
+        app = getattr(pred, "applicability", None) or {}
+        out_of_scope = app.get("status") == "out_of_scope"
+        muted = out_of_scope and not app.get("overridden")
         neg = getattr(card, "negative_label", None)
         for lab in pred.labels:
             op = card.operating_point(lab)
             row = ScoreRow(lab, pred.scores.get(lab, 0.0), op.threshold if op else None,
-                           lab in pred.flagged, lab == neg)
+                           lab in pred.flagged, lab == neg, muted=muted)
             self.scores_layout.addWidget(row)
-        if pred.flagged:
+        if out_of_scope:
+            head = self._scope_banner(app)
+        elif pred.flagged:
             head = QLabel("Flagged: " + ", ".join(pred.flagged))
             head.setObjectName("warning")
             head.setStyleSheet(f"color: {theme.FLAG}; font-weight: bold;")
@@ -387,6 +440,11 @@ class AiPanel(QWidget):
             head = QLabel("No finding at the operating point")
             head.setStyleSheet(f"color: {theme.OK};")
         self.scores_layout.insertWidget(0, head)
+        if app.get("status") == "unknown":
+            note = QLabel("The model card (schema 1) states no machine-readable intended use")
+            note.setWordWrap(True)
+            note.setStyleSheet(f"color: {theme.MUTED}; font-size: 8.5pt;")
+            self.scores_layout.insertWidget(1, note)
         prov = provider.removesuffix("ExecutionProvider")
         self.status.setText(f"{card.name} {card.version} · {prov} · {pred.seconds * 1000:.0f} ms"
                             + (f" · {where}" if where else ""))
@@ -410,7 +468,8 @@ class AiPanel(QWidget):
             it.setForeground(QColor(theme.REGION))
             self.regions.addItem(it)
         if not pred.regions:
-            it = QListWidgetItem("none" if pred.flagged == [] else "no region above the threshold")
+            it = QListWidgetItem(("none (outside intended use)" if muted else "none") if pred.flagged == []
+                                 else "no region above the threshold")
             it.setData(Qt.UserRole, -1)
             it.setFlags(Qt.NoItemFlags)
             self.regions.addItem(it)

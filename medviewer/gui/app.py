@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
@@ -15,10 +16,11 @@ from medviewer.gui.main_window import MainWindow
 from medviewer.gui.settings import APPLICATION, ORGANISATION, Settings
 from medviewer.gui.theme import apply_theme
 
-__all__ = ["run_app", "demo_path", "create_app", "ScreenshotWhenIdle"]
+__all__ = ["run_app", "demo_path", "demo_paths", "demo_problem", "create_app", "ScreenshotWhenIdle"]
 
 DEMO_FILE = "RG1_UNCR.dcm"
-ICON = Path(__file__).resolve().parents[2] / "resources" / "icons" / "medviewer.svg"
+#: the paediatric demo study (Kermany et al. 2018, CC BY 4.0), built by ``python -m training.demo_data``
+PAEDIATRIC_DEMO = "paediatric-cxr-pneumonia.dcm"
 
 
 def demo_path() -> Path | None:
@@ -32,6 +34,30 @@ def demo_path() -> Path | None:
     return Path(p) if p else None
 
 
+def demo_paths() -> list[Path]:
+    """The two demo studies, left to right: a paediatric chest CR with pneumonia (within the default model's
+    intended use) and the adult chest CR ``RG1_UNCR.dcm`` (outside it). Missing files are left out."""
+    from medviewer.resources import demo_dir
+
+    out = [demo_dir() / PAEDIATRIC_DEMO]
+    out = [p for p in out if p.is_file()]
+    rg1 = demo_path()
+    return out + ([rg1] if rg1 is not None else [])
+
+
+def demo_problem(win: MainWindow) -> str | None:
+    """Why the demo window does not show what it promises (a model, a result for every shown image), or None."""
+    if win.package is None:
+        return "no model is available for the demo"
+    shown = [v for v in win.viewports if v.isVisible() and v.source is not None]
+    if len(shown) < 2:
+        return f"the demo shows {len(shown)} of its 2 studies"
+    missing = [v for v in shown if v.frame_uid() not in win.predictions]
+    if missing:
+        return f"{len(missing)} of the demo images have no AI result"
+    return None
+
+
 def create_app(argv: list[str] | None = None) -> QApplication:
     """The QApplication (existing or new) with the dark theme."""
     app = QApplication.instance()
@@ -40,7 +66,9 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     app.setOrganizationName(ORGANISATION)
     app.setApplicationName(APPLICATION)
     app.setDesktopFileName("medviewer")
-    icon = ICON
+    from medviewer.resources import icon_path
+
+    icon = icon_path()
     if icon.is_file():
         from PySide6.QtGui import QIcon
 
@@ -56,8 +84,9 @@ class ScreenshotWhenIdle:
     """
 
     def __init__(self, window: MainWindow, path: str, timeout_s: float = 180.0, settle_ms: int = 400,
-                 started: float | None = None) -> None:
+                 started: float | None = None, check: Any = None) -> None:
         self.window, self.path, self.timeout_s, self.settle_ms = window, path, timeout_s, settle_ms
+        self.check = check  # window -> None, or why what is shown is not what was promised (exit 3)
         self.t0 = started or time.perf_counter()
         self.idle_polls = 0
         self.code: int | None = None
@@ -91,6 +120,10 @@ class ScreenshotWhenIdle:
             else:
                 print(f"medviewer: screenshot saved to {self.path} ({time.perf_counter() - self.t0:.1f} s)")
             self.code = 2 if timed_out else (0 if ok else 1)
+            problem = self.check(self.window) if self.check is not None and ok else None
+            if problem:
+                print(f"medviewer: error: the demo cannot show what it promises: {problem}", file=sys.stderr)
+                self.code = 3
             QApplication.instance().exit(self.code)
 
 
@@ -110,23 +143,35 @@ def run_app(args: argparse.Namespace) -> int:
     settings = Settings()
     win = MainWindow(settings, provider=getattr(args, "provider", None), interactive=not screenshot)
     paths = [str(p) for p in (getattr(args, "paths", None) or [])]
-    if getattr(args, "demo", False):
-        p = demo_path()
-        if p is None:
-            print(f"medviewer: error: the demo image {DEMO_FILE} is not available (install pydicom-data)",
-                  file=sys.stderr)
+    demo = bool(getattr(args, "demo", False))
+    if demo:
+        found = demo_paths()
+        if len(found) < 2:
+            print(f"medviewer: error: the demo studies are not available ({PAEDIATRIC_DEMO} in the package's "
+                  f"resources/demo, {DEMO_FILE} from pydicom-data)", file=sys.stderr)
             return 1
-        paths.insert(0, str(p))
-        win.set_layout("1x1")
+        paths[:0] = [str(p) for p in found]
+        win.set_layout("1x2")
         win.panel.set_heatmap_on(True)
         win.force_auto_run = True
+
+        def _focus_out_of_scope(_pred: Any) -> None:
+            # once both demo images have results, make the out-of-scope one active so the AI panel shows
+            # its reasons while the paediatric image keeps its heat map
+            for v in win.viewports:
+                entry = win.predictions.get(v.frame_uid()) if v.frame_uid() is not None else None
+                if (len(win.predictions) >= 2 and entry is not None and v is not win.active
+                        and (entry[0].applicability or {}).get("status") == "out_of_scope"):
+                    win.set_active(v)
+
+        win.predictionShown.connect(_focus_out_of_scope)
     model = getattr(args, "model", None)
     if model:
         win.load_models(model)
     win.show()
     if paths:
         win.open_paths(paths)
-    shooter = ScreenshotWhenIdle(win, screenshot, started=t0) if screenshot else None
+    shooter = ScreenshotWhenIdle(win, screenshot, started=t0, check=demo_problem if demo else None) if screenshot else None
     code = app.exec()
     win.shutdown()
     if shooter is not None and shooter.code is not None:

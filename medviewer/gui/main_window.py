@@ -37,15 +37,23 @@ from medviewer.gui.series import FrameSource
 from medviewer.gui.settings import LAYOUTS, Settings
 from medviewer.gui.viewport import AiOverlay, Viewport
 from medviewer.gui.workers import FnTask, PrefetchTask, Task
+from medviewer.workstation.intended_use import IntendedUsePolicy, should_auto_run
 
 __all__ = ["MainWindow"]
 
 #: modalities on which "Run on open" runs the model by itself (projection radiographs and plain
 #: images); on others (CT, MR, ...) a reader can still press Run, with a note in the panel
-AUTO_RUN_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT", "SC", "XC"})
 
 _TOOLS = {Command.TOOL_WINDOW: None, Command.TOOL_DISTANCE: Shape.DISTANCE, Command.TOOL_RECT: Shape.RECT,
           Command.TOOL_ELLIPSE: Shape.ELLIPSE}
+
+
+def _default_cam_label(pred: Any, card: Any) -> int:
+    """Index of the label whose map a viewport shows by default: the flagged one, else the top positive."""
+    neg = getattr(card, "negative_label", None)
+    pos = [lab for lab in pred.labels if lab != neg]
+    pick = pred.flagged[0] if pred.flagged else (max(pos, key=lambda lab: pred.scores[lab]) if pos else pred.labels[0])
+    return pred.labels.index(pick)
 
 
 class MainWindow(QMainWindow):
@@ -142,6 +150,7 @@ class MainWindow(QMainWindow):
         self.browser_dock = d
         self.panel = AiPanel()
         self.panel.runRequested.connect(self.run_ai)
+        self.panel.showAnywayRequested.connect(self.show_anyway)
         self.panel.cancelRequested.connect(self.cancel_ai)
         self.panel.modelChanged.connect(self._on_model_selected)
         self.panel.cardRequested.connect(self.show_model_card)
@@ -513,7 +522,7 @@ class MainWindow(QMainWindow):
             self._start_pending_thumbnails()
         if vp is self.active:
             self._sync_panel()
-            self._maybe_auto_run()
+        self._maybe_auto_run()
 
     def _on_prefetch_progress(self, key: str, done: int, total: int) -> None:
         if key != self.active.source_key:
@@ -719,17 +728,24 @@ class MainWindow(QMainWindow):
             self._maybe_auto_run()
 
     def _maybe_auto_run(self) -> None:
-        vp = self.active
-        uid = vp.frame_uid()
-        if (not (self.panel.auto_run.isChecked() or self.force_auto_run) or self.package is None or uid is None or not vp.has_image()
-                or uid in self.predictions or uid in self._auto_uids or self._infer_task is not None):
+        """Run on open: the first visible viewport (the active one first) whose image has no result yet and
+        to which the model applies by its header (:func:`~medviewer.workstation.intended_use.should_auto_run`,
+        the card's intended use); one inference at a time, the next starts when it finishes."""
+        if (not (self.panel.auto_run.isChecked() or self.force_auto_run) or self.package is None
+                or self._infer_task is not None):
             return
-        self._auto_uids.add(uid)
-        modality = str(getattr(vp.current_instance(), "modality", "") or "")
-        if modality not in AUTO_RUN_MODALITIES:
-            self.set_status(f"Run on open skipped: {modality} is not a projection radiograph (press Run AI to run anyway)")
+        visible = [self.active] + [v for v in self.viewports if v is not self.active and v.isVisibleTo(self)]
+        for vp in visible:
+            uid = vp.frame_uid()
+            if uid is None or not vp.has_image() or uid in self.predictions or uid in self._auto_uids:
+                continue
+            self._auto_uids.add(uid)
+            ok, reason = should_auto_run(self.package.card, vp.current_instance())
+            if not ok:
+                self.set_status(f"Run on open skipped: {reason} (press Run AI to run anyway)")
+                continue
+            self.run_ai(vp)
             return
-        self.run_ai()
 
     def _session(self, pkg: Any, provider: str) -> Any:
         """The cached Session for (package, provider) — created in the worker thread."""
@@ -744,9 +760,10 @@ class MainWindow(QMainWindow):
                 self._sessions[key] = s
         return s
 
-    def run_ai(self) -> None:
-        """Run the selected model on the active viewport's image in a worker thread."""
-        vp = self.active
+    def run_ai(self, vp: Viewport | None = None) -> None:
+        """Run the selected model on a viewport's image (default: the active one) in a worker thread; the
+        intended-use policy of the model card is applied to the result (as ``medviewer infer`` does)."""
+        vp = vp if isinstance(vp, Viewport) else self.active
         uid = vp.frame_uid()
         if self.package is None:
             self.set_status("No model available (AI > Import model…)")
@@ -769,6 +786,7 @@ class MainWindow(QMainWindow):
             img = display_image(inst, frame=frame, stored=src.decode(k))  # the viewer's decoded frame
             task.check()
             pred = session.predict([img], [spacing])[0]
+            IntendedUsePolicy(pkg.card).apply(inst, pred, img)
             note = (session.fallback_warning, True) if session.fallback_warning else (session.notice, False)
             return uid, pred, session.provider, note, pkg
 
@@ -800,6 +818,9 @@ class MainWindow(QMainWindow):
         if self._infer_task is task:
             self._infer_task = None
             self.panel.set_busy(False)
+            self.panel.prediction = None  # re-render the active image's result (its status line too)
+            self._sync_panel()
+            self._maybe_auto_run()  # the next visible image waiting for run on open
 
     def _on_inference_failed(self, reason: str) -> None:
         self.panel.set_busy(False, "Inference failed")
@@ -811,8 +832,12 @@ class MainWindow(QMainWindow):
         self.last_session_info = (provider, warning[0])
         short = provider.removesuffix("ExecutionProvider")
         self.provider_label.setText(f"AI: {short} · {pred.seconds * 1000:.0f} ms")
-        self.set_status(f"{pkg.card.name}: " + (f"flagged {', '.join(pred.flagged)}" if pred.flagged
-                                                 else "no finding at the operating point"))
+        scope = (pred.applicability or {}).get("status")
+        if scope == "out_of_scope":
+            self.set_status(f"{pkg.card.name}: outside intended use: " + "; ".join(pred.applicability["reasons"]))
+        else:
+            self.set_status(f"{pkg.card.name}: " + (f"flagged {', '.join(pred.flagged)}" if pred.flagged
+                                                     else "no finding at the operating point"))
         self._sync_panel()
         self.predictionShown.emit(pred)
 
@@ -842,10 +867,6 @@ class MainWindow(QMainWindow):
         self._panel_state = ("pred", uid)
         if self.panel.prediction is not pred:
             self.panel.show_prediction(pred, pkg.card, provider, f"image {uid[1] + 1}")
-            modality = str(getattr(vp.current_instance(), "modality", "") or "")
-            if warning[0] is None and modality not in AUTO_RUN_MODALITIES:
-                warning = (f"{modality} is not a projection radiograph: outside the model's usual input, "
-                           "interpret with care", True)
             self.panel.set_warning(*warning)
         self._on_heatmap_changed()
 
@@ -854,15 +875,36 @@ class MainWindow(QMainWindow):
         s.heatmap_opacity = self.panel.opacity_value()
         s.colormap = self.panel.colormap()
         s.heatmap_on = self.panel.heatmap_on()
-        vp = self.active
-        uid = vp.frame_uid()
+        for vp in self.viewports:
+            uid = vp.frame_uid()
+            entry = self.predictions.get(uid) if uid is not None else None
+            if entry is None:
+                continue
+            pred = entry[0]
+            app = pred.applicability or {}
+            # out of scope: no heat map and no regions unless the reader pressed "Show anyway"
+            silent = app.get("status") == "out_of_scope" and not app.get("overridden")
+            label = self.panel.cam_label_index() if vp is self.active else _default_cam_label(pred, entry[3].card)
+            vp.set_ai(AiOverlay(uid, pred, list(pred.labels), list(pred.flagged),
+                                self.panel.heatmap_on() and not silent, self.panel.opacity_value(),
+                                self.panel.colormap(), label, self.panel.regions_check.isChecked() and not silent))
+
+    def show_anyway(self) -> None:
+        """The reader's override for the active image's out-of-scope result: show the withheld findings,
+        heat map and regions, labelled as such on the image, in the panel and in exports."""
+        uid = self.active.frame_uid()
         entry = self.predictions.get(uid) if uid is not None else None
         if entry is None:
             return
         pred = entry[0]
-        vp.set_ai(AiOverlay(uid, pred, list(pred.labels), list(pred.flagged), self.panel.heatmap_on(),
-                            self.panel.opacity_value(), self.panel.colormap(), self.panel.cam_label_index(),
-                            self.panel.regions_check.isChecked()))
+        app = pred.applicability or {}
+        if app.get("status") != "out_of_scope" or app.get("overridden"):
+            return
+        pred.flagged, pred.regions = list(pred.suppressed_flags), list(pred.suppressed_regions)
+        pred.applicability = {**app, "overridden": True}
+        self.panel.prediction = None  # re-render
+        self._sync_panel()
+        self.set_status("Shown anyway: the image is outside the model's intended use")
 
     def zoom_to_region(self, i: int) -> None:
         """Centre and zoom the active viewport on flagged region ``i`` of its prediction."""

@@ -329,6 +329,7 @@ class Viewport(QWidget):
             if overlays:
                 self._paint_regions(p, t)
             self._paint_measurements(p, t)
+            self._paint_scope(p)
         if overlays and self.source is not None:
             self._paint_text(p, patient)
             self._paint_scale_and_orientation(p)
@@ -435,6 +436,21 @@ class Viewport(QWidget):
         for i, line in enumerate(lines):
             self._shadow_text(p, (self.width() - fm.horizontalAdvance(line)) / 2,
                               self.height() / 2 + i * fm.height(), line, theme.MUTED)
+
+    def _paint_scope(self, p: QPainter) -> None:
+        """Label an AI result outside the model's intended use on the image itself (and so in exports)."""
+        ai = self.ai
+        if ai is None or ai.frame_uid != self.frame_uid():
+            return
+        app = getattr(ai.prediction, "applicability", None) or {}
+        if app.get("status") != "out_of_scope":
+            return
+        text = ("AI SHOWN ANYWAY: OUTSIDE THE MODEL'S INTENDED USE" if app.get("overridden")
+                else "AI: outside the model's intended use")
+        p.setFont(self._font(10, bold=True))
+        fm = QFontMetrics(p.font())
+        self._shadow_text(p, (self.width() - fm.horizontalAdvance(text)) / 2, self.height() - 3.6 * fm.height(),
+                          text, theme.FLAG)
 
     def _paint_regions(self, p: QPainter, t: QTransform) -> None:
         ai = self.ai

@@ -378,17 +378,17 @@ class IntendedUsePolicy:
 def should_auto_run(card: ModelCard, instance: Any) -> tuple[bool, str | None]:
     """Whether "run AI on open" should run ``card``'s model on ``instance`` without being asked.
 
-    Decided from the header alone (no pixels are scored): False, with the reason, when a present tag
-    contradicts the card's applicability (a CT opened with a chest X-ray model); True otherwise. A
-    schema-1 card without applicability keeps the historical rule: :data:`RADIOGRAPH_MODALITIES` and files
-    without a modality (PNG/JPEG) only.
+    The gate is the modality (a chest X-ray model is not run on every CT slice a reader scrolls through):
+    False, with the reason, when the header's Modality contradicts the card's ``applicability.modalities``;
+    True otherwise -- other criteria (age, body part, view) do not stop the run, they make the result
+    "outside intended use", which the reader then sees said. A schema-1 card without applicability keeps
+    the historical rule: :data:`RADIOGRAPH_MODALITIES` and files without a modality (PNG/JPEG) only.
     """
     facts = header_facts(getattr(instance, "instance", instance))
-    if card.applicability is None:
-        mod = facts.modality
-        if mod is None or mod in RADIOGRAPH_MODALITIES:
+    mod = facts.modality
+    if card.applicability is None or not card.applicability.modalities:
+        if mod is None or mod in RADIOGRAPH_MODALITIES or card.applicability is not None:
             return True, None
         return False, f"modality {mod} is not a projection radiograph"
-    fails = [c.reason for c in check_header(card.applicability, facts).values()
-             if c.status == CheckStatus.FAIL and c.reason]
-    return (not fails), ("; ".join(fails) if fails else None)
+    check = _membership("modality", "modality", mod, card.applicability.modalities)
+    return (check.status != CheckStatus.FAIL), check.reason
