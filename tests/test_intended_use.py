@@ -1,0 +1,180 @@
+"""The intended-use policy on real files, with the shipped model: one decision for the CLI and the GUI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import pydicom_test_file
+from onnx_models import make_package
+
+from medviewer.cli import main
+from medviewer.errors import ModelPackageError
+from medviewer.imaging import display_image
+from medviewer.inference import ModelPackage, default_model
+from medviewer.inference.card import Applicability, load_card, save_card
+from medviewer.inference.session import Session
+from medviewer.io import read_instance
+from medviewer.resources import demo_dir
+from medviewer.workstation.intended_use import (
+    CheckStatus,
+    IntendedUsePolicy,
+    Status,
+    check_header,
+    header_facts,
+    parse_age_string,
+    should_auto_run,
+)
+
+SHARED_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct-pancreas-cbct-seg-001"
+PAEDIATRIC = demo_dir() / "paediatric-cxr-pneumonia.dcm"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    pkg = default_model()
+    assert pkg.card.schema_version == 2 and pkg.ood is not None
+    return pkg, Session(pkg, "cpu"), IntendedUsePolicy(pkg.card)
+
+
+def _run(shipped, path):
+    _, sess, policy = shipped
+    inst = read_instance(path)
+    img = display_image(inst)
+    pred = sess.predict([img], [inst.pixel_spacing])[0]
+    return policy.apply(inst, pred, img), pred
+
+
+def test_age_strings_follow_ps3_5():
+    assert parse_age_string("064Y") == 64 and parse_age_string("018M") == pytest.approx(1.5)
+    assert parse_age_string("003W") == pytest.approx(21 / 365.25) and parse_age_string("010D") > 0
+    assert parse_age_string("000Y") is None and parse_age_string("64") is None and parse_age_string("") is None
+
+
+def test_rg1_adult_chest_is_out_of_scope_by_age_and_by_pixels(shipped):
+    a, pred = _run(shipped, pydicom_test_file("RG1_UNCR.dcm"))
+    assert a.status == Status.OUT_OF_SCOPE
+    assert "patient age 64 y; model: 1\u20135 y" in a.reasons
+    assert a.checks["modality"].status == CheckStatus.PASS and a.checks["body_part"].status == CheckStatus.PASS
+    assert a.checks["view"].status == CheckStatus.PASS  # PA
+    assert a.checks["image"].status == CheckStatus.FAIL and a.ood_score > a.ood_threshold  # pixels alone say no
+    assert pred.flagged == [] and pred.regions == [] and pred.suppressed_flags == ["pneumonia"]
+    assert pred.scores["pneumonia"] > 0.5  # kept for research
+
+
+def test_rg3_extremity_is_out_of_scope_by_body_part(shipped):
+    a, pred = _run(shipped, pydicom_test_file("RG3_UNCR.dcm"))
+    assert a.status == Status.OUT_OF_SCOPE and "body part EXTREMITY; model: CHEST" in a.reasons
+    assert pred.flagged == []
+
+
+def test_ct_is_out_of_scope_by_modality_and_not_auto_run(shipped):
+    pkg, _, _ = shipped
+    a, _ = _run(shipped, pydicom_test_file("CT_small.dcm"))
+    assert a.status == Status.OUT_OF_SCOPE and "modality CT; model: CR, DX" in a.reasons
+    ok, why = should_auto_run(pkg.card, read_instance(pydicom_test_file("CT_small.dcm")))
+    assert not ok and "modality CT" in why
+    assert should_auto_run(pkg.card, read_instance(pydicom_test_file("RG1_UNCR.dcm")))[0]  # runs, then says why not
+
+
+def test_paediatric_demo_is_in_scope_and_flagged(shipped):
+    a, pred = _run(shipped, PAEDIATRIC)
+    assert a.status == Status.IN_SCOPE and a.reasons == [] and a.checks["age"].value == "3 y"
+    assert a.checks["view"].status == CheckStatus.UNKNOWN  # an empty View Position is unknown, never a failure
+    assert pred.flagged == ["pneumonia"] and pred.regions
+
+
+def test_tagless_png_is_decided_by_pixels(shipped, tmp_path):
+    """A PNG has no header: every header check is unknown, the OOD score decides both ways."""
+    paed = display_image(read_instance(PAEDIATRIC))
+    cv2.imwrite(str(tmp_path / "child.png"), paed)
+    a, _ = _run(shipped, tmp_path / "child.png")
+    assert a.status == Status.IN_SCOPE
+    assert all(a.checks[k].status == CheckStatus.UNKNOWN for k in ("modality", "body_part", "view", "age"))
+    assert a.checks["photometric"].status == CheckStatus.PASS
+    knee = display_image(read_instance(pydicom_test_file("RG3_UNCR.dcm")))
+    cv2.imwrite(str(tmp_path / "knee.png"), cv2.resize(knee, (512, 512), interpolation=cv2.INTER_AREA))
+    a, pred = _run(shipped, tmp_path / "knee.png")
+    assert a.status == Status.OUT_OF_SCOPE and a.checks["image"].status == CheckStatus.FAIL and pred.flagged == []
+    colour = np.zeros((64, 64, 3), np.uint8)
+    colour[..., 2] = 200
+    facts = header_facts(read_instance_png(tmp_path, colour), colour)
+    assert check_header(Applicability(photometric=["MONOCHROME2"]), facts)["photometric"].status == CheckStatus.FAIL
+
+
+def read_instance_png(tmp_path: Path, img: np.ndarray):
+    cv2.imwrite(str(tmp_path / "c.png"), img)
+    return read_instance(tmp_path / "c.png")
+
+
+@pytest.mark.skipif(not SHARED_CT.is_dir(), reason="../shared/data (the shared CT series) is not present")
+def test_shared_ct_slices_are_out_of_distribution_from_pixels(shipped):
+    pkg, sess, _ = shipped
+    paths = sorted(SHARED_CT.glob("*.dcm"))[::16]
+    preds = sess.predict([display_image(read_instance(p)) for p in paths])
+    assert all(p.ood_score > pkg.ood.threshold for p in preds)
+
+
+def test_v1_card_loads_with_unknown_applicability(tmp_path):
+    d = make_package(tmp_path / "v1")
+    card = load_card(d)
+    data = json.loads(card.model_dump_json())
+    data["schema_version"] = 1
+    for k in ("applicability", "ood", "files", "history"):
+        data.pop(k, None)
+    data["outputs"].pop("features", None)
+    (d / "model.json").write_text(json.dumps(data))
+    pkg = ModelPackage.load(d)
+    assert pkg.card.schema_version == 1 and pkg.ood is None
+    inst = read_instance(pydicom_test_file("RG1_UNCR.dcm"))
+    img = display_image(inst)
+    pred = Session(pkg, "cpu").predict([img])[0]
+    a = IntendedUsePolicy(pkg.card).apply(inst, pred, img)
+    assert a.status == Status.UNKNOWN and all(c.status == CheckStatus.UNKNOWN for c in a.checks.values())
+
+
+def test_tampered_ood_statistics_are_refused(tmp_path):
+    d = tmp_path / "pcxr"
+    shutil.copytree(default_model().path, d)
+    with np.load(d / "ood.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    key = next(k for k in arrays if k.endswith(".precision"))
+    arrays[key] = arrays[key] * 0.1  # everything would look in distribution
+    np.savez(d / "ood.npz", **arrays)
+    with pytest.raises(ModelPackageError, match=r"ood.npz SHA-256 .* does not match"):
+        ModelPackage.load(d)
+
+
+def test_cli_infer_records_applicability_and_override(tmp_path, capsys):
+    inputs = [str(pydicom_test_file("RG1_UNCR.dcm")), str(PAEDIATRIC)]
+    out = tmp_path / "r"
+    assert main(["infer", *inputs, "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    by = {Path(r["path"]).name: r for r in doc["results"]}
+    rg1, paed = by["RG1_UNCR.dcm"], by["paediatric-cxr-pneumonia.dcm"]
+    assert rg1["applicability"]["status"] == "out_of_scope" and rg1["flagged"] == [] and rg1["regions"] == []
+    assert rg1["scores"]["pneumonia"] > 0.5 and rg1["applicability"]["ood_score"] > rg1["applicability"]["ood_threshold"]
+    assert paed["applicability"]["status"] == "in_scope" and paed["flagged"] == ["pneumonia"]
+    assert doc["summary"]["out_of_scope"] == 1 and doc["intended_use"]["applicability"]["body_parts"] == ["CHEST"]
+    rows = {Path(r["path"]).name: r for r in csv.DictReader((out / "results.csv").open())}
+    assert rows["RG1_UNCR.dcm"]["applicability"] == "out_of_scope" and float(rows["RG1_UNCR.dcm"]["ood_score"]) > 0
+    err = capsys.readouterr().err
+    assert "outside intended use (no findings reported)" in err and "patient age 64 y" in err
+    out2 = tmp_path / "r2"
+    assert main(["infer", inputs[0], "--out", str(out2), "--quiet", "--ignore-intended-use"]) == 0
+    r = json.loads((out2 / "results.json").read_text())["results"][0]
+    assert r["applicability"]["overridden"] is True and r["flagged"] == ["pneumonia"]
+
+
+def test_card_applicability_age_range_is_validated(tmp_path):
+    with pytest.raises(ValueError):
+        Applicability(age_years=(10, 5))
+    d = make_package(tmp_path / "m")
+    card = load_card(d).model_copy(update={"applicability": Applicability(modalities=["DX"])})
+    save_card(card, d)
+    assert ModelPackage.load(d).card.applicability.modalities == ["DX"]
