@@ -30,6 +30,7 @@ SUBCOMMANDS = {
     "render": "medviewer.cli.render",
     "infer": "medviewer.cli.infer",
     "models": "medviewer.cli.models",
+    "pacs": "medviewer.cli.pacs",
     "anonymize": "medviewer.cli.anonymize",
     "audit": "medviewer.cli.audit",
 }

@@ -1,0 +1,215 @@
+"""``medviewer pacs echo|find|get|send|add|list|remove``: query, retrieve and store on a PACS.
+
+::
+
+    medviewer pacs echo NODE
+    medviewer pacs find NODE [--patient-id ID] [--patient-name NAME] [--study-date YYYYMMDD[-YYYYMMDD]]
+                             [--modality MOD] [--accession N] [--limit N] [--json]
+    medviewer pacs get NODE STUDY_UID [--series UID] --out DIR
+    medviewer pacs send NODE PATH...
+    medviewer pacs add NAME NODE | list | remove NAME
+
+NODE is ``http(s)://host:port/path`` (DICOMweb), ``dicom://AET@host:port`` (DIMSE) or a saved name.
+``--aet`` sets our AE title (default MEDVIEWER), ``--timeout`` the network timeout in seconds. DICOMweb
+credentials come from ``MEDVIEWER_PACS_TOKEN`` or ``MEDVIEWER_PACS_USER`` + ``MEDVIEWER_PACS_PASSWORD``
+(never from the command line). ``get`` writes ``DIR/STUDY_UID/SERIES_UID/SOP_INSTANCE_UID.dcm`` with a
+progress bar, skips instances already there, and exits 1 listing what is missing when the retrieval is
+partial. Errors are one line, exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``pacs`` on the ``medviewer`` subcommand parser."""
+    p = subparsers.add_parser(
+        "pacs", help="query, retrieve and store studies on a PACS (DICOMweb or DIMSE)",
+        description="Query, retrieve and store on a PACS. NODE: http(s)://host:port/path (DICOMweb), "
+                    "dicom://AET@host:port (DIMSE) or a saved name. DICOMweb credentials come from "
+                    "MEDVIEWER_PACS_TOKEN or MEDVIEWER_PACS_USER + MEDVIEWER_PACS_PASSWORD.")
+    sub = p.add_subparsers(dest="pacs_command", required=True, metavar="COMMAND")
+
+    def net(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        q.add_argument("node", metavar="NODE", help="http(s)://host:port/path, dicom://AET@host:port or a saved name")
+        q.add_argument("--aet", default="MEDVIEWER", help="our (calling) AE title for DIMSE (default MEDVIEWER)")
+        q.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds (default 30)")
+        return q
+
+    net(sub.add_parser("echo", help="check that a node answers (C-ECHO or a QIDO-RS query)"))
+    f = net(sub.add_parser("find", help="study-level query (C-FIND or QIDO-RS)"))
+    f.add_argument("--patient-id", default="", help="Patient ID (wild cards * and ? allowed)")
+    f.add_argument("--patient-name", default="", help="Patient's Name, e.g. 'DOE^J*'")
+    f.add_argument("--study-date", default="", help="YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
+    f.add_argument("--modality", default="", help="a modality in the study, e.g. CT")
+    f.add_argument("--accession", default="", help="Accession Number")
+    f.add_argument("--study-uid", default="", help="Study Instance UID")
+    f.add_argument("--limit", type=int, default=None, help="at most N studies")
+    f.add_argument("--json", action="store_true", help="print a JSON list with DICOM keywords")
+    g = net(sub.add_parser("get", help="retrieve a study (C-GET or WADO-RS), resuming what is already there"))
+    g.add_argument("study_uid", metavar="STUDY_UID")
+    g.add_argument("--series", default=None, metavar="UID", help="only this series")
+    g.add_argument("--out", required=True, metavar="DIR", help="destination folder")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s = net(sub.add_parser("send", help="store DICOM files (C-STORE or STOW-RS)"))
+    s.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders (searched recursively)")
+    a = sub.add_parser("add", help="save a node under a name")
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("node", metavar="NODE")
+    sub.add_parser("list", help="list saved nodes")
+    r = sub.add_parser("remove", help="forget a saved node")
+    r.add_argument("name", metavar="NAME")
+    p.set_defaults(run=run)
+    return p
+
+
+def _print(text: str) -> None:
+    try:
+        print(text)
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stderr.close()
+
+
+def _date(text: str) -> str:
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
+
+
+def _dicom_files(paths: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """DICOM Part 10 files under ``paths`` (by content: the DICM preamble), and what was skipped."""
+    from medviewer.pacs.node import PacsError
+
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for text in paths:
+        root = Path(text)
+        if not root.exists():
+            raise PacsError(f"{root}: no such file or folder")
+        for f in sorted(root.rglob("*")) if root.is_dir() else [root]:
+            if not f.is_file() or f.name == "DICOMDIR":
+                continue
+            try:
+                with f.open("rb") as fh:
+                    head = fh.read(132)
+            except OSError as exc:
+                skipped.append((f, exc.strerror or str(exc)))
+                continue
+            if head[128:132] == b"DICM":
+                files.append(f)
+            elif root.is_file():
+                raise PacsError(f"{f}: not a DICOM file (no DICM preamble)")
+            else:
+                skipped.append((f, "not a DICOM file"))
+    return files, skipped
+
+
+def _send(client: Any, paths: list[str]) -> int:
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from medviewer.pacs.node import PacsError
+
+    files, skipped = _dicom_files(paths)
+    if not files:
+        raise PacsError(f"{' '.join(paths)}: no DICOM files to send")
+    stored = 0
+    failed: list[tuple[str, str]] = []
+    batch: list[Any] = []
+    names: dict[str, Path] = {}
+
+    def flush() -> None:
+        nonlocal stored
+        if batch:
+            outcome = client.store(batch)
+            stored += len(outcome.stored)
+            failed.extend((str(names.get(uid, uid)), why) for uid, why in outcome.failed)
+            batch.clear()
+
+    for f in files:
+        try:
+            ds = dcmread(f)
+            uid = str(ds.SOPInstanceUID)
+        except (InvalidDicomError, OSError, AttributeError, ValueError) as exc:
+            failed.append((str(f), f"unreadable ({' '.join(str(exc).split())})"))
+            continue
+        names[uid] = f
+        batch.append(ds)
+        if len(batch) >= 32:
+            flush()
+    flush()
+    _print(f"sent {stored} of {len(files)} instance{'s' * (len(files) != 1)} to {client.node}")
+    for f, why in skipped:
+        print(f"  skipped {f}: {why}", file=sys.stderr)
+    for f, why in failed:
+        print(f"  failed {f}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``medviewer pacs ...``; returns the exit status."""
+    import logging
+
+    from medviewer.pacs import StudyQuery, connect, load_nodes, remove_node, retrieve_study, save_node
+    from medviewer.pacs.node import nodes_file
+
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    cmd = args.pacs_command
+    if cmd == "add":
+        node = save_node(args.name, args.node)
+        _print(f"saved {args.name} = {node.url} ({node.protocol}) in {nodes_file()}")
+        return 0
+    if cmd == "list":
+        nodes = load_nodes()
+        if not nodes:
+            _print(f"no saved nodes ({nodes_file()}); add one with: medviewer pacs add NAME NODE")
+        for name, url in nodes.items():
+            _print(f"{name}\t{url}")
+        return 0
+    if cmd == "remove":
+        remove_node(args.name)
+        _print(f"removed {args.name}")
+        return 0
+
+    with connect(args.node, aet=args.aet, timeout=args.timeout) as client:
+        if cmd == "echo":
+            seconds = client.echo()
+            _print(f"{client.node}: OK ({seconds * 1000:.0f} ms)")
+            return 0
+        if cmd == "find":
+            query = StudyQuery(patient_id=args.patient_id, patient_name=args.patient_name,
+                               study_date=args.study_date, modality=args.modality,
+                               accession_number=args.accession, study_instance_uid=args.study_uid)
+            matches = client.find_studies(query, limit=args.limit)
+            if args.json:
+                _print(json.dumps([m.to_json() for m in matches], indent=2))
+                return 0
+            for m in matches:
+                n = "?" if m.number_of_study_related_instances is None else m.number_of_study_related_instances
+                _print(f"{_date(m.study_date) or '(no date)'}  {m.patient_id or '(no ID)'}  "
+                       f"{m.patient_name or '(no name)'}  {'/'.join(m.modalities_in_study) or '-'}  "
+                       f"{n} inst  acc {m.accession_number or '-'}  {m.study_description or ''}\n"
+                       f"    {m.study_instance_uid}")
+            print(f"{len(matches)} stud{'ies' if len(matches) != 1 else 'y'}", file=sys.stderr)
+            return 0
+        if cmd == "get":
+            result = retrieve_study(client, args.study_uid, Path(args.out), series_instance_uid=args.series,
+                                    progress=not args.no_progress)
+            total = len(result.expected)
+            _print(f"{result.study_dir()}: {total - len(result.missing)} of {total} instances "
+                   f"({len(result.written)} retrieved, {result.skipped} already present)")
+            if result.missing:
+                shown = ", ".join(r.sop_instance_uid for r in result.missing[:5])
+                more = f" (+{len(result.missing) - 5} more)" if len(result.missing) > 5 else ""
+                print(f"medviewer: error: {client.node}: partial retrieval, {len(result.missing)} of {total} "
+                      f"instances missing: {shown}{more}", file=sys.stderr)
+                return 1
+            return 0
+        if cmd == "send":
+            return _send(client, args.paths)
+    raise AssertionError(cmd)  # argparse restricts the choices

@@ -1,0 +1,287 @@
+"""DIMSE transport (PS3.7) with pynetdicom: C-ECHO, C-FIND, C-GET, C-STORE.
+
+Queries use the Study Root Query/Retrieve Information Model (PS3.4 C.6.2): STUDY level for ``find``,
+then SERIES and IMAGE level to list a study's instances. Retrieval is C-GET (PS3.4 C.4.3): the instances
+come back over the same association as C-STORE sub-operations, so no port has to be opened for the PACS
+to call back (no C-MOVE destination to configure); the requestor proposes storage contexts for the SOP
+classes the image-level query reported, with SCP/SCU role selection (PS3.7 D.3.3.4).
+
+Each operation opens one association and releases it. Failures become a one-line
+:class:`~medviewer.pacs.node.PacsError`: connection refused or timed out, association rejected (with the
+acceptor's reason, e.g. "called AE title not recognized"), aborted, no accepted presentation context, or a
+failure status from the PACS.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from medviewer.pacs.model import InstanceRef, PacsClient, Sink, StoreOutcome, StudyMatch, StudyQuery
+from medviewer.pacs.node import DEFAULT_AET, Node, PacsError, Protocol
+
+__all__ = ["DimseClient"]
+
+_LOG = logging.getLogger("pynetdicom")
+_MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255
+
+
+class _Capture(logging.Handler):
+    """Collects pynetdicom's log lines during one association (for the rejection reason)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _status_text(status: Dataset | None) -> str:
+    if status is None or "Status" not in status:
+        return "no response (timed out or connection lost)"
+    code = int(status.Status)
+    comment = str(status.get("ErrorComment", "")).strip()
+    return f"status 0x{code:04X}" + (f" ({comment})" if comment else "")
+
+
+class DimseClient(PacsClient):
+    """A DIMSE node.
+
+    Parameters
+    ----------
+    node
+        A :class:`Node` with ``protocol == "dimse"`` (``dicom://AET@host:port``).
+    aet
+        Our (calling) AE title, default ``MEDVIEWER``. The PACS usually has to know it (and our host) to
+        answer C-FIND and C-GET.
+    timeout
+        Seconds for connecting, for the association negotiation and for each DIMSE message.
+    """
+
+    def __init__(self, node: Node, aet: str = DEFAULT_AET, timeout: float = 30.0) -> None:
+        if node.protocol != Protocol.DIMSE:
+            raise PacsError(f"{node}: not a DIMSE node")
+        self.node = node
+        self.aet = aet
+        self.timeout = float(timeout)
+
+    # -- association ------------------------------------------------------------------------------------
+    def _ae(self):
+        from pynetdicom import AE
+
+        ae = AE(ae_title=self.aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        ae.connection_timeout = self.timeout
+        ae.maximum_pdu_size = 0  # unlimited
+        return ae
+
+    @contextmanager
+    def _association(self, ae, ext_neg=None, evt_handlers=None) -> Iterator:
+        capture = _Capture()
+        _LOG.addHandler(capture)
+        old_level, old_propagate = _LOG.level, _LOG.propagate
+        _LOG.setLevel(logging.DEBUG if _LOG.isEnabledFor(logging.DEBUG) else logging.INFO)
+        _LOG.propagate = False  # our one-line errors replace pynetdicom's multi-line log
+        try:
+            assoc = ae.associate(self.node.host, self.node.port, ae_title=self.node.aet, ext_neg=ext_neg,
+                                 evt_handlers=evt_handlers or [])
+        finally:
+            _LOG.removeHandler(capture)
+            _LOG.setLevel(old_level)
+            _LOG.propagate = old_propagate
+        if not assoc.is_established:
+            raise PacsError(f"{self.node}: {self._why(assoc, capture.lines)}")
+        try:
+            yield assoc
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def _why(self, assoc, lines: list[str]) -> str:
+        where = f"{self.node.host}:{self.node.port}"
+        if assoc.is_rejected:
+            reason = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Reason:")), "")
+            return f"association rejected by {where}" + (f": {reason}" if reason else "") + (
+                f" (called AE title {self.node.aet!r}, calling {self.aet!r})")
+        if any("No accepted presentation contexts" in ln for ln in lines):
+            return f"{where} accepted none of the proposed presentation contexts"
+        text = " ".join(lines).lower()
+        if "refused" in text:
+            return f"connection refused by {where}"
+        if "timed out" in text or "timeout" in text:
+            return f"no answer from {where} within {self.timeout:g} s"
+        if "unable to connect" in text or "tcp initialisation error" in text:
+            err = next((ln for ln in lines if "TCP Initialisation Error" in ln), "")
+            return f"cannot connect to {where}" + (f" ({err.split(':', 1)[1].strip()})" if err else "")
+        if assoc.is_aborted:
+            return f"association aborted by {where}"
+        return f"could not connect to {where} (refused, unreachable or timed out after {self.timeout:g} s)"
+
+    # -- operations -------------------------------------------------------------------------------------
+    def echo(self) -> float:
+        from pynetdicom.sop_class import Verification
+
+        ae = self._ae()
+        ae.add_requested_context(Verification)
+        t0 = time.perf_counter()
+        with self._association(ae) as assoc:
+            status = assoc.send_c_echo()
+            if status is None or int(status.get("Status", -1)) != 0:
+                raise PacsError(f"{self.node}: C-ECHO failed: {_status_text(status)}")
+        return time.perf_counter() - t0
+
+    def _find(self, identifier: Dataset) -> list[Dataset]:
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+        ae = self._ae()
+        ae.add_requested_context(FIND)
+        out: list[Dataset] = []
+        with self._association(ae) as assoc:
+            for status, ident in assoc.send_c_find(identifier, FIND):
+                if status is None or "Status" not in status:
+                    raise PacsError(f"{self.node}: C-FIND: {_status_text(status)}")
+                code = int(status.Status)
+                if code in (0xFF00, 0xFF01):
+                    if ident is not None:
+                        out.append(ident)
+                elif code != 0x0000:
+                    raise PacsError(f"{self.node}: C-FIND failed: {_status_text(status)}")
+        return out
+
+    def find_studies(self, query: StudyQuery, limit: int | None = None) -> list[StudyMatch]:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        for kw in ("StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "StudyDescription",
+                   "ModalitiesInStudy", "AccessionNumber", "NumberOfStudyRelatedInstances", "StudyTime"):
+            setattr(ds, kw, "")
+        for kw, value in query.filters().items():
+            setattr(ds, kw, value)
+        matches = [StudyMatch.from_dataset(d) for d in self._find(ds)]
+        matches.sort(key=lambda m: (m.study_date, m.study_instance_uid), reverse=True)
+        return matches[:limit] if limit else matches
+
+    def list_instances(self, study_instance_uid: str, series_instance_uid: str | None = None
+                       ) -> list[InstanceRef]:
+        if series_instance_uid:
+            series = [series_instance_uid]
+        else:
+            q = Dataset()
+            q.QueryRetrieveLevel = "SERIES"
+            q.StudyInstanceUID = study_instance_uid
+            q.SeriesInstanceUID = ""
+            series = sorted({str(d.SeriesInstanceUID) for d in self._find(q) if d.get("SeriesInstanceUID")})
+        refs: list[InstanceRef] = []
+        for uid in series:
+            q = Dataset()
+            q.QueryRetrieveLevel = "IMAGE"
+            q.StudyInstanceUID = study_instance_uid
+            q.SeriesInstanceUID = uid
+            q.SOPInstanceUID = ""
+            q.SOPClassUID = ""
+            q.InstanceNumber = ""
+            found = self._find(q)
+            found.sort(key=lambda d: (int(d.get("InstanceNumber") or 0), str(d.SOPInstanceUID)))
+            refs += [InstanceRef(study_instance_uid, uid, str(d.SOPInstanceUID), str(d.get("SOPClassUID", "")))
+                     for d in found if d.get("SOPInstanceUID")]
+        return refs
+
+    def retrieve(self, study_instance_uid: str, series_instance_uid: str, sop_instance_uids: Sequence[str] | None,
+                 sink: Sink, sop_class_uids: Iterable[str] = (), cancel: threading.Event | None = None) -> None:
+        from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+
+        ae = self._ae()
+        ae.add_requested_context(GET)
+        classes = [UID(c) for c in dict.fromkeys(sop_class_uids) if c]
+        if not classes:  # unknown: the common storage classes
+            classes = [cx.abstract_syntax for cx in StoragePresentationContexts]
+        classes = classes[: _MAX_CONTEXTS - 1]
+        roles = []
+        for uid in classes:
+            ae.add_requested_context(uid, ALL_TRANSFER_SYNTAXES)
+            roles.append(build_role(uid, scp_role=True))
+        errors: list[str] = []
+
+        def on_store(event) -> int:
+            if cancel is not None and cancel.is_set():
+                return 0xA700  # Out of resources: we no longer want it
+            try:
+                ds = dcmread(BytesIO(event.encoded_dataset()), force=True)
+                sink(ds)
+            except Exception as exc:  # a failed write: tell the PACS, report once at the end
+                errors.append(str(exc))
+                return 0xA700
+            return 0x0000
+
+        levels: list[tuple[str, Dataset]] = []
+        if sop_instance_uids is None:
+            q = Dataset()
+            q.QueryRetrieveLevel = "SERIES"
+            q.StudyInstanceUID = study_instance_uid
+            q.SeriesInstanceUID = series_instance_uid
+            levels.append(("SERIES", q))
+        else:
+            for sop in sop_instance_uids:
+                q = Dataset()
+                q.QueryRetrieveLevel = "IMAGE"
+                q.StudyInstanceUID = study_instance_uid
+                q.SeriesInstanceUID = series_instance_uid
+                q.SOPInstanceUID = sop
+                levels.append(("IMAGE", q))
+        with self._association(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+            for _level, q in levels:
+                if cancel is not None and cancel.is_set():
+                    break
+                for status, _ident in assoc.send_c_get(q, GET):
+                    if status is None or "Status" not in status:
+                        raise PacsError(f"{self.node}: C-GET: {_status_text(status)}")
+                    code = int(status.Status)
+                    if cancel is not None and cancel.is_set() and code == 0xFF00:
+                        assoc.abort()
+                        return
+                    if code not in (0x0000, 0xFF00, 0xB000, 0xFE00):
+                        raise PacsError(f"{self.node}: C-GET failed: {_status_text(status)}")
+        if errors:
+            raise PacsError(f"{self.node}: could not store a received instance: {errors[0]}")
+
+    def store(self, datasets: Sequence[Dataset]) -> StoreOutcome:
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        ae = self._ae()
+        contexts: dict[str, list[str]] = {}
+        for ds in datasets:
+            ts = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.get("file_meta", {}) else \
+                str(ImplicitVRLittleEndian)
+            contexts.setdefault(str(ds.SOPClassUID), [])
+            for t in (ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+                if str(t) not in contexts[str(ds.SOPClassUID)]:
+                    contexts[str(ds.SOPClassUID)].append(str(t))
+        if len(contexts) > _MAX_CONTEXTS:
+            raise PacsError(f"{self.node}: {len(contexts)} SOP classes in one send; at most {_MAX_CONTEXTS}")
+        for uid, ts in contexts.items():
+            ae.add_requested_context(uid, ts)
+        out = StoreOutcome()
+        with self._association(ae) as assoc:
+            for ds in datasets:
+                uid = str(ds.SOPInstanceUID)
+                try:
+                    status = assoc.send_c_store(ds)
+                except (ValueError, AttributeError, RuntimeError) as exc:
+                    out.failed.append((uid, str(exc).splitlines()[0]))
+                    continue
+                code = int(status.Status) if status is not None and "Status" in status else -1
+                if code in (0x0000, 0xB000, 0xB007, 0xB006):
+                    out.stored.append(uid)
+                else:
+                    out.failed.append((uid, _status_text(status)))
+        return out
+

@@ -1,0 +1,295 @@
+"""``medviewer pacs`` against a real Orthanc over DIMSE and DICOMweb: echo, find, get, send, bad nodes.
+
+One Orthanc per test session (tests/orthanc.py), the shared 134-slice CT uploaded once. Network traffic
+stays on 127.0.0.1. Without Orthanc (apt-get install orthanc orthanc-dicomweb) these tests skip.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from medviewer.cli import main
+from medviewer.pacs import Credentials, PacsError, StudyQuery, connect, parse_node, retrieve_study
+from medviewer.pacs.node import ENV_PASSWORD, ENV_TOKEN, ENV_USER, Protocol, load_nodes
+from tests.conftest import CT_SERIES, pydicom_test_file
+from tests.orthanc import Orthanc, free_port, orthanc_unavailable, start_orthanc
+
+PROTOCOLS = ["dimse", "dicomweb"]
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory) -> Orthanc:
+    """A running Orthanc holding the shared CT (when present) and one pydicom CT test file."""
+    why = orthanc_unavailable()
+    if why:
+        pytest.skip(why)
+    orth = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    try:
+        files = [pydicom_test_file("CT_small.dcm")]
+        if CT_SERIES.is_dir():
+            files += sorted(CT_SERIES.glob("*.dcm"))
+        orth.upload(files)
+        yield orth
+    finally:
+        orth.stop()
+
+
+@pytest.fixture
+def env(orthanc, monkeypatch, tmp_path):
+    """Credentials for the Orthanc in the environment; saved nodes in a throw-away config folder."""
+    monkeypatch.setenv(ENV_USER, orthanc.user)
+    monkeypatch.setenv(ENV_PASSWORD, orthanc.password)
+    monkeypatch.delenv(ENV_TOKEN, raising=False)
+    monkeypatch.setenv("MEDVIEWER_CONFIG_DIR", str(tmp_path / "config"))
+    return orthanc
+
+
+def url(orth: Orthanc, protocol: str) -> str:
+    return orth.dimse_url if protocol == "dimse" else orth.dicomweb_url
+
+
+@pytest.fixture(scope="session")
+def ct_uids() -> dict[str, str]:
+    """SOP Instance UID -> Study Instance UID of the shared CT (read from the files)."""
+    if not CT_SERIES.is_dir():
+        pytest.skip(f"shared CT series not found at {CT_SERIES} (../shared/data is absent)")
+    out = {}
+    for f in sorted(CT_SERIES.glob("*.dcm")):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        out[str(ds.SOPInstanceUID)] = str(ds.StudyInstanceUID)
+    return out
+
+
+# -- nodes ------------------------------------------------------------------------------------------------
+def test_parse_node_forms():
+    n = parse_node("dicom://ORTHANC@pacs.example:4242")
+    assert (n.protocol, n.aet, n.host, n.port) == (Protocol.DIMSE, "ORTHANC", "pacs.example", 4242)
+    w = parse_node("https://pacs.example/dicom-web/")
+    assert (w.protocol, w.port, w.url) == (Protocol.DICOMWEB, 443, "https://pacs.example/dicom-web")
+    for bad, why in [("ftp://x", "not a PACS node"), ("dicom://host:104", "dicom://AET@host:port"),
+                     ("dicom://THIS_AE_TITLE_IS_TOO_LONG@h:104", "AE title"),
+                     ("http://user:pw@host/dicom-web", "credentials do not belong")]:
+        with pytest.raises(PacsError, match=why):
+            parse_node(bad)
+
+
+def test_add_list_remove_saved_nodes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEDVIEWER_CONFIG_DIR", str(tmp_path))
+    assert main(["pacs", "add", "home", "dicom://ORTHANC@127.0.0.1:4242"]) == 0
+    assert main(["pacs", "add", "web", "http://127.0.0.1:8042/dicom-web"]) == 0
+    assert load_nodes() == {"home": "dicom://ORTHANC@127.0.0.1:4242", "web": "http://127.0.0.1:8042/dicom-web"}
+    capsys.readouterr()
+    assert main(["pacs", "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["home\tdicom://ORTHANC@127.0.0.1:4242",
+                                                    "web\thttp://127.0.0.1:8042/dicom-web"]
+    assert main(["pacs", "remove", "home"]) == 0
+    assert list(load_nodes()) == ["web"]
+    assert main(["pacs", "remove", "home"]) == 1
+    assert "no saved node" in capsys.readouterr().err
+    assert main(["pacs", "add", "bad", "dicom://nohost"]) == 1
+    assert main(["pacs", "echo", "unknown-name"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("medviewer: error: unknown-name: not a PACS node or saved name")
+
+
+# -- echo / find ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_echo(env, protocol, capsys):
+    assert main(["pacs", "echo", url(env, protocol)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_echo_saved_name(env, capsys):
+    assert main(["pacs", "add", "orthanc", env.dimse_url]) == 0
+    assert main(["pacs", "echo", "orthanc"]) == 0
+    assert capsys.readouterr().out.strip().endswith("ms)")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_find_json_and_filters(env, protocol, capsys):
+    ct_small = pydicom.dcmread(pydicom_test_file("CT_small.dcm"), stop_before_pixels=True)
+    assert main(["pacs", "find", url(env, protocol), "--json"]) == 0
+    studies = json.loads(capsys.readouterr().out)
+    keys = ["StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "StudyDescription",
+            "ModalitiesInStudy", "AccessionNumber", "NumberOfStudyRelatedInstances"]
+    assert studies and all(list(s) == keys for s in studies)
+    by_uid = {s["StudyInstanceUID"]: s for s in studies}
+    small = by_uid[str(ct_small.StudyInstanceUID)]
+    assert small["PatientID"] == str(ct_small.PatientID)
+    assert small["StudyDate"] == str(ct_small.StudyDate)
+    assert small["ModalitiesInStudy"] == ["CT"] and small["NumberOfStudyRelatedInstances"] == 1
+
+    # filters: patient ID (exact and wild card), date range, modality, accession
+    assert main(["pacs", "find", url(env, protocol), "--patient-id", str(ct_small.PatientID), "--json"]) == 0
+    assert [s["StudyInstanceUID"] for s in json.loads(capsys.readouterr().out)] == [str(ct_small.StudyInstanceUID)]
+    d = str(ct_small.StudyDate)
+    assert main(["pacs", "find", url(env, protocol), "--study-date", f"{d}-{d}", "--json"]) == 0
+    assert str(ct_small.StudyInstanceUID) in [s["StudyInstanceUID"] for s in json.loads(capsys.readouterr().out)]
+    assert main(["pacs", "find", url(env, protocol), "--study-date", "19000101-19000102", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["pacs", "find", url(env, protocol), "--modality", "MR", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["pacs", "find", url(env, protocol), "--patient-id", "no-such-patient*", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_find_shared_ct(env, protocol, ct_uids, capsys):
+    study = next(iter(ct_uids.values()))
+    assert main(["pacs", "find", url(env, protocol), "--patient-id", "Pancreas-CT-CB_0*", "--modality", "CT",
+                 "--json"]) == 0
+    (hit,) = json.loads(capsys.readouterr().out)
+    assert hit["StudyInstanceUID"] == study
+    assert hit["NumberOfStudyRelatedInstances"] == len(ct_uids) == 134
+    assert main(["pacs", "find", url(env, protocol), "--patient-name", "Pancreas*"]) == 0
+    assert study in capsys.readouterr().out
+
+
+# -- get --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_get_shared_ct_resumes_and_verifies(env, protocol, ct_uids, tmp_path, capsys):
+    study = next(iter(ct_uids.values()))
+    out = tmp_path / "in"
+    t0 = time.perf_counter()
+    assert main(["pacs", "get", url(env, protocol), study, "--out", str(out), "--no-progress"]) == 0
+    seconds = time.perf_counter() - t0
+    files = sorted(out.rglob("*.dcm"))
+    got = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    assert len(files) == 134 and got == set(ct_uids)
+    assert all(f.stem == str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files[:5])
+    assert "134 of 134 instances (134 retrieved, 0 already present)" in capsys.readouterr().out
+    print(f"{protocol}: 134 CT instances in {seconds:.2f} s")
+
+    # pixel data arrive unchanged
+    src = next(iter(sorted(CT_SERIES.glob("*.dcm"))))
+    ref = pydicom.dcmread(src)
+    mine = pydicom.dcmread(next(f for f in files if f.stem == str(ref.SOPInstanceUID)))
+    assert (mine.pixel_array == ref.pixel_array).all()
+
+    # resume: delete three, only those three come back
+    for f in files[:3]:
+        f.unlink()
+    assert main(["pacs", "get", url(env, protocol), study, "--out", str(out), "--no-progress"]) == 0
+    assert "134 of 134 instances (3 retrieved, 131 already present)" in capsys.readouterr().out
+    assert len(list(out.rglob("*.dcm"))) == 134
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_get_partial_says_what_is_missing(env, protocol, ct_uids, tmp_path):
+    study = next(iter(ct_uids.values()))
+    with connect(url(env, protocol), credentials=Credentials(user=env.user, password=env.password)) as client:
+        calls = []
+
+        def sink_dropping(orig):
+            def retrieve(study_uid, series_uid, sops, sink, **kw):
+                def keep_some(ds):  # the "network" loses every 50th instance
+                    calls.append(1)
+                    if len(calls) % 50:
+                        sink(ds)
+                return orig(study_uid, series_uid, sops, keep_some, **kw)
+            return retrieve
+
+        client.retrieve = sink_dropping(client.retrieve)
+        result = retrieve_study(client, study, tmp_path)
+    assert len(result.expected) == 134 and len(result.missing) == 134 // 50
+    assert {r.sop_instance_uid for r in result.missing} <= set(ct_uids)
+    assert not result.complete
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_get_unknown_study_is_one_line(env, protocol, tmp_path, capsys):
+    assert main(["pacs", "get", url(env, protocol), "1.2.826.0.1.3680043.99.1", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no such study 1.2.826.0.1.3680043.99.1" in err
+
+
+# -- send -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_send_arrives(env, protocol, tmp_path, capsys):
+    src = pydicom.dcmread(pydicom_test_file("MR_small.dcm"))
+    src.SOPInstanceUID = pydicom.uid.generate_uid()  # a new instance per protocol
+    src.file_meta.MediaStorageSOPInstanceUID = src.SOPInstanceUID
+    f = tmp_path / "mr.dcm"
+    src.save_as(f, enforce_file_format=True)
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    assert main(["pacs", "send", url(env, protocol), str(tmp_path)]) == 0
+    assert "sent 1 of 1 instance" in capsys.readouterr().out
+    found = env.rest("/tools/find", "POST", json={"Level": "Instance",
+                                                  "Query": {"SOPInstanceUID": str(src.SOPInstanceUID)}})
+    assert len(found) == 1
+
+
+# -- bad nodes --------------------------------------------------------------------------------------------
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medviewer: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_closed_port(env, protocol, capsys):
+    port = free_port()
+    node = f"dicom://ORTHANCTEST@127.0.0.1:{port}" if protocol == "dimse" else f"http://127.0.0.1:{port}/dicom-web"
+    assert main(["pacs", "echo", node, "--timeout", "5"]) == 1
+    assert "connection refused" in _one_line_error(capsys)
+
+
+def test_wrong_called_aet(env, capsys):
+    assert main(["pacs", "echo", f"dicom://NOT_ORTHANC@127.0.0.1:{env.dicom_port}"]) == 1
+    err = _one_line_error(capsys)
+    assert "association rejected" in err and "NOT_ORTHANC" in err
+
+
+def test_dicomweb_401_without_and_with_wrong_credentials(env, monkeypatch, capsys):
+    monkeypatch.delenv(ENV_USER)
+    monkeypatch.delenv(ENV_PASSWORD)
+    assert main(["pacs", "find", env.dicomweb_url]) == 1
+    err = _one_line_error(capsys)
+    assert "401 Unauthorized" in err and ENV_USER in err
+    monkeypatch.setenv(ENV_USER, env.user)
+    monkeypatch.setenv(ENV_PASSWORD, "wrong-password")
+    assert main(["pacs", "echo", env.dicomweb_url]) == 1
+    err = _one_line_error(capsys)
+    assert "401" in err and "wrong-password" not in err
+
+
+def test_dicomweb_token_is_sent_as_bearer(env, monkeypatch, capsys):
+    monkeypatch.setenv(ENV_TOKEN, "not-a-valid-token")  # Orthanc wants basic auth: a token alone is refused
+    monkeypatch.delenv(ENV_USER)
+    assert main(["pacs", "echo", env.dicomweb_url]) == 1
+    assert "credentials were refused" in _one_line_error(capsys)
+
+
+def test_dimse_timeout(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # listens, never answers the A-ASSOCIATE-RQ
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert main(["pacs", "echo", f"dicom://SILENT@127.0.0.1:{port}", "--timeout", "1"]) == 1
+    err = _one_line_error(capsys)
+    assert "SILENT" in err or "127.0.0.1" in err
+
+
+def test_errors_name_no_secret(env, monkeypatch):
+    monkeypatch.setenv(ENV_PASSWORD, "wrong-secret")
+    client = connect(env.dicomweb_url)
+    with pytest.raises(PacsError) as info:
+        client.find_studies(StudyQuery())
+    assert "wrong-secret" not in str(info.value) and "wrong-secret" not in repr(client._credentials)
+
+
+def test_send_nothing_is_an_error(env, tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("x")
+    assert main(["pacs", "send", env.dimse_url, str(tmp_path)]) == 1
+    assert "no DICOM files" in _one_line_error(capsys)
+    assert main(["pacs", "send", env.dimse_url, str(tmp_path / "a.txt")]) == 1
+    assert "not a DICOM file" in _one_line_error(capsys)
+    assert main(["pacs", "send", env.dimse_url, str(Path(tmp_path) / "missing")]) == 1
+    assert "no such file" in _one_line_error(capsys)
