@@ -50,6 +50,30 @@ def _fmt(v: float | None, pct: bool = False) -> str:
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
 
+def _intended_use_lines(pkg) -> list[str]:
+    """Card schema 2: where the model applies and its out-of-distribution detector (schema 1: says so)."""
+    c = pkg.card
+    a, o = c.applicability, c.ood
+    if a is None:
+        out = ["applies to:   not stated (card schema 1): every header check is unknown"]
+    else:
+        ages = f"{a.age_years[0]:g}-{a.age_years[1]:g} y" if a.age_years else "any"
+        out = [f"applies to:   modality {', '.join(a.modalities) or 'any'}; body part {', '.join(a.body_parts) or 'any'}; "
+               f"view {', '.join(a.views) or 'any'}; age {ages}; photometric {', '.join(a.photometric) or 'any'}"]
+    if o is None:
+        out.append("OOD check:    none (no features output)")
+    else:
+        out.append(f"OOD check:    {o.method} on {c.outputs.features!r} (D={pkg.feature_dim}, {len(o.layers)} blocks), "
+                   f"threshold {o.threshold:.3f}; false rejections: validation {_fmt(o.validation_false_rejection, True)}"
+                   + (f", shifted validation {_fmt(o.shifted_false_rejection, True)}" if o.shifted_false_rejection
+                      is not None else ""))
+        for k, v in o.detection.items():
+            out.append(f"              detected {_fmt(v, True)} of {k}")
+    if c.files:
+        out.append(f"files:        {len(c.files)} hashed (SHA-256), verified on load")
+    return out
+
+
 def _show(pkg) -> str:
     c = pkg.card
     t = c.training
@@ -66,6 +90,7 @@ def _show(pkg) -> str:
         f"outputs:      logits {c.outputs.logits!r}, CAM {c.outputs.cam!r} {pkg.feature_shape[0]}x{pkg.feature_shape[1]}",
         "operating points:",
     ]
+    lines[-1:-1] = _intended_use_lines(pkg)
     for op in c.operating_points:
         lines.append(f"  {op.label}: p >= {op.threshold:.4f} ({op.criterion}; on {op.split}: sensitivity "
                      f"{_fmt(op.sensitivity, True)}, specificity {_fmt(op.specificity, True)})")
