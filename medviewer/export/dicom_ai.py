@@ -1,0 +1,444 @@
+"""AI results as DICOM: a TID 1500 Measurement Report (Comprehensive 3D SR) and a Secondary Capture.
+
+Written with highdicom, so any PACS or viewer can read them (OHIF, 3D Slicer, Weasis show TID 1500
+findings and their regions). Per scored image:
+
+* **SR** (:func:`build_sr`): Comprehensive 3D SR Storage, PS3.16 TID 1500 "Measurement Report", in the
+  source study, in its own series. Its observer is the model as a device (TID 1004: name, version,
+  the SHA-256 of ``model.onnx`` as the device UID's entropy and serial number). Imaging Measurements hold
+
+  - per label a TID 1501 group (tracking identifier = the label; finding type = the label as a code of
+    the private scheme ``99MEDVIEWER``; TID 4019 algorithm identification = model name, version and
+    parameters ``sha256=...``, ``threshold[LABEL]=...``): Measurement "Probability" (DCM 122157, unit
+    ``1``), the operating point's threshold, and -- for labels that can be flagged -- the qualitative
+    evaluation "Flagged at operating point" = Present (SCT 52101004) / Absent (SCT 272519000);
+  - with an applicability result, a TID 1501 group "Model applicability" = In scope / Out of scope, with
+    one TEXT item per reason;
+  - per flagged region a TID 1410 planar ROI group: the region's outline as a closed SCOORD POLYLINE on the
+    source image (PS3.3 C.18.6.1.1 pixel coordinates: ``(0, 0)`` is the top-left corner of the top-left
+    pixel, so pixel centres are at ``+0.5``), its area in mm² when the pixel spacing is known, and the
+    peak of the class activation map in it.
+
+* **Secondary Capture** (:func:`build_overlay_sc`): SC Image Storage of the RGB overlay as the reader saw
+  it (Burned In Annotation ``YES``), in the same study, its own series, referencing the source image.
+
+:class:`DicomResultWriter` writes both for many images, one SR series and one SC series per study.
+
+Example
+-------
+>>> writer = DicomResultWriter(out / "dicom", card)  # doctest: +SKIP
+>>> paths = writer.write(header, prediction, overlay_rgb, applicability={"status": "in_scope", "reasons": []})
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from medviewer import __version__
+from medviewer.errors import MedViewerError
+
+__all__ = [
+    "SCHEME",
+    "MANUFACTURER",
+    "DicomExportError",
+    "label_code",
+    "build_sr",
+    "build_overlay_sc",
+    "DicomResultWriter",
+    "read_sr_findings",
+    "SR_SERIES_NUMBER",
+    "SC_SERIES_NUMBER",
+]
+
+#: coding scheme designator of MedViewer's own codes (labels, flag, applicability), PS3.16 8.2 private scheme
+SCHEME = "99MEDVIEWER"
+MANUFACTURER = "MedViewer"
+#: series numbers of the new series (chosen high so they sort after the acquired series)
+SR_SERIES_NUMBER = 9901
+SC_SERIES_NUMBER = 9902
+_REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+_MAX_POLYGON_POINTS = 200
+
+
+class DicomExportError(MedViewerError, ValueError):
+    """The source header or the inputs cannot make a valid DICOM object (one line: what is missing)."""
+
+
+def label_code(label: str):
+    """The label as a coded concept of the private scheme :data:`SCHEME` (value = label, max 64 chars)."""
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value=label[:64], scheme_designator=SCHEME, meaning=label[:64])
+
+
+def _codes():
+    from highdicom.sr import CodedConcept
+
+    return {
+        "no_units": CodedConcept("1", "UCUM", "no units"),
+        "mm2": CodedConcept("mm2", "UCUM", "square millimeter"),
+        "flag": CodedConcept("FLAGGED", SCHEME, "Flagged at operating point"),
+        "threshold": CodedConcept("THRESHOLD", SCHEME, "Operating point threshold"),
+        "peak": CodedConcept("CAMPEAK", SCHEME, "Peak class activation in region"),
+        "applicability": CodedConcept("APPLICABILITY", SCHEME, "Model applicability"),
+        "in_scope": CodedConcept("IN_SCOPE", SCHEME, "In scope"),
+        "out_of_scope": CodedConcept("OUT_OF_SCOPE", SCHEME, "Out of scope"),
+        "reason": CodedConcept("APPL_REASON", SCHEME, "Applicability reason"),
+        "procedure": CodedConcept("363679005", "SCT", "Imaging procedure"),
+    }
+
+
+@contextmanager
+def _quiet():
+    """highdicom warns about odd values in the source header (e.g. a one-component person name); they
+    are copied unchanged, so the warning says nothing about what we wrote."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def _check_source(source: Dataset) -> None:
+    missing = [k for k in _REQUIRED if not source.get(k)]
+    if missing:
+        raise DicomExportError(f"source header lacks {', '.join(missing)}: cannot reference it from DICOM results")
+
+
+def _frame_number(source: Dataset, frame: int | None) -> list[int] | None:
+    n = int(source.get("NumberOfFrames", 1) or 1)
+    if n <= 1:
+        return None
+    return [int(frame or 0) + 1]  # Referenced Frame Number is 1-based (PS3.3 C.4.11)
+
+
+def _outline(region: Any, rows: int, cols: int) -> np.ndarray:
+    """Closed polyline ``(N, 2)`` float32 (column, row) in SCOORD pixel coordinates."""
+    import cv2
+
+    pts = np.asarray(region.contour, np.float32).reshape(-1, 2)
+    if len(pts) >= 3:
+        if len(pts) > _MAX_POLYGON_POINTS:
+            eps = 0.5
+            while True:
+                simple = cv2.approxPolyDP(pts.reshape(-1, 1, 2), eps, True).reshape(-1, 2)
+                if len(simple) <= _MAX_POLYGON_POINTS or eps > max(rows, cols):
+                    break
+                eps *= 2
+            pts = simple.astype(np.float32)
+        pts = pts + 0.5  # pixel centres
+    if len(np.unique(pts, axis=0)) < 3:  # a line or a dot: use the bounding box
+        x0, y0, x1, y1 = region.bbox
+        pts = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
+    pts[:, 0] = np.clip(pts[:, 0], 0, cols)
+    pts[:, 1] = np.clip(pts[:, 1], 0, rows)
+    return np.vstack([pts, pts[:1]])
+
+
+def _applicability(applicability: Mapping[str, Any] | None) -> tuple[str, list[str]] | None:
+    if applicability is None:
+        return None
+    status = str(applicability.get("status", ""))
+    if status not in ("in_scope", "out_of_scope"):
+        raise DicomExportError(f"applicability status {status!r} is not 'in_scope' or 'out_of_scope'")
+    reasons = [str(r) for r in applicability.get("reasons", []) or []]
+    return status, reasons
+
+
+def build_sr(source: Dataset, prediction: Any, card: Any, *, applicability: Mapping[str, Any] | None = None,
+             frame: int | None = None, series_instance_uid: str | None = None, series_number: int = SR_SERIES_NUMBER,
+             sop_instance_uid: str | None = None, instance_number: int = 1):
+    """A TID 1500 Measurement Report (Comprehensive 3D SR) of one prediction on one image.
+
+    Parameters
+    ----------
+    source
+        The scored image's header (pixel data not needed): patient, study, series and SOP attributes.
+    prediction
+        A :class:`medviewer.inference.session.Prediction` (``scores``, ``flagged``, ``regions`` with bbox
+        and contour in pixels of the source image).
+    card
+        The model's :class:`medviewer.inference.card.ModelCard` (name, version, sha256, operating points).
+    applicability
+        Optional ``{"status": "in_scope" | "out_of_scope", "reasons": [str, ...]}``.
+    frame
+        0-based frame of a multi-frame source (referenced as frame ``frame + 1``); ignored otherwise.
+    series_instance_uid, series_number, sop_instance_uid, instance_number
+        Identity of the new SR; UIDs are generated when not given.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        A pydicom Dataset; ``save_as(path)`` writes it.
+
+    Raises
+    ------
+    DicomExportError
+        The header lacks the UIDs to reference, or a bad applicability status.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    _check_source(source)
+    c = _codes()
+    app = _applicability(applicability)
+    rows, cols = int(source.get("Rows", 0) or 0), int(source.get("Columns", 0) or 0)
+    frames = _frame_number(source, frame)
+
+    params = {"sha256": card.sha256}
+    for op in card.operating_points:
+        params[f"threshold[{op.label}]"] = f"{op.threshold:.6g} ({op.criterion})"
+    algo = hd.sr.AlgorithmIdentification(name=card.name, version=card.version, parameters=
+                                         [f"{k}={v}" for k, v in params.items()])
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=generate_uid(entropy_srcs=[card.sha256, card.name, card.version]),
+        name=card.name, manufacturer_name=MANUFACTURER, model_name=f"{card.name} {card.version}",
+        serial_number=card.sha256[:64])
+    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+
+    src_group = hd.sr.SourceImageForMeasurementGroup.from_source_image(source, referenced_frame_numbers=frames)
+    groups: list[Any] = []
+    positive = set(card.positive_labels)
+    for label in prediction.labels:
+        measurements = [hd.sr.Measurement(name=codes.DCM.Probability, value=float(prediction.scores[label]),
+                                          unit=c["no_units"])]
+        op = card.operating_point(label)
+        if op is not None:
+            measurements.append(hd.sr.Measurement(name=c["threshold"], value=float(op.threshold),
+                                                  unit=c["no_units"]))
+        evaluations = []
+        if label in positive:
+            flagged = label in prediction.flagged
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                name=c["flag"], value=codes.SCT.Present if flagged else codes.SCT.Absent))
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{label} score"),
+            finding_type=label_code(label), algorithm_id=algo, measurements=measurements,
+            qualitative_evaluations=evaluations or None, source_images=[src_group]))
+    if app is not None:
+        status, reasons = app
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="applicability"),
+            finding_type=c["applicability"], algorithm_id=algo,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=c["applicability"], value=c[status])],
+            source_images=[src_group])
+        for reason in reasons:
+            group[0].ContentSequence.append(hd.sr.TextContentItem(
+                name=c["reason"], value=reason[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        groups.append(group)
+    for i, region in enumerate(prediction.regions, 1):
+        if not rows or not cols:
+            raise DicomExportError("source header lacks Rows/Columns: cannot place regions")
+        image_region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=_outline(region, rows, cols),
+            source_image=hd.sr.SourceImageForRegion.from_source_image(source, referenced_frame_numbers=frames))
+        measurements = [hd.sr.Measurement(name=c["peak"], value=float(region.peak), unit=c["no_units"])]
+        if region.area_mm2 is not None:
+            measurements.append(hd.sr.Measurement(name=codes.SCT.Area, value=float(region.area_mm2),
+                                                  unit=c["mm2"]))
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
+                                                         identifier=f"{region.label} region {i}"),
+            referenced_region=image_region, finding_type=label_code(region.label), algorithm_id=algo,
+            measurements=measurements))
+    report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=c["procedure"],
+                                     imaging_measurements=groups)
+    with _quiet():
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[source], content=report[0], series_instance_uid=series_instance_uid or generate_uid(),
+            series_number=series_number, sop_instance_uid=sop_instance_uid or generate_uid(),
+            instance_number=instance_number, manufacturer=MANUFACTURER, is_complete=True, is_final=False,
+            is_verified=False, series_description=f"AI results {card.name} {card.version}"[:64],
+            institution_name=source.get("InstitutionName") or None)
+    sr.SoftwareVersions = f"medviewer {__version__}"
+    return sr
+
+
+def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
+    """Patient Orientation (PS3.3 C.7.6.1.1.1) of the rows and columns: the source's, else the dominant
+    axis of Image Orientation (Patient) per direction; None when neither is known."""
+    po = [str(v) for v in (source.get("PatientOrientation") or [])]
+    if len(po) == 2 and all(v and v[0] in "APRLHF" for v in po):
+        return po[0][0], po[1][0]
+    iop = source.get("ImageOrientationPatient")
+    for seq in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):  # enhanced objects
+        if not iop and source.get(seq):
+            plane = source.get(seq)[0].get("PlaneOrientationSequence")
+            iop = plane[0].get("ImageOrientationPatient") if plane else None
+    if not iop or len(iop) != 6:
+        return None
+    letters = (("L", "R"), ("P", "A"), ("H", "F"))  # +x, -x; +y, -y; +z, -z (LPS)
+    out = []
+    for vec in (np.asarray(iop[:3], float), np.asarray(iop[3:], float)):
+        axis = int(np.argmax(np.abs(vec)))
+        out.append(letters[axis][0 if vec[axis] > 0 else 1])
+    return out[0], out[1]
+
+
+def build_overlay_sc(source: Dataset, overlay_rgb: np.ndarray, card: Any, *, series_instance_uid: str | None = None,
+                     series_number: int = SC_SERIES_NUMBER, sop_instance_uid: str | None = None,
+                     instance_number: int = 1, frame: int | None = None):
+    """A Secondary Capture of the overlay as the reader saw it, in the source study.
+
+    Parameters
+    ----------
+    source
+        The scored image's header.
+    overlay_rgb
+        uint8 ``(H, W, 3)`` RGB (e.g. :func:`medviewer.export.render_overlay`), any size.
+    card
+        The model card (name and version go into the series and derivation descriptions).
+    frame
+        0-based frame of a multi-frame source (for the Source Image Sequence reference).
+
+    Returns
+    -------
+    highdicom.sc.SCImage
+        Burned In Annotation ``YES``, Image Type ``DERIVED\\SECONDARY``, Source Image Sequence -> the source.
+
+    Raises
+    ------
+    DicomExportError
+        Not an ``(H, W, 3)`` uint8 image, or a header without the UIDs to reference.
+    """
+    import highdicom as hd
+
+    _check_source(source)
+    rgb = np.asarray(overlay_rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise DicomExportError(f"overlay must be uint8 (H, W, 3) RGB, got {rgb.dtype} {rgb.shape}")
+    orientation = _patient_orientation(source)
+    with _quiet():
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source, pixel_array=np.ascontiguousarray(rgb), photometric_interpretation="RGB",
+            bits_allocated=8, coordinate_system="PATIENT",
+            series_instance_uid=series_instance_uid or generate_uid(), series_number=series_number,
+            sop_instance_uid=sop_instance_uid or generate_uid(), instance_number=instance_number,
+            manufacturer=MANUFACTURER, patient_orientation=orientation or ("L", "P"),
+            series_description=f"AI overlay {card.name} {card.version}"[:64])
+
+    if orientation is None:  # highdicom insists on one; Patient Orientation is Type 2: empty = unknown
+        sc.PatientOrientation = None
+    # General Series Laterality (Type 2C, PS3.3 C.7.3.1): the source's, else its Image Laterality, else
+    # empty (unknown) -- dciodvfy requires it whenever Image Laterality is absent, which it is in SC
+    lat = str(source.get("Laterality", "") or source.get("ImageLaterality", "") or "")
+    sc.Laterality = lat if lat in ("R", "L") else ""
+    sc.BurnedInAnnotation = "YES"
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.DerivationDescription = f"class activation map and flagged regions of {card.name} {card.version}"[:1024]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    frames = _frame_number(source, frame)
+    if frames:
+        ref.ReferencedFrameNumber = frames[0]
+    sc.SourceImageSequence = [ref]
+    sc.SoftwareVersions = f"medviewer {__version__}"
+    return sc
+
+
+@dataclass
+class _StudySeries:
+    sr_uid: str = field(default_factory=generate_uid)
+    sc_uid: str = field(default_factory=generate_uid)
+    sr_count: int = 0
+    sc_count: int = 0
+
+
+class DicomResultWriter:
+    """Writes an SR (and an SC when an overlay is given) per scored image into one folder.
+
+    All objects of one study from one writer share two new series (SR and SC), numbered
+    :data:`SR_SERIES_NUMBER` and :data:`SC_SERIES_NUMBER`, with instance numbers counting up. Files are
+    ``OUT/SR_<source SOP Instance UID>[_f<frame>].dcm`` and ``OUT/SC_...dcm``.
+
+    Parameters
+    ----------
+    out_dir
+        Destination folder (created on the first write).
+    card
+        The model card.
+    """
+
+    def __init__(self, out_dir: str | Path, card: Any) -> None:
+        self.out_dir = Path(out_dir)
+        self.card = card
+        self._studies: dict[str, _StudySeries] = {}
+
+    def write(self, source: Dataset, prediction: Any, overlay_rgb: np.ndarray | None = None, *,
+              applicability: Mapping[str, Any] | None = None, frame: int | None = None) -> list[Path]:
+        """Write the SR (and the SC) of one prediction; returns the files written.
+
+        Raises
+        ------
+        DicomExportError
+            Bad header or inputs (nothing is written then).
+        """
+        _check_source(source)
+        series = self._studies.setdefault(str(source.StudyInstanceUID), _StudySeries())
+        stem = str(source.SOPInstanceUID) + (f"_f{int(frame)}" if _frame_number(source, frame) else "")
+        objects: list[tuple[str, Dataset]] = []
+        sr = build_sr(source, prediction, self.card, applicability=applicability, frame=frame,
+                      series_instance_uid=series.sr_uid, instance_number=series.sr_count + 1)
+        objects.append((f"SR_{stem}.dcm", sr))
+        if overlay_rgb is not None:
+            sc = build_overlay_sc(source, overlay_rgb, self.card, series_instance_uid=series.sc_uid,
+                                  instance_number=series.sc_count + 1, frame=frame)
+            objects.append((f"SC_{stem}.dcm", sc))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, ds in objects:
+            path = self.out_dir / name
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+        series.sr_count += 1
+        series.sc_count += overlay_rgb is not None
+        return paths
+
+
+def read_sr_findings(ds: Dataset) -> list[dict[str, Any]]:
+    """The measurement groups of a TID 1500 Measurement Report (Comprehensive 3D SR), ours or another
+    vendor's: planar ROI groups first, then image-level groups.
+
+    Returns
+    -------
+    list[dict]
+        ``{"tracking_identifier": str, "finding": meaning or None, "measurements": {meaning: float},
+        "evaluations": {meaning: value meaning}, "polyline": float (N, 2) (column, row) SCOORD pixel
+        coordinates or None, "referenced_sop_instance_uid": str or None}`` per group.
+
+    Raises
+    ------
+    ValueError
+        Not a Comprehensive 3D SR holding a TID 1500 report (highdicom's message).
+    """
+    import highdicom as hd
+
+    sr = ds if isinstance(ds, hd.sr.Comprehensive3DSR) else hd.sr.Comprehensive3DSR.from_dataset(ds)
+    out: list[dict[str, Any]] = []
+    content = sr.content
+    for group in content.get_planar_roi_measurement_groups() + content.get_image_measurement_groups():
+        item: dict[str, Any] = {
+            "tracking_identifier": group.tracking_identifier,
+            "finding": group.finding_type.meaning if group.finding_type else None,
+            "measurements": {m.name.meaning: float(m.value) for m in group.get_measurements()},
+            "evaluations": {q.name.meaning: q.value.meaning for q in group.get_qualitative_evaluations()},
+            "polyline": None,
+            "referenced_sop_instance_uid": None,
+        }
+        region = getattr(group, "roi", None)
+        if region is not None:
+            item["polyline"] = np.asarray(region.value)
+            image = region.ContentSequence[0] if "ContentSequence" in region else None  # SELECTED FROM IMAGE
+            if image is not None and "ReferencedSOPSequence" in image:
+                item["referenced_sop_instance_uid"] = str(image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        out.append(item)
+    return out

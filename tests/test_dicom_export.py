@@ -1,0 +1,180 @@
+"""AI results as DICOM: TID 1500 SR and Secondary Capture from real predictions, checked with dciodvfy.
+
+Predictions come from the shipped pneumonia-cxr model on real images (pydicom-data's RG1_UNCR chest CR,
+pydicom's CT_small and the multi-frame emri_small); every object written is run through dciodvfy
+(Debian package dicom3tools), which must report no error.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from medviewer.export import render_overlay
+from medviewer.export.dicom_ai import (
+    SCHEME,
+    DicomExportError,
+    DicomResultWriter,
+    build_overlay_sc,
+    build_sr,
+    read_sr_findings,
+)
+from tests.conftest import pydicom_test_file
+
+APPLICABILITY = {"status": "out_of_scope", "reasons": ["modality CT is not one of CR, DX", "image is not a chest PA/AP"]}
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's error lines for a file (skips the test when dicom3tools is not installed)."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools, or bash .ci/system-packages.sh)")
+    run = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    return [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("Error")]
+
+
+def content_items(ds):
+    """Every content item of an SR, depth first."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
+
+
+@pytest.fixture(scope="module")
+def session():
+    from medviewer.inference import open_session
+    from medviewer.inference.registry import default_model
+
+    return open_session(default_model(), "cpu")
+
+
+def predict(session, name: str, frame: int = 0):
+    """(header, prediction, overlay) of a real file through the app's path, regions for every positive label."""
+    from medviewer.imaging.pipeline import display_image
+    from medviewer.io import read_instance
+
+    path = pydicom_test_file(name)
+    inst = read_instance(path)
+    u8 = display_image(inst, frame=frame)
+    pred = session.predict([u8], [inst.pixel_spacing], regions=session.card.positive_labels)[0]
+    return pydicom.dcmread(path, stop_before_pixels=True), pred, render_overlay(u8, pred)
+
+
+def test_sr_and_sc_of_chest_radiograph(session, tmp_path):
+    header, pred, overlay = predict(session, "RG1_UNCR.dcm")
+    card = session.card
+    assert pred.regions, "the CAM of a real radiograph has regions"
+    paths = DicomResultWriter(tmp_path, card).write(header, pred, overlay,
+                                                    applicability={"status": "in_scope", "reasons": []})
+    sr_path, sc_path = paths
+    assert sr_path.name == f"SR_{header.SOPInstanceUID}.dcm" and sc_path.name == f"SC_{header.SOPInstanceUID}.dcm"
+    for p in paths:
+        assert dciodvfy_errors(p) == [], p.name
+
+    sr = pydicom.dcmread(sr_path)
+    assert sr.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
+    assert sr.StudyInstanceUID == header.StudyInstanceUID and sr.PatientID == header.PatientID
+    assert sr.SeriesInstanceUID != header.SeriesInstanceUID and sr.Modality == "SR"
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == header.SOPInstanceUID
+
+    groups = read_sr_findings(sr)
+    by_id = {g["tracking_identifier"]: g for g in groups}
+    for label in card.labels:
+        g = by_id[f"{label} score"]
+        assert g["finding"] == label
+        assert g["measurements"]["Probability"] == pytest.approx(pred.scores[label], abs=1e-6)
+        op = card.operating_point(label)
+        if op is not None:
+            assert g["measurements"]["Operating point threshold"] == pytest.approx(op.threshold, abs=1e-6)
+        if label in card.positive_labels:
+            assert g["evaluations"]["Flagged at operating point"] == ("Present" if label in pred.flagged else "Absent")
+        else:
+            assert g["evaluations"] == {}
+    assert by_id["applicability"]["evaluations"] == {"Model applicability": "In scope"}
+
+    regions = [g for g in groups if g["polyline"] is not None]
+    assert len(regions) == len(pred.regions)
+    for g, r in zip(regions, pred.regions, strict=True):
+        line = g["polyline"]
+        assert g["referenced_sop_instance_uid"] == header.SOPInstanceUID and g["finding"] == r.label
+        assert np.array_equal(line[0], line[-1]), "the outline is closed"
+        x0, y0, x1, y1 = r.bbox  # the outline lies on the region's bounding box, in pixel-centre coordinates
+        assert line[:, 0].min() == pytest.approx(x0 + 0.5, abs=1) and line[:, 0].max() == pytest.approx(x1 - 0.5, abs=1)
+        assert line[:, 1].min() == pytest.approx(y0 + 0.5, abs=1) and line[:, 1].max() == pytest.approx(y1 - 0.5, abs=1)
+        assert g["measurements"]["Peak class activation in region"] == pytest.approx(r.peak, abs=1e-6)
+        if r.area_mm2 is not None:
+            assert g["measurements"]["Area"] == pytest.approx(r.area_mm2, rel=1e-6)
+
+    # the model is the observer device; its SHA-256 is in the algorithm identification
+    texts = {(str(item.ConceptNameCodeSequence[0].CodeMeaning), str(item.TextValue))
+             for item in content_items(sr) if "TextValue" in item}
+    assert ("Algorithm Name", card.name) in texts and ("Algorithm Version", card.version) in texts
+    assert ("Algorithm Parameters", f"sha256={card.sha256}") in texts
+    assert ("Device Observer Serial Number", card.sha256) in texts
+
+    sc = pydicom.dcmread(sc_path)
+    assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    assert sc.BurnedInAnnotation == "YES" and sc.PhotometricInterpretation == "RGB"
+    assert sc.StudyInstanceUID == header.StudyInstanceUID and sc.PatientName == header.PatientName
+    assert sc.SeriesInstanceUID not in (header.SeriesInstanceUID, sr.SeriesInstanceUID)
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == header.SOPInstanceUID
+    assert np.array_equal(sc.pixel_array, overlay)
+
+
+def test_ct_out_of_scope_series_shared_within_study(session, tmp_path):
+    header, pred, overlay = predict(session, "CT_small.dcm")
+    writer = DicomResultWriter(tmp_path, session.card)
+    first = writer.write(header, pred, overlay, applicability=APPLICABILITY)
+    second_header = copy.deepcopy(header)
+    second_header.SOPInstanceUID = pydicom.uid.generate_uid()
+    second = writer.write(second_header, pred, None)  # no overlay: SR only
+    assert len(first) == 2 and len(second) == 1
+    for p in first + second:
+        assert dciodvfy_errors(p) == [], p.name
+    sr1, sc1, sr2 = (pydicom.dcmread(p) for p in first + second)
+    assert sr1.SeriesInstanceUID == sr2.SeriesInstanceUID and (sr1.InstanceNumber, sr2.InstanceNumber) == (1, 2)
+    assert sc1.SeriesInstanceUID != sr1.SeriesInstanceUID
+    # the CT's orientation gives the SC's Patient Orientation (rows, columns)
+    assert list(sc1.PatientOrientation) == ["L", "P"]
+    app = next(g for g in read_sr_findings(sr1) if g["tracking_identifier"] == "applicability")
+    assert app["evaluations"] == {"Model applicability": "Out of scope"}
+    reasons = [str(item.TextValue) for item in content_items(sr1) if "TextValue" in item
+               and item.ConceptNameCodeSequence[0].CodeValue == "APPL_REASON"]
+    assert reasons == APPLICABILITY["reasons"]
+    codes = {str(item.ConceptCodeSequence[0].CodingSchemeDesignator) for item in content_items(sr1)
+             if "ConceptCodeSequence" in item}
+    assert SCHEME in codes
+
+
+def test_multiframe_source_references_the_frame(session, tmp_path):
+    header, pred, overlay = predict(session, "emri_small.dcm", frame=3)
+    assert int(header.NumberOfFrames) > 3
+    paths = DicomResultWriter(tmp_path, session.card).write(header, pred, overlay, frame=3)
+    assert paths[0].name.endswith("_f3.dcm")
+    for p in paths:
+        assert dciodvfy_errors(p) == [], p.name
+    sr = pydicom.dcmread(paths[0])
+    frames = {int(v) for item in content_items(sr) for ref in item.get("ReferencedSOPSequence", [])
+              for v in np.atleast_1d(ref.get("ReferencedFrameNumber", []))}
+    assert frames == {4}
+    assert int(pydicom.dcmread(paths[1]).SourceImageSequence[0].ReferencedFrameNumber) == 4
+
+
+def test_bad_inputs_are_one_line_errors(session):
+    header, pred, overlay = predict(session, "CT_small.dcm")
+    no_uid = copy.deepcopy(header)
+    del no_uid.SOPInstanceUID
+    with pytest.raises(DicomExportError, match="lacks SOPInstanceUID"):
+        build_sr(no_uid, pred, session.card)
+    with pytest.raises(DicomExportError, match="uint8 \\(H, W, 3\\)"):
+        build_overlay_sc(header, overlay[..., 0], session.card)
+    with pytest.raises(DicomExportError, match="applicability status"):
+        build_sr(header, pred, session.card, applicability={"status": "maybe"})
