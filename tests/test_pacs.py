@@ -293,3 +293,47 @@ def test_send_nothing_is_an_error(env, tmp_path, capsys):
     assert "not a DICOM file" in _one_line_error(capsys)
     assert main(["pacs", "send", env.dimse_url, str(Path(tmp_path) / "missing")]) == 1
     assert "no such file" in _one_line_error(capsys)
+
+
+# -- AI results: SR and SC sent into the source study (last in this file: they add instances to the CT study) --
+@pytest.fixture(scope="module")
+def ai_objects(tmp_path_factory, ct_uids) -> tuple[Path, str]:
+    """An SR and an SC (medviewer.export.dicom_ai) of the shared CT's first slice, scored by the shipped model."""
+    from medviewer.export import render_overlay
+    from medviewer.export.dicom_ai import DicomResultWriter
+    from medviewer.imaging.pipeline import display_image
+    from medviewer.inference import open_session
+    from medviewer.inference.registry import default_model
+    from medviewer.io import read_instance
+
+    session = open_session(default_model(), "cpu")
+    src = sorted(CT_SERIES.glob("*.dcm"))[0]
+    inst = read_instance(src)
+    u8 = display_image(inst)
+    pred = session.predict([u8], [inst.pixel_spacing], regions=session.card.positive_labels)[0]
+    out = tmp_path_factory.mktemp("ai")
+    DicomResultWriter(out, session.card).write(pydicom.dcmread(src, stop_before_pixels=True), pred,
+                                               render_overlay(u8, pred),
+                                               applicability={"status": "out_of_scope", "reasons": ["CT"]})
+    return out, str(inst.sop_instance_uid)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_send_sr_and_sc_arrive_in_the_study(env, protocol, ai_objects, ct_uids, tmp_path, capsys):
+    folder, source_uid = ai_objects
+    study = ct_uids[source_uid]
+    # a fresh copy per protocol (new SOP Instance UIDs), so each send is checked on its own
+    sent = {}
+    for f in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(tmp_path / f.name, enforce_file_format=True)
+        sent[str(ds.SOPInstanceUID)] = str(ds.SOPClassUID)
+    assert main(["pacs", "send", url(env, protocol), str(tmp_path)]) == 0
+    assert "sent 2 of 2 instances" in capsys.readouterr().out
+    with connect(url(env, protocol)) as client:
+        listed = {r.sop_instance_uid: r.sop_class_uid for r in client.list_instances(study)}
+    assert {uid: listed.get(uid) for uid in sent} == sent  # in the CT's study, with their SOP classes
+    assert sorted(sent.values()) == sorted([pydicom.uid.Comprehensive3DSRStorage,
+                                            pydicom.uid.SecondaryCaptureImageStorage])
