@@ -133,13 +133,22 @@ def render_overlay(display_u8: np.ndarray, prediction, label: str | None = None,
         uint8 ``(H, W, 3)`` RGB.
     """
     label = overlay_label(prediction, label, negative_label)
-    out = blend(display_u8, prediction.cam(label), alpha=alpha, colormap=colormap)
-    if regions and prediction.regions:
+    app = getattr(prediction, "applicability", None) or {}
+    silent = app.get("status") == "out_of_scope" and not app.get("overridden")
+    # outside the model's intended use: no heat map and no regions unless overridden, and always said so
+    out = np.array(display_u8, copy=True) if silent else blend(display_u8, prediction.cam(label), alpha=alpha,
+                                                                  colormap=colormap)
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=2)
+    if regions and prediction.regions and not silent:
         out = draw_regions(out, prediction.regions)
     if caption:
         lines = [f"{'*' if lab in prediction.flagged else ' '}{lab}: {prediction.scores[lab]:.3f}"
                  for lab in prediction.labels]
-        out = draw_caption(out, lines + [f"heat map: {label}"])
+        if app.get("status") == "out_of_scope":
+            lines = [("AI SHOWN ANYWAY: OUTSIDE INTENDED USE" if app.get("overridden")
+                      else "AI: OUTSIDE THE MODEL'S INTENDED USE"), *lines]
+        out = draw_caption(out, lines + ([] if silent else [f"heat map: {label}"]))
     return out
 
 

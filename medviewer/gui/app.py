@@ -58,10 +58,23 @@ def demo_problem(win: MainWindow) -> str | None:
     return None
 
 
+_QT_NOISE = ("This plugin does not support propagateSizeHints()",)
+
+
+def _qt_messages(mode: Any, context: Any, message: str) -> None:
+    """Qt's message handler: drop the offscreen plugin's harmless propagateSizeHints() line, keep the rest."""
+    if message in _QT_NOISE:
+        return
+    print(message, file=sys.stderr)
+
+
 def create_app(argv: list[str] | None = None) -> QApplication:
     """The QApplication (existing or new) with the dark theme."""
     app = QApplication.instance()
     if app is None:
+        from PySide6.QtCore import qInstallMessageHandler
+
+        qInstallMessageHandler(_qt_messages)
         app = QApplication(argv or [sys.argv[0]])
     app.setOrganizationName(ORGANISATION)
     app.setApplicationName(APPLICATION)
