@@ -295,6 +295,53 @@ def test_send_nothing_is_an_error(env, tmp_path, capsys):
     assert "no such file" in _one_line_error(capsys)
 
 
+# -- the PACS dialog (Qt, offscreen): search and retrieve off the GUI thread --------------------------------
+def test_pacs_dialog_search_retrieve_resume(env, ct_uids, tmp_path, qtbot):
+    from medviewer.gui.pacs_dialog import PacsDialog
+
+    study = next(iter(ct_uids.values()))
+    dlg = PacsDialog()
+    qtbot.addWidget(dlg)
+    dlg.node.setEditText(env.dicomweb_url)
+    dlg.patient_id.setText("Pancreas*")
+    dlg.search()
+    qtbot.waitUntil(lambda: not dlg.busy, timeout=20000)
+    assert [m["StudyInstanceUID"] for m in dlg.matches] == [study]
+    assert dlg.table.rowCount() == 1 and dlg.table.item(0, 0).text() == "2012-07-06"
+    assert dlg.selected_study() == study
+
+    dlg.node.setEditText(env.dimse_url)
+    dlg.out_dir.setText(str(tmp_path))
+    with qtbot.waitSignal(dlg.studyRetrieved, timeout=60000) as got:
+        dlg.retrieve()
+    assert got.args[0] == tmp_path / study
+    assert len(list((tmp_path / study).rglob("*.dcm"))) == 134
+    assert dlg.progress.value() == dlg.progress.maximum() == 134
+
+    # a cancelled retrieval keeps what arrived; the next one resumes
+    for f in sorted((tmp_path / study).rglob("*.dcm"))[:40]:
+        f.unlink()
+    dlg.retrieve()
+    dlg.cancel()
+    qtbot.waitUntil(lambda: not dlg.busy, timeout=60000)
+    assert dlg.status.text().startswith(("Cancelled", "Retrieved"))
+    with qtbot.waitSignal(dlg.studyRetrieved, timeout=60000):
+        dlg.retrieve()
+    assert len(list((tmp_path / study).rglob("*.dcm"))) == 134
+
+
+def test_pacs_dialog_error_is_one_line(env, qtbot):
+    from medviewer.gui.pacs_dialog import PacsDialog
+
+    dlg = PacsDialog()
+    qtbot.addWidget(dlg)
+    dlg.node.setEditText(f"dicom://WRONG@127.0.0.1:{env.dicom_port}")
+    dlg.echo()
+    qtbot.waitUntil(lambda: not dlg.busy, timeout=20000)
+    assert dlg.status.text().startswith("Echo failed:") and "association rejected" in dlg.status.text()
+    assert "\n" not in dlg.status.text()
+
+
 # -- AI results: SR and SC sent into the source study (last in this file: they add instances to the CT study) --
 @pytest.fixture(scope="module")
 def ai_objects(tmp_path_factory, ct_uids) -> tuple[Path, str]:

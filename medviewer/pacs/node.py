@@ -9,8 +9,8 @@ node is expected.
 Credentials are never part of a node, a saved file, the command line or a log line. For DICOMweb they
 come from the environment -- ``MEDVIEWER_PACS_TOKEN`` (bearer token) or ``MEDVIEWER_PACS_USER`` +
 ``MEDVIEWER_PACS_PASSWORD`` (HTTP basic) -- or, when the optional ``keyring`` package is installed, from
-the OS keyring (service ``medviewer-pacs``, user name = the node's saved name or URL, secret = the
-password; ``MEDVIEWER_PACS_USER`` gives the user).
+the OS keyring (service ``medviewer-pacs``, entry ``USER@NODE`` where USER is ``MEDVIEWER_PACS_USER`` and
+NODE the node's saved name or URL).
 """
 
 from __future__ import annotations
