@@ -27,7 +27,8 @@ from medviewer.export.dicom_ai import (
 )
 from tests.conftest import pydicom_test_file
 
-APPLICABILITY = {"status": "out_of_scope", "reasons": ["modality CT is not one of CR, DX", "image is not a chest PA/AP"]}
+APPLICABILITY = {"status": "out_of_scope", "reasons": ["modality CT is not one of CR, DX", "image is not a chest PA/AP"],
+                 "checks": {}, "ood_score": 41.5, "ood_threshold": 12.25, "overridden": True}
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -145,13 +146,24 @@ def test_ct_out_of_scope_series_shared_within_study(session, tmp_path):
     # the CT's orientation gives the SC's Patient Orientation (rows, columns)
     assert list(sc1.PatientOrientation) == ["L", "P"]
     app = next(g for g in read_sr_findings(sr1) if g["tracking_identifier"] == "applicability")
-    assert app["evaluations"] == {"Model applicability": "Out of scope"}
+    assert app["evaluations"] == {"Model applicability": "Out of scope", "Intended use overridden": "Present"}
+    assert app["measurements"] == {"Out-of-distribution score": 41.5, "Out-of-distribution threshold": 12.25}
     reasons = [str(item.TextValue) for item in content_items(sr1) if "TextValue" in item
                and item.ConceptNameCodeSequence[0].CodeValue == "APPL_REASON"]
     assert reasons == APPLICABILITY["reasons"]
     codes = {str(item.ConceptCodeSequence[0].CodingSchemeDesignator) for item in content_items(sr1)
              if "ConceptCodeSequence" in item}
     assert SCHEME in codes
+
+
+def test_applicability_taken_from_the_prediction(session, tmp_path):
+    header, pred, _overlay = predict(session, "CT_small.dcm")
+    pred.applicability = {"status": "unknown", "reasons": [], "ood_score": "inf", "ood_threshold": None}
+    (path,) = DicomResultWriter(tmp_path, session.card).write(header, pred)
+    assert dciodvfy_errors(path) == []
+    app = next(g for g in read_sr_findings(pydicom.dcmread(path)) if g["tracking_identifier"] == "applicability")
+    assert app["evaluations"] == {"Model applicability": "Intended use not stated"}
+    assert app["measurements"] == {}  # an infinite OOD score is not a number DICOM can carry
 
 
 def test_multiframe_source_references_the_frame(session, tmp_path):

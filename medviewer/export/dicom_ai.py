@@ -12,8 +12,9 @@ findings and their regions). Per scored image:
     parameters ``sha256=...``, ``threshold[LABEL]=...``): Measurement "Probability" (DCM 122157, unit
     ``1``), the operating point's threshold, and -- for labels that can be flagged -- the qualitative
     evaluation "Flagged at operating point" = Present (SCT 52101004) / Absent (SCT 272519000);
-  - with an applicability result, a TID 1501 group "Model applicability" = In scope / Out of scope, with
-    one TEXT item per reason;
+  - with an applicability result (the intended-use policy's), a TID 1501 group "Model applicability" =
+    In scope / Out of scope / Intended use not stated, the out-of-distribution score and threshold, whether
+    the reader overrode it, and one TEXT item per reason;
   - per flagged region a TID 1410 planar ROI group: the region's outline as a closed SCOORD POLYLINE on the
     source image (PS3.3 C.18.6.1.1 pixel coordinates: ``(0, 0)`` is the top-left corner of the top-left
     pixel, so pixel centres are at ``+0.5``), its area in mm² when the pixel spacing is known, and the
@@ -92,6 +93,10 @@ def _codes():
         "applicability": CodedConcept("APPLICABILITY", SCHEME, "Model applicability"),
         "in_scope": CodedConcept("IN_SCOPE", SCHEME, "In scope"),
         "out_of_scope": CodedConcept("OUT_OF_SCOPE", SCHEME, "Out of scope"),
+        "unknown": CodedConcept("UNKNOWN_SCOPE", SCHEME, "Intended use not stated"),
+        "ood_score": CodedConcept("OOD_SCORE", SCHEME, "Out-of-distribution score"),
+        "ood_threshold": CodedConcept("OOD_THRESHOLD", SCHEME, "Out-of-distribution threshold"),
+        "overridden": CodedConcept("OVERRIDDEN", SCHEME, "Intended use overridden"),
         "reason": CodedConcept("APPL_REASON", SCHEME, "Applicability reason"),
         "procedure": CodedConcept("363679005", "SCT", "Imaging procedure"),
     }
@@ -142,14 +147,32 @@ def _outline(region: Any, rows: int, cols: int) -> np.ndarray:
     return np.vstack([pts, pts[:1]])
 
 
-def _applicability(applicability: Mapping[str, Any] | None) -> tuple[str, list[str]] | None:
+@dataclass(frozen=True)
+class _Applicability:
+    status: str
+    reasons: list[str]
+    ood_score: float | None
+    ood_threshold: float | None
+    overridden: bool
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def _applicability(applicability: Mapping[str, Any] | None) -> _Applicability | None:
     if applicability is None:
         return None
     status = str(applicability.get("status", ""))
-    if status not in ("in_scope", "out_of_scope"):
-        raise DicomExportError(f"applicability status {status!r} is not 'in_scope' or 'out_of_scope'")
+    if status not in ("in_scope", "out_of_scope", "unknown"):
+        raise DicomExportError(f"applicability status {status!r} is not 'in_scope', 'out_of_scope' or 'unknown'")
     reasons = [str(r) for r in applicability.get("reasons", []) or []]
-    return status, reasons
+    return _Applicability(status, reasons, _finite(applicability.get("ood_score")),
+                          _finite(applicability.get("ood_threshold")), bool(applicability.get("overridden", False)))
 
 
 def build_sr(source: Dataset, prediction: Any, card: Any, *, applicability: Mapping[str, Any] | None = None,
@@ -167,7 +190,10 @@ def build_sr(source: Dataset, prediction: Any, card: Any, *, applicability: Mapp
     card
         The model's :class:`medviewer.inference.card.ModelCard` (name, version, sha256, operating points).
     applicability
-        Optional ``{"status": "in_scope" | "out_of_scope", "reasons": [str, ...]}``.
+        ``{"status": "in_scope" | "out_of_scope" | "unknown", "reasons": [str, ...]}``, optionally with
+        ``"ood_score"``, ``"ood_threshold"`` (numbers) and ``"overridden"`` (bool) -- what
+        :meth:`medviewer.workstation.intended_use.Assessment.to_dict` gives. Default: the prediction's own
+        ``applicability`` attribute when it has one, else none is recorded.
     frame
         0-based frame of a multi-frame source (referenced as frame ``frame + 1``); ignored otherwise.
     series_instance_uid, series_number, sop_instance_uid, instance_number
@@ -188,6 +214,8 @@ def build_sr(source: Dataset, prediction: Any, card: Any, *, applicability: Mapp
 
     _check_source(source)
     c = _codes()
+    if applicability is None:
+        applicability = getattr(prediction, "applicability", None)
     app = _applicability(applicability)
     rows, cols = int(source.get("Rows", 0) or 0), int(source.get("Columns", 0) or 0)
     frames = _frame_number(source, frame)
@@ -224,13 +252,17 @@ def build_sr(source: Dataset, prediction: Any, card: Any, *, applicability: Mapp
             finding_type=label_code(label), algorithm_id=algo, measurements=measurements,
             qualitative_evaluations=evaluations or None, source_images=[src_group]))
     if app is not None:
-        status, reasons = app
+        measurements = [hd.sr.Measurement(name=c[key], value=value, unit=c["no_units"])
+                        for key, value in (("ood_score", app.ood_score), ("ood_threshold", app.ood_threshold))
+                        if value is not None]
+        evaluations = [hd.sr.QualitativeEvaluation(name=c["applicability"], value=c[app.status])]
+        if app.overridden:
+            evaluations.append(hd.sr.QualitativeEvaluation(name=c["overridden"], value=codes.SCT.Present))
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="applicability"),
-            finding_type=c["applicability"], algorithm_id=algo,
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=c["applicability"], value=c[status])],
-            source_images=[src_group])
-        for reason in reasons:
+            finding_type=c["applicability"], algorithm_id=algo, measurements=measurements or None,
+            qualitative_evaluations=evaluations, source_images=[src_group])
+        for reason in app.reasons:
             group[0].ContentSequence.append(hd.sr.TextContentItem(
                 name=c["reason"], value=reason[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
         groups.append(group)
