@@ -342,6 +342,21 @@ def test_pacs_dialog_error_is_one_line(env, qtbot):
     assert "\n" not in dlg.status.text()
 
 
+def test_triage_pacs_retrieves_and_scores(env, tmp_path):
+    from medviewer.inference import open_session
+    from medviewer.inference.registry import default_model
+    from medviewer.workstation.worklist import Worklist, triage_pacs
+
+    small = pydicom.dcmread(pydicom_test_file("CT_small.dcm"), stop_before_pixels=True)
+    with connect(env.dimse_url) as client:
+        wl = triage_pacs(open_session(default_model(), "cpu"), client,
+                         [str(small.StudyInstanceUID), "1.2.826.0.1.3680043.99.2"], tmp_path, worklist=Worklist(None))
+    ct, missing = wl.sorted()
+    assert ct.study_instance_uid == str(small.StudyInstanceUID) and ct.scored == 1
+    assert ct.applicability == "out_of_scope" and ct.folder.is_relative_to(tmp_path)
+    assert missing.study_instance_uid == "1.2.826.0.1.3680043.99.2" and "no such study" in missing.error
+
+
 # -- AI results: SR and SC sent into the source study (last in this file: they add instances to the CT study) --
 @pytest.fixture(scope="module")
 def ai_objects(tmp_path_factory, ct_uids) -> tuple[Path, str]:
