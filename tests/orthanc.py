@@ -1,7 +1,8 @@
 """A real Orthanc PACS for the PACS tests: started on free ports of 127.0.0.1 with a throw-away storage.
 
 :func:`start_orthanc` writes a configuration (DICOMweb plugin on, remote access off, HTTP basic auth on,
-called AE title checked, our AE title registered as a modality so C-FIND/C-GET are allowed), starts
+called AE title checked, our AE title registered as a modality at ``move_port`` so C-FIND/C-GET/C-MOVE
+are allowed), starts
 ``Orthanc CONFIG.json``, waits until both the HTTP and the DICOM port answer, and returns an
 :class:`Orthanc` whose :meth:`Orthanc.stop` terminates it. :func:`orthanc_unavailable` says why it cannot
 run here (no binary, no DICOMweb plugin), for a clear skip reason.
@@ -65,6 +66,7 @@ class Orthanc:
     process: subprocess.Popen
     storage: Path
     log: Path
+    move_port: int  #: where Orthanc sends C-MOVE results for our AE title (DicomModalities)
 
     @property
     def dicomweb_url(self) -> str:
@@ -125,6 +127,7 @@ def start_orthanc(workdir: Path, scu_aet: str = "MEDVIEWER", timeout: float = 30
     while dicom_port == http_port:
         dicom_port = free_port()
     storage = workdir / "storage"
+    move_port = free_port()
     config = {
         "Name": "medviewer-test",
         "StorageDirectory": str(storage),
@@ -140,7 +143,7 @@ def start_orthanc(workdir: Path, scu_aet: str = "MEDVIEWER", timeout: float = 30
         "DicomAlwaysAllowStore": True,
         "DicomAlwaysAllowFind": True,
         "DicomAlwaysAllowGet": True,
-        "DicomModalities": {"medviewer": [scu_aet, "127.0.0.1", free_port()]},
+        "DicomModalities": {"medviewer": [scu_aet, "127.0.0.1", move_port]},
         "Plugins": [str(_dicomweb_plugin())],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "StudiesMetadata": "Full"},
         "StableAge": 1,
@@ -153,7 +156,7 @@ def start_orthanc(workdir: Path, scu_aet: str = "MEDVIEWER", timeout: float = 30
     log = workdir / "orthanc.log"
     proc = subprocess.Popen([_binary(), str(cfg)], stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             cwd=workdir, preexec_fn=_die_with_parent)
-    orth = Orthanc(http_port, dicom_port, AET, USER, PASSWORD, proc, storage, log)
+    orth = Orthanc(http_port, dicom_port, AET, USER, PASSWORD, proc, storage, log, move_port)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

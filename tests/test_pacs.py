@@ -179,6 +179,24 @@ def test_get_shared_ct_resumes_and_verifies(env, protocol, ct_uids, tmp_path, ca
     assert len(list(out.rglob("*.dcm"))) == 134
 
 
+def test_get_with_c_move_to_our_storage_scp(env, ct_uids, tmp_path, capsys):
+    study = next(iter(ct_uids.values()))
+    args = ["pacs", "get", env.dimse_url, study, "--out", str(tmp_path), "--no-progress",
+            "--move-port", str(env.move_port), "--move-bind", "127.0.0.1"]
+    assert main(args) == 0
+    files = sorted(tmp_path.rglob("*.dcm"))
+    assert {f.stem for f in files} == set(ct_uids)
+    assert "134 of 134 instances (134 retrieved, 0 already present)" in capsys.readouterr().out
+    files[0].unlink()
+    assert main(args) == 0
+    assert "(1 retrieved, 133 already present)" in capsys.readouterr().out
+    # a move destination the PACS does not know is a one-line error
+    files[1].unlink()
+    assert main(args + ["--aet", "STRANGER"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medviewer: error: ") and "\n" not in err and "STRANGER" in err
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_get_partial_says_what_is_missing(env, protocol, ct_uids, tmp_path):
     study = next(iter(ct_uids.values()))

@@ -5,7 +5,7 @@
     medviewer pacs echo NODE
     medviewer pacs find NODE [--patient-id ID] [--patient-name NAME] [--study-date YYYYMMDD[-YYYYMMDD]]
                              [--modality MOD] [--accession N] [--limit N] [--json]
-    medviewer pacs get NODE STUDY_UID [--series UID] --out DIR
+    medviewer pacs get NODE STUDY_UID [--series UID] --out DIR [--move-port PORT [--move-bind ADDR]]
     medviewer pacs send NODE PATH...
     medviewer pacs add NAME NODE | list | remove NAME
 
@@ -58,6 +58,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--series", default=None, metavar="UID", help="only this series")
     g.add_argument("--out", required=True, metavar="DIR", help="destination folder")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--move-port", type=int, default=None, metavar="PORT",
+                   help="DIMSE: retrieve with C-MOVE to a storage SCP listening on PORT (the PACS must know "
+                        "our AE title with this host and port) instead of C-GET")
+    g.add_argument("--move-bind", default="0.0.0.0", metavar="ADDR",
+                   help="address the C-MOVE storage SCP listens on (default all interfaces)")
     s = net(sub.add_parser("send", help="store DICOM files (C-STORE or STOW-RS)"))
     s.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders (searched recursively)")
     a = sub.add_parser("add", help="save a node under a name")
@@ -176,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
         _print(f"removed {args.name}")
         return 0
 
-    with connect(args.node, aet=args.aet, timeout=args.timeout) as client:
+    move = {"move_port": args.move_port, "move_bind": args.move_bind} if getattr(args, "move_port", None) else {}
+    with connect(args.node, aet=args.aet, timeout=args.timeout, **move) as client:
         if cmd == "echo":
             seconds = client.echo()
             _print(f"{client.node}: OK ({seconds * 1000:.0f} ms)")

@@ -38,7 +38,8 @@ __all__ = [
 
 
 def connect(node: str | Node, *, aet: str = DEFAULT_AET, timeout: float = 30.0,
-            credentials: Credentials | None = None) -> PacsClient:
+            credentials: Credentials | None = None, move_port: int | None = None,
+            move_bind: str = "0.0.0.0") -> PacsClient:
     """A client for ``node`` (a :class:`Node`, URL or saved name).
 
     Parameters
@@ -49,6 +50,8 @@ def connect(node: str | Node, *, aet: str = DEFAULT_AET, timeout: float = 30.0,
         Seconds for connecting and for each message/response.
     credentials
         DICOMweb credentials; default :func:`credentials_from_env`.
+    move_port, move_bind
+        DIMSE only: retrieve with C-MOVE to a storage SCP on ``move_bind:move_port`` instead of C-GET.
 
     Raises
     ------
@@ -63,7 +66,7 @@ def connect(node: str | Node, *, aet: str = DEFAULT_AET, timeout: float = 30.0,
 
         if not _AET_RE.match(aet) or not aet.strip():
             raise PacsError(f"{aet!r}: a local AE title is 1-16 printable characters without backslash")
-        return DimseClient(node, aet=aet, timeout=timeout)
+        return DimseClient(node, aet=aet, timeout=timeout, move_port=move_port, move_bind=move_bind)
     from medviewer.pacs.web import WebClient
 
     return WebClient(node, credentials if credentials is not None else credentials_from_env(node), timeout)

@@ -4,7 +4,9 @@ Queries use the Study Root Query/Retrieve Information Model (PS3.4 C.6.2): STUDY
 then SERIES and IMAGE level to list a study's instances. Retrieval is C-GET (PS3.4 C.4.3): the instances
 come back over the same association as C-STORE sub-operations, so no port has to be opened for the PACS
 to call back (no C-MOVE destination to configure); the requestor proposes storage contexts for the SOP
-classes the image-level query reported, with SCP/SCU role selection (PS3.7 D.3.3.4).
+classes the image-level query reported, with SCP/SCU role selection (PS3.7 D.3.3.4). Optionally the
+retrieval is a C-MOVE (PS3.4 C.4.2) to a storage SCP we run for its duration (``move_port``), for PACSs
+that do not offer C-GET; the PACS must then know our AE title's host and port.
 
 Each operation opens one association and releases it. Failures become a one-line
 :class:`~medviewer.pacs.node.PacsError`: connection refused or timed out, association rejected (with the
@@ -65,14 +67,21 @@ class DimseClient(PacsClient):
         answer C-FIND and C-GET.
     timeout
         Seconds for connecting, for the association negotiation and for each DIMSE message.
+    move_port, move_bind
+        Retrieve with C-MOVE instead of C-GET: a storage SCP listens on ``move_bind:move_port`` while the
+        retrieval runs, and the PACS is asked to send to ``aet`` (the PACS must map that AE title to this
+        host and port). None (default): C-GET.
     """
 
-    def __init__(self, node: Node, aet: str = DEFAULT_AET, timeout: float = 30.0) -> None:
+    def __init__(self, node: Node, aet: str = DEFAULT_AET, timeout: float = 30.0, *, move_port: int | None = None,
+                 move_bind: str = "0.0.0.0") -> None:
         if node.protocol != Protocol.DIMSE:
             raise PacsError(f"{node}: not a DIMSE node")
         self.node = node
         self.aet = aet
         self.timeout = float(timeout)
+        self.move_port = move_port
+        self.move_bind = move_bind
 
     # -- association ------------------------------------------------------------------------------------
     def _ae(self):
@@ -198,17 +207,12 @@ class DimseClient(PacsClient):
                  sink: Sink, sop_class_uids: Iterable[str] = (), cancel: threading.Event | None = None) -> None:
         from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
 
-        ae = self._ae()
-        ae.add_requested_context(GET)
         classes = [UID(c) for c in dict.fromkeys(sop_class_uids) if c]
         if not classes:  # unknown: the common storage classes
             classes = [cx.abstract_syntax for cx in StoragePresentationContexts]
         classes = classes[: _MAX_CONTEXTS - 1]
-        roles = []
-        for uid in classes:
-            ae.add_requested_context(uid, ALL_TRANSFER_SYNTAXES)
-            roles.append(build_role(uid, scp_role=True))
         errors: list[str] = []
 
         def on_store(event) -> int:
@@ -222,34 +226,61 @@ class DimseClient(PacsClient):
                 return 0xA700
             return 0x0000
 
-        levels: list[tuple[str, Dataset]] = []
-        if sop_instance_uids is None:
+        queries: list[Dataset] = []
+        for sop in [None] if sop_instance_uids is None else sop_instance_uids:
             q = Dataset()
-            q.QueryRetrieveLevel = "SERIES"
+            q.QueryRetrieveLevel = "SERIES" if sop is None else "IMAGE"
             q.StudyInstanceUID = study_instance_uid
             q.SeriesInstanceUID = series_instance_uid
-            levels.append(("SERIES", q))
-        else:
-            for sop in sop_instance_uids:
-                q = Dataset()
-                q.QueryRetrieveLevel = "IMAGE"
-                q.StudyInstanceUID = study_instance_uid
-                q.SeriesInstanceUID = series_instance_uid
+            if sop is not None:
                 q.SOPInstanceUID = sop
-                levels.append(("IMAGE", q))
-        with self._association(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
-            for _level, q in levels:
-                if cancel is not None and cancel.is_set():
-                    break
-                for status, _ident in assoc.send_c_get(q, GET):
-                    if status is None or "Status" not in status:
-                        raise PacsError(f"{self.node}: C-GET: {_status_text(status)}")
-                    code = int(status.Status)
-                    if cancel is not None and cancel.is_set() and code == 0xFF00:
-                        assoc.abort()
-                        return
-                    if code not in (0x0000, 0xFF00, 0xB000, 0xFE00):
-                        raise PacsError(f"{self.node}: C-GET failed: {_status_text(status)}")
+            queries.append(q)
+
+        ae = self._ae()
+        server = None
+        if self.move_port is None:  # C-GET: the instances come back on our association
+            ae.add_requested_context(GET)
+            roles = []
+            for uid in classes:
+                ae.add_requested_context(uid, ALL_TRANSFER_SYNTAXES)
+                roles.append(build_role(uid, scp_role=True))
+            handlers = [(evt.EVT_C_STORE, on_store)]
+            op, send = "C-GET", lambda assoc, q: assoc.send_c_get(q, GET)
+        else:  # C-MOVE: the PACS opens an association to our storage SCP (it must know AET -> host:port)
+            ae.add_requested_context(MOVE)
+            for uid in classes:
+                ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+            try:
+                server = ae.start_server((self.move_bind, self.move_port), block=False,
+                                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+            except OSError as exc:
+                raise PacsError(f"{self.node}: cannot listen on {self.move_bind}:{self.move_port} for C-MOVE "
+                                f"({exc.strerror or exc})") from None
+            roles, handlers = None, []
+            op, send = "C-MOVE", lambda assoc, q: assoc.send_c_move(q, self.aet, MOVE)
+        try:
+            with self._association(ae, ext_neg=roles, evt_handlers=handlers) as assoc:
+                for q in queries:
+                    if cancel is not None and cancel.is_set():
+                        break
+                    for status, _ident in send(assoc, q):
+                        if status is None or "Status" not in status:
+                            hint = (f"; the PACS may not accept {op} from, or know the host and port of, our AE "
+                                    f"title {self.aet!r}") if self.move_port is not None else ""
+                            raise PacsError(f"{self.node}: {op}: {_status_text(status)}{hint}")
+                        code = int(status.Status)
+                        if cancel is not None and cancel.is_set() and code == 0xFF00:
+                            assoc.abort()
+                            return
+                        if code == 0xA801:
+                            raise PacsError(f"{self.node}: {op} refused: the PACS does not know move "
+                                            f"destination {self.aet!r} (add it with this host and port "
+                                            f"{self.move_port})")
+                        if code not in (0x0000, 0xFF00, 0xB000, 0xFE00):
+                            raise PacsError(f"{self.node}: {op} failed: {_status_text(status)}")
+        finally:
+            if server is not None:
+                server.shutdown()
         if errors:
             raise PacsError(f"{self.node}: could not store a received instance: {errors[0]}")
 
