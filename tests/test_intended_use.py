@@ -178,3 +178,26 @@ def test_card_applicability_age_range_is_validated(tmp_path):
     card = load_card(d).model_copy(update={"applicability": Applicability(modalities=["DX"])})
     save_card(card, d)
     assert ModelPackage.load(d).card.applicability.modalities == ["DX"]
+
+
+def test_cli_infer_dicom_results_follow_the_policy(tmp_path):
+    """--dicom writes an SR and an SC per DICOM image; the out-of-scope image's SR has no region."""
+    import pydicom
+
+    from medviewer.export.dicom_ai import read_sr_findings
+
+    out = tmp_path / "r"
+    inputs = [str(pydicom_test_file("RG1_UNCR.dcm")), str(PAEDIATRIC)]
+    assert main(["infer", *inputs, "--out", str(out), "--quiet", "--dicom"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    by = {Path(r["path"]).name: r for r in doc["results"]}
+    for name in ("RG1_UNCR.dcm", "paediatric-cxr-pneumonia.dcm"):
+        files = by[name]["dicom"]
+        assert sorted(Path(f).name[:3] for f in files) == ["SC_", "SR_"]
+    def sr(name):
+        return pydicom.dcmread(out / next(f for f in by[name]["dicom"] if Path(f).name.startswith("SR_")))
+    def regions(name):
+        return [f for f in read_sr_findings(sr(name)) if f.get("polyline") is not None]
+    assert regions("paediatric-cxr-pneumonia.dcm")  # the flagged region, as an image region (SCOORD)
+    assert regions("RG1_UNCR.dcm") == []  # out of scope: no region recorded
+    assert sr("RG1_UNCR.dcm").StudyInstanceUID == pydicom.dcmread(inputs[0], stop_before_pixels=True).StudyInstanceUID

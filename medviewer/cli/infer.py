@@ -87,6 +87,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="regions for every positive label, not only the flagged ones")
     p.add_argument("--frames", choices=["first", "all"], default="first",
                    help="multi-frame instances: score the first frame only, or every frame (default: first)")
+    p.add_argument("--dicom", action="store_true",
+                   help="also write DIR/dicom/: per scored DICOM image a TID 1500 SR (scores, flags, applicability, "
+                        "regions) and a Secondary Capture of the overlay, in the source study")
     p.add_argument("--ignore-intended-use", action="store_true",
                    help="flag findings on images outside the model's intended use too (recorded in the results)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -256,18 +259,41 @@ def run(args: argparse.Namespace) -> int:
                              + (f" ({len(ignored)} other files ignored)" if ignored else ""))
 
     on_done = None
-    if args.overlays:
+    if args.overlays or args.dicom:
+        import threading
+
         from medviewer.export.overlay import render_overlay, save_image
 
         names = _overlay_names(items)
-        (out_dir / "overlays").mkdir(exist_ok=True)
+        if args.overlays:
+            (out_dir / "overlays").mkdir(exist_ok=True)
         negative = package.card.negative_label
+        writer = None
+        lock = threading.Lock()
+        if args.dicom:
+            from medviewer.export.dicom_ai import DicomResultWriter
+
+            writer = DicomResultWriter(out_dir / "dicom", package.card)
 
         def on_done(outcome, display_u8, pred):
-            rel = Path("overlays") / names[outcome.index]
+            extra: dict = {}
             rgb = render_overlay(display_u8, pred, alpha=args.alpha, colormap=args.colormap, negative_label=negative)
-            save_image(out_dir / rel, rgb)
-            return {"overlay": str(rel)}
+            if args.overlays:
+                rel = Path("overlays") / names[outcome.index]
+                save_image(out_dir / rel, rgb)
+                extra["overlay"] = str(rel)
+            if writer is not None:
+                item = items[outcome.index]
+                inst = getattr(item, "instance", item)
+                ds = getattr(inst, "dataset", None)
+                if ds is None:
+                    extra["dicom"] = None  # PNG/JPEG: no study to put a DICOM result in
+                else:
+                    with lock:  # the writer numbers instances per study
+                        paths = writer.write(ds, pred, rgb, applicability=pred.applicability,
+                                             frame=getattr(item, "frame", None))
+                    extra["dicom"] = [str(q.relative_to(out_dir)) for q in paths]
+            return extra
 
     bar = tqdm(total=len(items), unit="img", desc=f"{package.card.name} [{session.provider_short}]",
                disable=True if args.quiet else None, file=sys.stderr)
@@ -283,7 +309,8 @@ def run(args: argparse.Namespace) -> int:
     options = {"inputs": list(args.inputs), "batch": args.batch, "overlays": bool(args.overlays),
                "region_threshold": args.region_threshold, "min_region_area": args.min_region_area,
                "all_regions": bool(args.all_regions), "colormap": args.colormap, "alpha": args.alpha,
-               "frames": args.frames, "ignore_intended_use": bool(args.ignore_intended_use)}
+               "frames": args.frames, "ignore_intended_use": bool(args.ignore_intended_use),
+               "dicom": bool(args.dicom)}
     json_path, _ = write_results(out_dir, package, session, outcomes, options=options, wall_s=wall, ignored=ignored)
     failed = [o for o in outcomes if not o.ok]
     for o in failed[:10]:
