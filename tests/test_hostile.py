@@ -401,3 +401,27 @@ def test_infer_folder_run_survives_every_bad_file_without_a_memory_peak(corpus, 
         elif case.expect == "ok" and not all(np.isfinite(v) for v in entry["scores"].values()):
             problems.append(f"{case.name}: non-finite score")
     assert not problems, "\n".join(problems)
+
+
+def test_truncation_check_is_not_fooled_by_sequence_delimiters_in_the_header(tmp_path):
+    """A cut compressed file whose header holds undefined-length sequences (each ends with the same
+    (FFFE,E0DD) bytes as encapsulated Pixel Data) is still found truncated."""
+    ds = pydicom.dcmread(pydicom_test_file("JPEG-LL.dcm"))
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    ds.ReferencedImageSequence = pydicom.Sequence([item])
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    whole = tmp_path / "whole.dcm"
+    ds.save_as(whole)
+    data = whole.read_bytes()
+    delimiter = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    assert data.find(delimiter) < data.find(b"\xe0\x7f\x10\x00")  # a delimiter in the header
+    read_instance(whole)  # the intact file is fine
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) - 5000])
+    with pytest.raises(ReadError, match="truncated"):
+        read_instance(cut)
+    code, out, err = run_cli("info", tmp_path, "--json")
+    assert code == 0
+    assert [s["path"].rsplit("/", 1)[-1] for s in json.loads(out)["skipped"]] == ["cut.dcm"]

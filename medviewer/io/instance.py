@@ -555,11 +555,7 @@ def _transfer_syntax_problem(ts: str) -> str | None:
 
 
 def _read_dicom_instance(path: Path) -> Instance:
-    try:
-        fp = open_regular(path)
-    except ReadError:
-        raise
-    with fp:
+    with open_regular(path) as fp:
         file_size = os.fstat(fp.fileno()).st_size
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
