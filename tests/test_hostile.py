@@ -425,3 +425,16 @@ def test_truncation_check_is_not_fooled_by_sequence_delimiters_in_the_header(tmp
     code, out, err = run_cli("info", tmp_path, "--json")
     assert code == 0
     assert [s["path"].rsplit("/", 1)[-1] for s in json.loads(out)["skipped"]] == ["cut.dcm"]
+
+
+def test_infer_writes_results_for_a_non_utf8_file_name(tmp_path):
+    name = os.fsdecode(b"scan_\xff\xfe.dcm")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / name).write_bytes(pydicom_test_file("CT_small.dcm").read_bytes())
+    out = tmp_path / "out"
+    code, _, err = run_cli("infer", tmp_path / "in", "--out", out, "--quiet", subcommands=("infer",))
+    assert code == 0, err
+    csv_text = (out / "results.csv").read_text(encoding="utf-8")  # valid UTF-8
+    assert "scan_\\xff\\xfe.dcm" in csv_text
+    doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [r["error"] for r in doc["results"]] == [None]

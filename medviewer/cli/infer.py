@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from medviewer.errors import MedViewerError
+from medviewer.errors import MedViewerError, display_path
 
 __all__ = ["add_parser", "run", "EXIT_OK", "EXIT_SOME_FAILED", "write_results"]
 
@@ -214,7 +214,7 @@ def write_results(out_dir: Path, package, session, outcomes, *, options: dict, w
             scores = pred.scores if pred is not None else {}
             app = (pred.applicability or {}) if pred is not None else {}
             ood = "" if pred is None or pred.ood_score is None else f"{pred.ood_score:.4f}"
-            w.writerow([str(o.path), *([o.frame if o.frame is not None else ""] if frame_col else []),
+            w.writerow([display_path(o.path), *([o.frame if o.frame is not None else ""] if frame_col else []),
                         *(f"{scores[lab]:.6f}" if lab in scores else "" for lab in labels),
                         ";".join(pred.flagged if pred is not None else []), app.get("status", ""), ood,
                         o.error or ""])
