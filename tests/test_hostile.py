@@ -280,6 +280,12 @@ def test_frame_budget_arithmetic():
     assert "11 frames" in limits.frame_problem(10, 10, frames=11)
 
 
+def test_series_declared_samples(ct_series_dir):
+    (series,) = scan(ct_series_dir).series
+    assert series.declared_samples == 134 * 512 * 512
+    assert series.declared_samples < get_limits().max_series_pixels
+
+
 def test_check_not_blank():
     ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
     assert check_not_blank(ramp, "x") is ramp

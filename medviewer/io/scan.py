@@ -90,6 +90,14 @@ class Series:
         """Total frames over all instances (what the viewer scrolls through)."""
         return sum(i.number_of_frames for i in self.instances)
 
+    @property
+    def declared_samples(self) -> int:
+        """Samples the whole series declares (rows x columns x samples per pixel x frames, summed over
+        instances): compare with :attr:`medviewer.limits.Limits.max_series_pixels` before decoding it all
+        (e.g. before prefetching every frame)."""
+        return sum(i.rows * i.columns * max(1, i.samples_per_pixel) * max(1, i.number_of_frames)
+                   for i in self.instances)
+
 
 @dataclass
 class Study:
