@@ -12,15 +12,16 @@ a deployment can change it without reloading anything):
 =================================  ================================  ==========================================
 setting                            environment variable              default
 =================================  ================================  ==========================================
-``max_frame_pixels``               ``MEDVIEWER_MAX_FRAME_PIXELS``    2**28 (268 M samples, e.g. 16384 x 16384)
+``max_frame_pixels``               ``MEDVIEWER_MAX_FRAME_PIXELS``    2**26 (67 M samples, e.g. 8192 x 8192)
 ``max_series_pixels``              ``MEDVIEWER_MAX_SERIES_PIXELS``   2**31 (2.1 G samples over all frames)
 ``max_model_input_pixels``         ``MEDVIEWER_MAX_MODEL_INPUT_PIXELS``  2**24 (16.7 M, e.g. 4096 x 4096)
 ``model_validation_seconds``       ``MEDVIEWER_DRY_RUN_SECONDS``     20 s (each validation dry run)
 =================================  ================================  ==========================================
 
-Pixel counts are *samples*: an RGB pixel counts three. A 16384 x 16384 x 1 16-bit frame is 512 MiB stored
-and the display pipeline adds one byte per sample, so the default frame budget keeps one decoded frame
-well under 2 GiB. Values must be positive integers (seconds: a positive number); an unparsable value is
+Pixel counts are *samples*: an RGB pixel counts three. The display pipeline's worst case (32-bit float
+Pixel Data, rendered through float32 modality values and window) needs about 20 bytes per sample at its
+peak, so the default frame budget keeps one frame's decode and render near 1.3 GiB; 8192 x 8192 is above
+any projection radiograph or mammogram (about 4000 x 5000) a reading workstation opens. Values must be positive integers (seconds: a positive number); an unparsable value is
 an error naming the variable, never silently ignored.
 
 Qt-free and torch-free: the GUI, the CLI and inference all read the same settings.
@@ -52,7 +53,7 @@ MAX_SERIES_PIXELS_ENV = "MEDVIEWER_MAX_SERIES_PIXELS"
 MAX_MODEL_INPUT_PIXELS_ENV = "MEDVIEWER_MAX_MODEL_INPUT_PIXELS"
 MODEL_VALIDATION_SECONDS_ENV = "MEDVIEWER_DRY_RUN_SECONDS"  # as medviewer.inference.package reads it
 
-DEFAULT_MAX_FRAME_PIXELS = 2**28
+DEFAULT_MAX_FRAME_PIXELS = 2**26
 DEFAULT_MAX_SERIES_PIXELS = 2**31
 DEFAULT_MAX_MODEL_INPUT_PIXELS = 2**24
 DEFAULT_MODEL_VALIDATION_SECONDS = 20.0

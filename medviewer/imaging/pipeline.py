@@ -47,6 +47,8 @@ from medviewer.io.instance import Instance, rescale_problem
 __all__ = ["DisplayPipeline", "display_image", "check_not_blank"]
 
 _MAX_CACHED_TABLES = 8
+_AUTO_SAMPLES = 262_144  # values the automatic window looks at (a regular subsample of larger frames)
+_BLOCK_SAMPLES = 1 << 20  # samples rendered per block on the float path
 
 
 def _first_item(ds: Dataset | None, keyword: str) -> Dataset | None:
@@ -290,7 +292,10 @@ class DisplayPipeline:
             ends = self.modality_lut.apply(np.array([w.lower, w.upper], np.float64), np.float64)
             lo, hi = sorted(float(v) for v in ends)
             return linear_window(lo, hi)
-        return auto_window(self.modality_values(values))
+        flat = values.reshape(-1)
+        if flat.size > _AUTO_SAMPLES:  # the same regular subsample auto_window takes, before the float copy
+            flat = flat[:: int(np.ceil(flat.size / _AUTO_SAMPLES))]
+        return auto_window(self.modality_values(flat), max_samples=_AUTO_SAMPLES)
 
     # ------------------------------------------------------------------ render
     def _unit(self, values: np.ndarray, window: Window | None, voi_index: int) -> np.ndarray:
@@ -367,12 +372,15 @@ class DisplayPipeline:
                 return cv2.LUT(arr.view(np.uint8), table)
             # np.take(mode="clip") skips bounds checks: ~3x faster than table[idx] (indices always valid)
             return np.take(table, arr.view(np.uint16), mode="clip")
-        values = self.modality_lut.apply(arr, np.float32)
-        if window is None:
-            unit = self.voi_luts[min(voi_index, len(self.voi_luts) - 1)].apply(values)
-        else:
-            unit = apply_window(values, window)
-        out = to_u8(unit)
+        # other sample types (32-bit, float): in blocks of rows, so the float temporaries of a large frame
+        # stay a few MB instead of several times the frame
+        out = np.empty(arr.shape, np.uint8)
+        rows_per_block = max(1, _BLOCK_SAMPLES // max(1, int(np.prod(arr.shape[1:]))))
+        voi = self.voi_luts[min(voi_index, len(self.voi_luts) - 1)] if window is None else None
+        for start in range(0, arr.shape[0], rows_per_block):
+            values = self.modality_lut.apply(arr[start:start + rows_per_block], np.float32)
+            unit = voi.apply(values) if voi is not None else apply_window(values, window)
+            out[start:start + rows_per_block] = to_u8(unit)
         return invert_u8(out) if flip else out
 
 
