@@ -9,20 +9,20 @@ precedents are OpenCV's ``CV_IO_MAX_IMAGE_PIXELS`` (default 2**30) and Pillow's 
 Every limit has a default and an environment variable that overrides it (read at each call, so a test or
 a deployment can change it without reloading anything):
 
-=================================  ================================  ==========================================
-setting                            environment variable              default
-=================================  ================================  ==========================================
-``max_frame_pixels``               ``MEDVIEWER_MAX_FRAME_PIXELS``    2**26 (67 M samples, e.g. 8192 x 8192)
-``max_series_pixels``              ``MEDVIEWER_MAX_SERIES_PIXELS``   2**31 (2.1 G samples over all frames)
-``max_model_input_pixels``         ``MEDVIEWER_MAX_MODEL_INPUT_PIXELS``  2**24 (16.7 M, e.g. 4096 x 4096)
-``model_validation_seconds``       ``MEDVIEWER_DRY_RUN_SECONDS``     20 s (each validation dry run)
-=================================  ================================  ==========================================
+====================================  ======================================  ===================================
+setting                               environment variable                    default
+====================================  ======================================  ===================================
+``max_frame_pixels``                  ``MEDVIEWER_MAX_FRAME_PIXELS``          2**26 (67 M samples, 8192 x 8192)
+``max_series_pixels``                 ``MEDVIEWER_MAX_SERIES_PIXELS``         2**31 (2.1 G samples, all frames)
+``max_model_input_pixels``            ``MEDVIEWER_MAX_MODEL_INPUT_PIXELS``    2**24 (16.7 M, 4096 x 4096)
+``model_validation_seconds``          ``MEDVIEWER_DRY_RUN_SECONDS``           20 s (each validation dry run)
+====================================  ======================================  ===================================
 
-Pixel counts are *samples*: an RGB pixel counts three. The display pipeline's worst case (32-bit float
-Pixel Data, rendered through float32 modality values and window) needs about 20 bytes per sample at its
-peak, so the default frame budget keeps one frame's decode and render near 1.3 GiB; 8192 x 8192 is above
-any projection radiograph or mammogram (about 4000 x 5000) a reading workstation opens. Values must be positive integers (seconds: a positive number); an unparsable value is
-an error naming the variable, never silently ignored.
+Pixel counts are *samples*: an RGB pixel counts three. 8192 x 8192 is above any projection radiograph or
+mammogram (about 4000 x 5000) a reading workstation opens; measured, ``medviewer render`` of an 8192 x 8192
+frame peaks at 0.8 GB (16-bit) and 0.6 GB (32-bit float, rendered in blocks of rows). Values must be
+positive integers (seconds: a positive number); an unparsable value is an error naming the variable
+(:class:`LimitError`), never silently ignored.
 
 Qt-free and torch-free: the GUI, the CLI and inference all read the same settings.
 """
