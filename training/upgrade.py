@@ -88,8 +88,13 @@ def upgrade_package(package: str | Path, data: str | Path, out_dir: str | Path, 
         The rebuilt model does not reproduce the old graph, or the split does not match the card.
     """
     from training.data import discover, read_display_u8, split_by_patient
-    from training.export import KERMANY_APPLICABILITY, check_parity, export_onnx, finalize_files, fit_intended_use
-    from training.export import render_readme as _readme  # noqa: F401  (README is regenerated below)
+    from training.export import (
+        KERMANY_APPLICABILITY,
+        check_parity,
+        export_onnx,
+        finalize_files,
+        fit_intended_use,
+    )
     from training.ood import onnx_outputs, save_ood
 
     src = Path(package)
