@@ -226,6 +226,20 @@ def test_get_unknown_study_is_one_line(env, protocol, tmp_path, capsys):
     assert err.count("\n") == 0 and "no such study 1.2.826.0.1.3680043.99.1" in err
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_get_into_a_file_is_one_line(env, protocol, tmp_path, capsys):
+    small = pydicom.dcmread(pydicom_test_file("CT_small.dcm"), stop_before_pixels=True)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["pacs", "get", url(env, protocol), str(small.StudyInstanceUID), "--out", str(blocker)]) == 1
+    assert "cannot create the folder" in _one_line_error(capsys)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / str(small.StudyInstanceUID)).write_text("a file where the study folder goes")
+    assert main(["pacs", "get", url(env, protocol), str(small.StudyInstanceUID), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 1
+    assert "cannot write" in _one_line_error(capsys)
+
+
 # -- send -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_send_arrives(env, protocol, tmp_path, capsys):
@@ -260,7 +274,7 @@ def test_closed_port(env, protocol, capsys):
 def test_wrong_called_aet(env, capsys):
     assert main(["pacs", "echo", f"dicom://NOT_ORTHANC@127.0.0.1:{env.dicom_port}"]) == 1
     err = _one_line_error(capsys)
-    assert "association rejected" in err and "NOT_ORTHANC" in err
+    assert "association rejected" in err and "NOT_ORTHANC" in err, err
 
 
 def test_dicomweb_401_without_and_with_wrong_credentials(env, monkeypatch, capsys):
@@ -274,6 +288,19 @@ def test_dicomweb_401_without_and_with_wrong_credentials(env, monkeypatch, capsy
     assert main(["pacs", "echo", env.dicomweb_url]) == 1
     err = _one_line_error(capsys)
     assert "401" in err and "wrong-password" not in err
+
+
+def test_password_from_the_os_keyring(env, monkeypatch, capsys):
+    import sys
+    import types
+
+    asked = []
+    fake = types.ModuleType("keyring")  # stands in for the keyring package's API: get_password(service, user)
+    fake.get_password = lambda service, user: asked.append((service, user)) or env.password
+    monkeypatch.setitem(sys.modules, "keyring", fake)
+    monkeypatch.delenv(ENV_PASSWORD)
+    assert main(["pacs", "echo", env.dicomweb_url]) == 0
+    assert asked == [("medviewer-pacs", f"{env.user}@{env.dicomweb_url}")]
 
 
 def test_dicomweb_token_is_sent_as_bearer(env, monkeypatch, capsys):

@@ -74,6 +74,9 @@ class PacsDialog(QDialog):
         self._pool = pool or QThreadPool.globalInstance()
         self._task: Task | None = None
         self._cancel: threading.Event | None = None
+        self._running = False
+        self._delivered = False
+        self._what = ""
         self.matches: list[dict[str, Any]] = []
 
         self.node = QComboBox(editable=True)
@@ -177,18 +180,40 @@ class PacsDialog(QDialog):
         self._cancel = cancel
         self.status.setText(what + " …")
         task = FnTask(fn, what)
+        # bound methods, not lambdas: Qt drops the connections when the dialog is deleted first
         task.signals.result.connect(on_result)
         task.signals.progress.connect(self._progress)
-        task.signals.failed.connect(lambda reason: self.status.setText(f"{what} failed: {reason}"))
-        task.signals.finished.connect(lambda: self._busy(False))
+        task.signals.failed.connect(self._failed)
+        task.signals.finished.connect(self._finished)
+        self._what = what
+        self._running = True
+        self._delivered = False  # set when the result (or the failure) has reached the GUI thread
         self._task = task
         self._pool.start(task)
         return task
 
+    def _stale(self) -> bool:
+        """True in a slot called by an earlier task's signal (its queued signals can arrive after a new
+        task has started); direct calls (no sender) are current."""
+        sender = self.sender()
+        return sender is not None and (self._task is None or sender is not self._task.signals)
+
+    def _failed(self, reason: str) -> None:
+        if self._stale():
+            return
+        self._delivered = True
+        self.status.setText(f"{self._what} failed: {reason}")
+
+    def _finished(self) -> None:
+        if self._stale():
+            return
+        self._running = False
+        self._busy(False)
+
     @property
     def busy(self) -> bool:
-        """True while a network task runs."""
-        return self._task is not None and not self._task.done.is_set()
+        """True from the start of a network task until its end has reached the GUI thread."""
+        return self._running
 
     # -- actions ----------------------------------------------------------------------------------------
     def echo(self) -> None:
@@ -197,8 +222,13 @@ class PacsDialog(QDialog):
             with self._connect() as client:
                 return client.echo()
 
-        self._start(work, lambda s: self.status.setText(f"{self.node.currentText()}: OK ({s * 1000:.0f} ms)"),
-                    "Echo")
+        self._start(work, self._echoed, "Echo")
+
+    def _echoed(self, seconds: float) -> None:
+        if self._stale():
+            return
+        self._delivered = True
+        self.status.setText(f"{self.node.currentText()}: OK ({seconds * 1000:.0f} ms)")
 
     def search(self) -> None:
         """Study-level query with the fields' values, in the background; fills the table."""
@@ -215,6 +245,9 @@ class PacsDialog(QDialog):
         self._start(work, self._show_matches, "Search")
 
     def _show_matches(self, matches: list[dict[str, Any]]) -> None:
+        if self._stale():
+            return
+        self._delivered = True
         self.matches = matches
         self.table.setRowCount(len(matches))
         for row, m in enumerate(matches):
@@ -254,10 +287,15 @@ class PacsDialog(QDialog):
         self._start(work, self._retrieved, "Retrieve", cancel)
 
     def _progress(self, done: int, total: int) -> None:
+        if self._stale():
+            return
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(done)
 
     def _retrieved(self, result: Any) -> None:
+        if self._stale():
+            return
+        self._delivered = True
         total = len(result.expected)
         have = total - len(result.missing)
         if result.cancelled:
@@ -273,7 +311,7 @@ class PacsDialog(QDialog):
     def cancel(self) -> None:
         """Stop the running task: a retrieval stops after the instance in flight and reports what it has;
         an echo or a query is abandoned (its answer is dropped)."""
-        if not self.busy:
+        if not self.busy or self._delivered:  # nothing runs, or its answer is already shown
             return
         if self._cancel is not None:
             self._cancel.set()
@@ -281,7 +319,7 @@ class PacsDialog(QDialog):
         elif self._task is not None:
             self._task.cancel()
             self.status.setText("Cancelled.")
-            self._busy(False)
+            self._finished()
 
     def done(self, r: int) -> None:
         """Closing the dialog cancels what runs."""

@@ -277,6 +277,8 @@ class DimseClient(PacsClient):
                                             f"destination {self.aet!r} (add it with this host and port "
                                             f"{self.move_port})")
                         if code not in (0x0000, 0xFF00, 0xB000, 0xFE00):
+                            if errors:  # the sub-operations failed because we could not keep what came
+                                raise PacsError(f"{self.node}: could not store a received instance: {errors[0]}")
                             raise PacsError(f"{self.node}: {op} failed: {_status_text(status)}")
         finally:
             if server is not None:

@@ -125,6 +125,10 @@ def retrieve_study(client: PacsClient, study_instance_uid: str, out: Path, *,
         The PACS lists no instance for the study/series (no such study), or a network failure.
     """
     out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PacsError(f"{out}: cannot create the folder ({exc.strerror or exc})") from None
     expected = client.list_instances(study_instance_uid, series_instance_uid)
     if not expected:
         what = f"series {series_instance_uid} of study" if series_instance_uid else "study"
@@ -158,7 +162,10 @@ def retrieve_study(client: PacsClient, study_instance_uid: str, out: Path, *,
     def sink(ds: Dataset) -> None:
         sop = str(ds.SOPInstanceUID)
         path = instance_path(out, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), sop)
-        write_instance(ds, path)
+        try:
+            write_instance(ds, path)
+        except OSError as exc:
+            raise PacsError(f"{path}: cannot write ({exc.strerror or exc})") from None
         with lock:
             result.written.append(path)
             if sop not in expected_uids:
