@@ -177,6 +177,8 @@ def test_multiframe_source_references_the_frame(session, tmp_path):
     frames = {int(v) for item in content_items(sr) for ref in item.get("ReferencedSOPSequence", [])
               for v in np.atleast_1d(ref.get("ReferencedFrameNumber", []))}
     assert frames == {4}
+    drawn = [g for g in read_sr_findings(sr) if g["polyline"] is not None]
+    assert len(drawn) == len(pred.regions) and all(g["referenced_frame_numbers"] == [4] for g in drawn)
     assert int(pydicom.dcmread(paths[1]).SourceImageSequence[0].ReferencedFrameNumber) == 4
 
 
@@ -190,3 +192,42 @@ def test_bad_inputs_are_one_line_errors(session):
         build_overlay_sc(header, overlay[..., 0], session.card)
     with pytest.raises(DicomExportError, match="applicability status"):
         build_sr(header, pred, session.card, applicability={"status": "maybe"})
+
+
+def test_reads_another_vendors_tid1500(tmp_path):
+    """A TID 1500 report built with highdicom's own API (a circle on the image and a 3-D point in the frame of
+    reference, vendor codes), as another tool would write it: the findings and regions are read back."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    ct = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
+    src = hd.sr.SourceImageForRegion.from_source_image(ct)
+    algo = hd.sr.AlgorithmIdentification(name="OtherVendorCAD", version="2.1")
+    circle = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=pydicom.uid.generate_uid(), identifier="nodule 1"),
+        referenced_region=hd.sr.ImageRegion(graphic_type="CIRCLE", graphic_data=np.array([[60.0, 50.0], [66.0, 50.0]]),
+                                            source_image=src),
+        finding_type=codes.SCT.Nodule, algorithm_id=algo,
+        measurements=[hd.sr.Measurement(name=codes.SCT.Diameter, value=6.0, unit=codes.UCUM.Millimeter)])
+    point = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=pydicom.uid.generate_uid(), identifier="nodule 2"),
+        referenced_region=hd.sr.ImageRegion3D(graphic_type="POINT", graphic_data=np.array([[10.0, -20.5, 30.25]]),
+                                              frame_of_reference_uid=ct.FrameOfReferenceUID),
+        finding_type=codes.SCT.Nodule, algorithm_id=algo)
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(), procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=[circle, point])
+    sr = hd.sr.Comprehensive3DSR(evidence=[ct], content=report[0], series_instance_uid=pydicom.uid.generate_uid(),
+                                 series_number=77, sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1,
+                                 manufacturer="Other Vendor")
+    sr.save_as(tmp_path / "vendor.dcm", enforce_file_format=True)
+    groups = {g["tracking_identifier"]: g for g in read_sr_findings(pydicom.dcmread(tmp_path / "vendor.dcm"))}
+    one, two = groups["nodule 1"], groups["nodule 2"]
+    assert one["finding"] == "Nodule" and one["graphic_type"] == "CIRCLE"
+    assert one["measurements"] == {"Diameter": 6.0}
+    assert one["polyline"].tolist() == [[60.0, 50.0], [66.0, 50.0]]
+    assert one["referenced_sop_instance_uid"] == ct.SOPInstanceUID
+    assert two["graphic_type"] == "POINT" and two["polyline"] is None
+    assert two["coordinates_3d"].tolist() == [[10.0, -20.5, 30.25]]
+    with pytest.raises(ValueError, match="not a Comprehensive 3D"):
+        read_sr_findings(ct)
