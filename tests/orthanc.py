@@ -114,8 +114,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_orthanc(workdir: Path, scu_aet: str = "MEDVIEWER", timeout: float = 30.0) -> Orthanc:
+def start_orthanc(workdir: Path, scu_aet: str = "MEDVIEWER", timeout: float = 30.0,
+                  overrides: dict | None = None) -> Orthanc:
     """Start Orthanc in ``workdir`` (config, storage, log) on free ports; returns when it answers.
+    ``overrides`` replace configuration options (e.g. ``{"DicomAlwaysAllowFind": False}``).
 
     Raises
     ------
@@ -151,6 +153,7 @@ def start_orthanc(workdir: Path, scu_aet: str = "MEDVIEWER", timeout: float = 30
         "HttpThreadsCount": 8,
         "StorageCompression": False,
     }
+    config.update(overrides or {})
     cfg = workdir / "orthanc.json"
     cfg.write_text(json.dumps(config, indent=2))
     log = workdir / "orthanc.log"

@@ -277,6 +277,20 @@ def test_wrong_called_aet(env, capsys):
     assert "association rejected" in err and "NOT_ORTHANC" in err, err
 
 
+def test_unknown_calling_aet_is_explained(orthanc, tmp_path, capsys):
+    """Orthanc's default: C-FIND only from AE titles it knows. Ours is registered; a stranger's is not."""
+    strict = start_orthanc(tmp_path / "strict", overrides={"DicomAlwaysAllowFind": False,
+                                                           "DicomAlwaysAllowGet": False})
+    try:
+        assert main(["pacs", "find", strict.dimse_url, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+        assert main(["pacs", "find", strict.dimse_url, "--aet", "STRANGER"]) == 1
+        err = _one_line_error(capsys)
+        assert "ended the association" in err and "'STRANGER'" in err and "C-FIND" in err
+    finally:
+        strict.stop()
+
+
 def test_dicomweb_401_without_and_with_wrong_credentials(env, monkeypatch, capsys):
     monkeypatch.delenv(ENV_USER)
     monkeypatch.delenv(ENV_PASSWORD)

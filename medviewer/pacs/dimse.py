@@ -135,6 +135,16 @@ class DimseClient(PacsClient):
             return f"association aborted by {where}"
         return f"could not connect to {where} (refused, unreachable or timed out after {self.timeout:g} s)"
 
+    def _no_response(self, assoc, op: str = "C-FIND", since: float | None = None) -> str:
+        """Why a DIMSE request got no response: the PACS aborted or closed the association before the
+        timeout (usually: it does not accept the request from our AE title / host), or nothing came."""
+        quick = since is not None and time.perf_counter() - since < 0.9 * self.timeout
+        if assoc.is_aborted or quick:
+            extra = " (and must know its host and port as a C-MOVE destination)" if op == "C-MOVE" else ""
+            return (f"the PACS ended the association without answering; it may not accept {op} from our AE "
+                    f"title {self.aet!r} on this host{extra}")
+        return f"no response within {self.timeout:g} s (or the connection was lost)"
+
     # -- operations -------------------------------------------------------------------------------------
     def echo(self) -> float:
         from pynetdicom.sop_class import Verification
@@ -155,9 +165,10 @@ class DimseClient(PacsClient):
         ae.add_requested_context(FIND)
         out: list[Dataset] = []
         with self._association(ae) as assoc:
+            t0 = time.perf_counter()
             for status, ident in assoc.send_c_find(identifier, FIND):
                 if status is None or "Status" not in status:
-                    raise PacsError(f"{self.node}: C-FIND: {_status_text(status)}")
+                    raise PacsError(f"{self.node}: C-FIND: {self._no_response(assoc, 'C-FIND', t0)}")
                 code = int(status.Status)
                 if code in (0xFF00, 0xFF01):
                     if ident is not None:
@@ -263,11 +274,10 @@ class DimseClient(PacsClient):
                 for q in queries:
                     if cancel is not None and cancel.is_set():
                         break
+                    t0 = time.perf_counter()
                     for status, _ident in send(assoc, q):
                         if status is None or "Status" not in status:
-                            hint = (f"; the PACS may not accept {op} from, or know the host and port of, our AE "
-                                    f"title {self.aet!r}") if self.move_port is not None else ""
-                            raise PacsError(f"{self.node}: {op}: {_status_text(status)}{hint}")
+                            raise PacsError(f"{self.node}: {op}: {self._no_response(assoc, op, t0)}")
                         code = int(status.Status)
                         if cancel is not None and cancel.is_set() and code == 0xFF00:
                             assoc.abort()
