@@ -442,3 +442,21 @@ def test_viewport_first_image_is_display_image(qtbot, settings, name, tmp_path):
     vp.state.zoom = vp.state.aspect = 1.0  # 1:1, no minification
     vp._ensure_display()
     np.testing.assert_array_equal(vp._display, display_image(read_instance(path)))
+
+
+def test_screenshot_run_with_a_bad_file_exits_non_zero_without_waiting(tmp_path):
+    """A non-interactive run never waits for a click and never calls a failure a success (exit 4)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    bad = tmp_path / "garbage.dcm"
+    bad.write_bytes(b"not an image at all")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "medviewer", str(bad), "--screenshot", str(tmp_path / "s.png")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 4, r.stderr
+    assert time.perf_counter() - t0 < 60 and (tmp_path / "s.png").is_file()
+    assert "garbage.dcm" in r.stderr and "Traceback" not in r.stderr

@@ -93,7 +93,9 @@ def create_app(argv: list[str] | None = None) -> QApplication:
 class ScreenshotWhenIdle:
     """Polls the window; once loading and inference are done (and stay done), saves a grab and quits.
 
-    Exit code 0 on success, 1 if the PNG could not be written, 2 on timeout.
+    Exit code 0 on success, 1 if the PNG could not be written, 2 on timeout, 3 when ``check`` says what is
+    shown is not what was promised (the demo), 4 when the window reported an error (a file that could not be
+    opened or decoded): a non-interactive run never waits for a click and never calls a failure a success.
     """
 
     def __init__(self, window: MainWindow, path: str, timeout_s: float = 180.0, settle_ms: int = 400,
@@ -112,7 +114,8 @@ class ScreenshotWhenIdle:
         if not w.is_idle():
             return False
         shown = [v for v in w.viewports if v.isVisible() and v.source is not None]
-        return all(v.has_image() for v in shown) and w._infer_task is None
+        # an error (a file that cannot be opened or decoded) ends the wait: nothing more will arrive
+        return (all(v.has_image() for v in shown) or bool(w.errors)) and w._infer_task is None
 
     def _poll(self) -> None:
         if self._ready():
@@ -134,6 +137,9 @@ class ScreenshotWhenIdle:
                 print(f"medviewer: screenshot saved to {self.path} ({time.perf_counter() - self.t0:.1f} s)")
             self.code = 2 if timed_out else (0 if ok else 1)
             problem = self.check(self.window) if self.check is not None and ok else None
+            if ok and not timed_out and self.window.errors and self.code == 0:
+                print(f"medviewer: error: the window shows an error: {self.window.errors[0]}", file=sys.stderr)
+                self.code = 4
             if problem:
                 print(f"medviewer: error: the demo cannot show what it promises: {problem}", file=sys.stderr)
                 self.code = 3
