@@ -460,3 +460,13 @@ def test_screenshot_run_with_a_bad_file_exits_non_zero_without_waiting(tmp_path)
     assert r.returncode == 4, r.stderr
     assert time.perf_counter() - t0 < 60 and (tmp_path / "s.png").is_file()
     assert "garbage.dcm" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_file_menu_opens_the_pacs_dialog(qtbot, settings):
+    from medviewer.gui.pacs_dialog import PacsDialog
+
+    win = _window(qtbot, settings)
+    act = next(a for a in win.menus["File"].actions() if "PACS" in a.text())
+    act.trigger()
+    assert isinstance(win._pacs_dialog, PacsDialog) and win._pacs_dialog.isVisible()
+    win._pacs_dialog.close()

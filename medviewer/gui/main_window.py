@@ -248,6 +248,7 @@ class MainWindow(QMainWindow):
             self.actions[b.command] = act
             if b.command == Command.OPEN_FOLDER:
                 self.recent_menu = file_menu.addMenu("Open recent")
+                file_menu.addAction("Query / retrieve from PACS…").triggered.connect(self.show_pacs_dialog)
             if b.command in (Command.EXPORT_PNG, Command.LAST_IMAGE, Command.FLIP_V, Command.FULLSCREEN):
                 menu.addSeparator()
         self.actions[Command.TOOL_WINDOW].setChecked(True)
@@ -339,6 +340,15 @@ class MainWindow(QMainWindow):
                                                 "Images (*.dcm *.DCM *.dicom *.png *.jpg *.jpeg *);;All files (*)")
         if files:
             self.open_paths(files)
+
+    def show_pacs_dialog(self) -> None:
+        """The PACS dialog (query, retrieve off the GUI thread); a retrieved study opens in the browser."""
+        from medviewer.gui.pacs_dialog import PacsDialog
+
+        dlg = PacsDialog(self)
+        dlg.studyRetrieved.connect(lambda folder: self.open_paths([str(folder)]))
+        self._pacs_dialog = dlg
+        dlg.show()
 
     def open_folder_dialog(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Open folder", self.settings.last_folder)
