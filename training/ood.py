@@ -29,7 +29,7 @@ import numpy as np
 
 from medviewer.imaging.preprocess import preprocess
 from medviewer.inference.card import InputSpec, OODLayer, OODSpec, Preprocessing
-from medviewer.inference.ood import mahalanobis_min, transform_features
+from medviewer.inference.ood import OODDetector, transform_features
 
 __all__ = ["onnx_outputs", "shift_image", "fit_ood", "save_ood", "ood_rates"]
 
@@ -68,14 +68,6 @@ def shift_image(image_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-7, 7), 1 / rng.uniform(0.85, 1.0))
     f = cv2.warpAffine(f, m, (w, h), borderMode=cv2.BORDER_REFLECT)
     return np.clip(f * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
-def _block_distances(features: np.ndarray, layers: Sequence[OODLayer], means: Sequence[np.ndarray],
-                     precisions: Sequence[np.ndarray], transform: str) -> np.ndarray:
-    out = np.empty((features.shape[0], len(layers)), np.float64)
-    for j, (layer, mu, prec) in enumerate(zip(layers, means, precisions, strict=True)):
-        out[:, j] = mahalanobis_min(transform_features(features[:, layer.start : layer.stop], transform), mu, prec)
-    return out
 
 
 def fit_ood(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
@@ -122,15 +114,19 @@ def fit_ood(train_features: np.ndarray, train_labels: np.ndarray, val_features: 
         precs.append(prec)
         proto_layers.append(OODLayer(name=name, start=start, stop=start + f, normaliser=1.0))
         start += f
-    raw_val = _block_distances(val_features, proto_layers, means, precs, transform)
+    proto = OODSpec(layers=proto_layers, threshold=1.0, transform=transform,  # type: ignore[arg-type]
+                    calibration="provisional: normalisers 1", target_false_rejection=target,
+                    validation_false_rejection=0.0, n_fit=int(len(labels)))
+    raw_val = OODDetector(proto, tuple(means), tuple(precs)).layer_scores(val_features)  # the app's own scoring
     norms = np.maximum(np.median(raw_val, axis=0), 1e-12)
     layers = [layer.model_copy(update={"normaliser": float(n)}) for layer, n in zip(proto_layers, norms, strict=True)]
-    val_score = (raw_val / norms).mean(axis=1)
+    normalised = OODDetector(proto.model_copy(update={"layers": layers}), tuple(means), tuple(precs))
+    val_score = normalised.score(val_features)
     thr = float(np.quantile(val_score, 1 - target))
     rule = f"the {1 - target:.1%} quantile of {split} scores"
     shifted_frr = None
     if shifted_features is not None and len(shifted_features):
-        sh = (_block_distances(shifted_features, layers, means, precs, transform) / norms).mean(axis=1)
+        sh = normalised.score(shifted_features)
         thr_sh = float(np.quantile(sh, 1 - shifted_target))
         if thr_sh > thr:
             thr = thr_sh

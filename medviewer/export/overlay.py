@@ -20,6 +20,7 @@ import numpy as np
 from medviewer.errors import MedViewerError
 from medviewer.inference.heatmap import blend, to_rgb
 from medviewer.inference.regions import Region
+from medviewer.workstation.intended_use import findings_withheld, scope_label
 
 __all__ = ["REGION_COLOR", "draw_regions", "draw_caption", "overlay_label", "render_overlay", "save_image",
            "IMAGE_SUFFIXES"]
@@ -133,8 +134,8 @@ def render_overlay(display_u8: np.ndarray, prediction, label: str | None = None,
         uint8 ``(H, W, 3)`` RGB.
     """
     label = overlay_label(prediction, label, negative_label)
-    app = getattr(prediction, "applicability", None) or {}
-    silent = app.get("status") == "out_of_scope" and not app.get("overridden")
+    app = getattr(prediction, "applicability", None)
+    silent = findings_withheld(app)
     # outside the model's intended use: no heat map and no regions unless overridden, and always said so
     out = np.array(display_u8, copy=True) if silent else blend(display_u8, prediction.cam(label), alpha=alpha,
                                                                   colormap=colormap)
@@ -145,9 +146,8 @@ def render_overlay(display_u8: np.ndarray, prediction, label: str | None = None,
     if caption:
         lines = [f"{'*' if lab in prediction.flagged else ' '}{lab}: {prediction.scores[lab]:.3f}"
                  for lab in prediction.labels]
-        if app.get("status") == "out_of_scope":
-            lines = [("AI SHOWN ANYWAY: OUTSIDE INTENDED USE" if app.get("overridden")
-                      else "AI: OUTSIDE THE MODEL'S INTENDED USE"), *lines]
+        if scope_label(app):
+            lines = [scope_label(app), *lines]
         out = draw_caption(out, lines + ([] if silent else [f"heat map: {label}"]))
     return out
 

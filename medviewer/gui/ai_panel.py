@@ -31,8 +31,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from medviewer.export.overlay import overlay_label
 from medviewer.gui import theme
 from medviewer.gui.viewport import numpy_to_qimage
+from medviewer.workstation.intended_use import findings_withheld
 
 __all__ = ["AiPanel", "ScoreRow", "ColorBar"]
 
@@ -328,7 +330,7 @@ class AiPanel(QWidget):
             self.cam_note.setText("")
             return
         app = getattr(pred, "applicability", None) or {}
-        if app.get("status") == "out_of_scope" and not app.get("overridden"):
+        if findings_withheld(app):
             self.cam_note.setText("Outside the model's intended use: no heat map is shown.")
             self.cam_note.setStyleSheet(f"color: {theme.MUTED};")
         elif lab in pred.flagged:
@@ -423,7 +425,7 @@ class AiPanel(QWidget):
         self.show_anyway_button = None
         app = getattr(pred, "applicability", None) or {}
         out_of_scope = app.get("status") == "out_of_scope"
-        muted = out_of_scope and not app.get("overridden")
+        muted = findings_withheld(app)
         neg = getattr(card, "negative_label", None)
         for lab in pred.labels:
             op = card.operating_point(lab)
@@ -452,9 +454,7 @@ class AiPanel(QWidget):
         self.cam_combo.blockSignals(True)
         self.cam_combo.clear()
         self.cam_combo.addItems(list(pred.labels))
-        pos = [lab for lab in pred.labels if lab != neg]
-        pick = pred.flagged[0] if pred.flagged else (max(pos, key=lambda lab: pred.scores[lab]) if pos else pred.labels[0])
-        self.cam_combo.setCurrentIndex(pred.labels.index(pick))
+        self.cam_combo.setCurrentIndex(pred.labels.index(overlay_label(pred, negative_label=neg)))
         self.cam_combo.blockSignals(False)
         self._update_cam_note()
         for i, r in enumerate(pred.regions):

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from medviewer.export.overlay import overlay_label
 from medviewer.gui.ai_panel import AiPanel, scrollable
 from medviewer.gui.browser import SeriesBrowser, series_key
 from medviewer.gui.dialogs import ExportDialog, ModelCardDialog, ShortcutsDialog, TagBrowser, show_error
@@ -37,7 +38,12 @@ from medviewer.gui.series import FrameSource
 from medviewer.gui.settings import LAYOUTS, Settings
 from medviewer.gui.viewport import AiOverlay, Viewport
 from medviewer.gui.workers import FnTask, PrefetchTask, Task
-from medviewer.workstation.intended_use import IntendedUsePolicy, should_auto_run
+from medviewer.workstation.intended_use import (
+    IntendedUsePolicy,
+    findings_withheld,
+    should_auto_run,
+)
+from medviewer.workstation.intended_use import show_anyway as override_intended_use
 
 __all__ = ["MainWindow"]
 
@@ -46,14 +52,6 @@ __all__ = ["MainWindow"]
 
 _TOOLS = {Command.TOOL_WINDOW: None, Command.TOOL_DISTANCE: Shape.DISTANCE, Command.TOOL_RECT: Shape.RECT,
           Command.TOOL_ELLIPSE: Shape.ELLIPSE}
-
-
-def _default_cam_label(pred: Any, card: Any) -> int:
-    """Index of the label whose map a viewport shows by default: the flagged one, else the top positive."""
-    neg = getattr(card, "negative_label", None)
-    pos = [lab for lab in pred.labels if lab != neg]
-    pick = pred.flagged[0] if pred.flagged else (max(pos, key=lambda lab: pred.scores[lab]) if pos else pred.labels[0])
-    return pred.labels.index(pick)
 
 
 class MainWindow(QMainWindow):
@@ -891,10 +889,9 @@ class MainWindow(QMainWindow):
             if entry is None:
                 continue
             pred = entry[0]
-            app = pred.applicability or {}
-            # out of scope: no heat map and no regions unless the reader pressed "Show anyway"
-            silent = app.get("status") == "out_of_scope" and not app.get("overridden")
-            label = self.panel.cam_label_index() if vp is self.active else _default_cam_label(pred, entry[3].card)
+            silent = findings_withheld(pred.applicability)  # out of scope: no heat map, no regions
+            label = (self.panel.cam_label_index() if vp is self.active
+                     else pred.labels.index(overlay_label(pred, negative_label=entry[3].card.negative_label)))
             vp.set_ai(AiOverlay(uid, pred, list(pred.labels), list(pred.flagged),
                                 self.panel.heatmap_on() and not silent, self.panel.opacity_value(),
                                 self.panel.colormap(), label, self.panel.regions_check.isChecked() and not silent))
@@ -906,12 +903,8 @@ class MainWindow(QMainWindow):
         entry = self.predictions.get(uid) if uid is not None else None
         if entry is None:
             return
-        pred = entry[0]
-        app = pred.applicability or {}
-        if app.get("status") != "out_of_scope" or app.get("overridden"):
+        if not override_intended_use(entry[0]):
             return
-        pred.flagged, pred.regions = list(pred.suppressed_flags), list(pred.suppressed_regions)
-        pred.applicability = {**app, "overridden": True}
         self.panel.prediction = None  # re-render
         self._sync_panel()
         self.set_status("Shown anyway: the image is outside the model's intended use")

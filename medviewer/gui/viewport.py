@@ -33,6 +33,7 @@ from medviewer.gui.measure import Measurement, Shape, describe
 from medviewer.gui.overlays import corner_text, orientation_labels
 from medviewer.gui.series import FrameSource
 from medviewer.gui.viewstate import ViewState, nice_scale_length_mm
+from medviewer.workstation.intended_use import scope_label
 
 __all__ = ["Viewport", "AiOverlay", "SERIES_MIME", "numpy_to_qimage"]
 
@@ -442,11 +443,9 @@ class Viewport(QWidget):
         ai = self.ai
         if ai is None or ai.frame_uid != self.frame_uid():
             return
-        app = getattr(ai.prediction, "applicability", None) or {}
-        if app.get("status") != "out_of_scope":
+        text = scope_label(getattr(ai.prediction, "applicability", None))
+        if text is None:
             return
-        text = ("AI SHOWN ANYWAY: OUTSIDE THE MODEL'S INTENDED USE" if app.get("overridden")
-                else "AI: outside the model's intended use")
         p.setFont(self._font(10, bold=True))
         fm = QFontMetrics(p.font())
         self._shadow_text(p, (self.width() - fm.horizontalAdvance(text)) / 2, self.height() - 3.6 * fm.height(),

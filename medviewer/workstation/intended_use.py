@@ -55,6 +55,9 @@ __all__ = [
     "IntendedUsePolicy",
     "should_auto_run",
     "parse_age_string",
+    "findings_withheld",
+    "scope_label",
+    "show_anyway",
 ]
 
 
@@ -373,6 +376,32 @@ class IntendedUsePolicy:
 
     def __call__(self, instance: Any, image_u8: np.ndarray | None, prediction: Any) -> Assessment:
         return self.apply(instance, prediction, image_u8)
+
+
+def findings_withheld(applicability: dict | None) -> bool:
+    """True when a result (``Prediction.applicability``) is out of scope and not overridden: no flag, heat
+    map or region may be shown for it -- the one rule every view and export follows."""
+    app = applicability or {}
+    return app.get("status") == Status.OUT_OF_SCOPE.value and not app.get("overridden")
+
+
+def scope_label(applicability: dict | None) -> str | None:
+    """The line drawn on an out-of-scope image (viewport, PNG export, overlays); None in scope."""
+    app = applicability or {}
+    if app.get("status") != Status.OUT_OF_SCOPE.value:
+        return None
+    return ("AI SHOWN ANYWAY: OUTSIDE THE MODEL'S INTENDED USE" if app.get("overridden")
+            else "AI: OUTSIDE THE MODEL'S INTENDED USE")
+
+
+def show_anyway(prediction: Any) -> bool:
+    """The reader's override of an out-of-scope result: bring back the withheld flags and regions and record
+    ``overridden``. Returns False (and changes nothing) when nothing was withheld."""
+    if not findings_withheld(prediction.applicability):
+        return False
+    prediction.flagged, prediction.regions = list(prediction.suppressed_flags), list(prediction.suppressed_regions)
+    prediction.applicability = {**prediction.applicability, "overridden": True}
+    return True
 
 
 def should_auto_run(card: ModelCard, instance: Any) -> tuple[bool, str | None]:
