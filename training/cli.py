@@ -59,6 +59,10 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--balance", choices=["weights", "sampler", "none"], default="weights",
                    help="class imbalance: weighted loss, balanced sampling, or nothing")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--augment", choices=["standard", "strong"], default="standard",
+                   help="augmentation preset; strong adds random resized crops, gamma, blur/sharpen, "
+                        "down-sampling and CLAHE (robustness to acquisition shift)")
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a) parameter a, e.g. 0.2 (0: off)")
     p.add_argument("--hflip", action="store_true", help="also flip left-right (off: anatomy is not symmetric)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=0.2, help="before the classifier (compact models)")
@@ -85,7 +89,7 @@ def _config(args: argparse.Namespace, argv: Sequence[str]) -> object:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, schedule=args.schedule, patience=args.patience,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, balance=args.balance,
-        augment=not args.no_augment, hflip=args.hflip, label_smoothing=args.label_smoothing, dropout=args.dropout,
+        augment=not args.no_augment, augment_preset=args.augment, mixup=args.mixup, hflip=args.hflip, label_smoothing=args.label_smoothing, dropout=args.dropout,
         ema=args.ema, max_minutes=args.max_minutes, device=args.device, workers=args.workers, threads=args.threads, amp=not args.no_amp,
         weights=args.weights, resume=args.resume, limit=args.limit, patient_regex=args.patient_regex,
         positive=args.positive, operating_point=args.operating_point, cache_dir=args.cache_dir,

@@ -312,6 +312,16 @@ class Augment:
     of the size, contrast ``1 +- contrast``, brightness ``+- brightness`` of full scale, Gaussian noise
     with sigma up to ``noise`` grey levels (with probability 0.5). No left-right flip unless ``hflip``
     (thoracic anatomy is not symmetric).
+
+    The acquisition-shift terms are off by default (:meth:`strong` turns them on); each is drawn only when
+    enabled, so a default ``Augment`` reproduces earlier runs exactly:
+
+    - ``zoom``: extra zoom-in factor up to ``1 + zoom`` with a random centre (a random resized crop),
+      ``aspect``: anisotropic stretch ``1 +- aspect``;
+    - ``gamma``: exposure curve ``x ** g`` with ``log g`` uniform in ``+- log(1 + gamma)``;
+    - ``blur_p`` / ``sharpen_p``: Gaussian blur (sigma 0.4-1.6 px) or unsharp masking (amount 0.3-1.2);
+    - ``downscale_p``: down- then up-sampling by 0.35-0.85 (detector resolution, re-sampled archives);
+    - ``clahe_p``: contrast-limited adaptive histogram equalisation (a vendor's processing look).
     """
 
     rotate_deg: float = 10.0
@@ -321,6 +331,20 @@ class Augment:
     brightness: float = 0.08
     noise: float = 4.0
     hflip: bool = False
+    zoom: float = 0.0
+    aspect: float = 0.0
+    gamma: float = 0.0
+    blur_p: float = 0.0
+    sharpen_p: float = 0.0
+    downscale_p: float = 0.0
+    clahe_p: float = 0.0
+
+    @classmethod
+    def strong(cls, hflip: bool = False) -> Augment:
+        """The preset for robustness to acquisition shift (``medviewer-train fit --augment strong``)."""
+        return cls(rotate_deg=10.0, scale=0.10, translate=0.08, contrast=0.30, brightness=0.10, noise=6.0,
+                   hflip=hflip, zoom=0.25, aspect=0.10, gamma=0.6, blur_p=0.25, sharpen_p=0.25,
+                   downscale_p=0.25, clahe_p=0.15)
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         h, w = img.shape[:2]
@@ -328,8 +352,34 @@ class Augment:
         s = rng.uniform(1 - self.scale, 1 + self.scale)
         m = cv2.getRotationMatrix2D((w / 2 - 0.5, h / 2 - 0.5), angle, s)
         m[:, 2] += rng.uniform(-self.translate, self.translate, 2) * (w, h)
+        if self.zoom > 0 or self.aspect > 0:  # random resized crop: zoom in about a random centre, stretch
+            z = rng.uniform(1.0, 1.0 + self.zoom)
+            a = rng.uniform(1 - self.aspect, 1 + self.aspect)
+            zx, zy = z * a, z / a
+            cx, cy = rng.uniform(0.5 - 0.5 * (1 - 1 / z), 0.5 + 0.5 * (1 - 1 / z), 2) * (w, h)
+            crop = np.array([[zx, 0, w / 2 - zx * cx], [0, zy, h / 2 - zy * cy], [0, 0, 1]])
+            m = (crop @ np.vstack([m, [0, 0, 1]]))[:2]
         x = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        x = x.reshape(img.shape).astype(np.float32)
+        x = x.reshape(img.shape)
+        if self.clahe_p > 0 and rng.random() < self.clahe_p:
+            clahe = cv2.createCLAHE(clipLimit=float(rng.uniform(1.0, 3.0)), tileGridSize=(8, 8))
+            g = clahe.apply(np.ascontiguousarray(x[..., 0] if x.ndim == 3 else x))
+            x = g.reshape(img.shape) if x.ndim == 2 else np.repeat(g[..., None], x.shape[2], axis=2)
+        x = x.astype(np.float32)
+        if self.gamma > 0:
+            g = float(np.exp(rng.uniform(-np.log1p(self.gamma), np.log1p(self.gamma))))
+            x = 255.0 * (x / 255.0) ** g
+        if self.downscale_p > 0 and rng.random() < self.downscale_p:
+            f = rng.uniform(0.35, 0.85)
+            small = cv2.resize(x, (max(8, int(w * f)), max(8, int(h * f))), interpolation=cv2.INTER_AREA)
+            x = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(img.shape)
+        u = rng.random() if (self.blur_p > 0 or self.sharpen_p > 0) else 1.0
+        if u < self.blur_p:
+            x = cv2.GaussianBlur(x, (0, 0), float(rng.uniform(0.4, 1.6))).reshape(img.shape)
+        elif u < self.blur_p + self.sharpen_p:
+            soft = cv2.GaussianBlur(x, (0, 0), float(rng.uniform(0.8, 2.0))).reshape(img.shape)
+            amount = float(rng.uniform(0.3, 1.2))
+            x = x + amount * (x - soft)
         c = rng.uniform(1 - self.contrast, 1 + self.contrast)
         b = rng.uniform(-self.brightness, self.brightness) * 255.0
         mu = float(x.mean())

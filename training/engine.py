@@ -86,6 +86,8 @@ class FitConfig:
     seed: int = 0
     balance: str = "weights"  # weights | sampler | none
     augment: bool = True
+    augment_preset: str = "standard"  # standard | strong (Augment.strong: acquisition-shift terms)
+    mixup: float = 0.0  # > 0: mixup (Zhang et al. 2018) with lambda ~ Beta(mixup, mixup)
     hflip: bool = False
     label_smoothing: float = 0.0
     dropout: float = 0.2
@@ -391,7 +393,9 @@ def fit_arrays(cfg: FitConfig, data: PreparedData) -> FitResult:
 
     y_tr = data.train.labels
     y_va = data.val.labels
-    ds = ImageDataset(data.x_train, y_tr, spec, Augment(hflip=cfg.hflip) if cfg.augment else None, cfg.seed)
+    aug = (Augment.strong(hflip=cfg.hflip) if cfg.augment_preset == "strong" else Augment(hflip=cfg.hflip))
+    ds = ImageDataset(data.x_train, y_tr, spec, aug if cfg.augment else None, cfg.seed)
+    mix_rng = np.random.default_rng((cfg.seed, dinfo.rank, 7))
     sampler: BalancedSampler = (BalancedSampler(y_tr, cfg.seed, dinfo.rank, dinfo.world) if cfg.balance == "sampler"
                                 else ShuffleSampler(len(y_tr), cfg.seed, dinfo.rank, dinfo.world))
     per_rank_bs = max(1, cfg.batch_size // dinfo.world)
@@ -447,8 +451,13 @@ def fit_arrays(cfg: FitConfig, data: PreparedData) -> FitResult:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
+            if cfg.mixup > 0:  # mixup: convex combinations of image pairs and of their losses
+                lam = float(mix_rng.beta(cfg.mixup, cfg.mixup))
+                perm = torch.as_tensor(mix_rng.permutation(len(y)), device=device)
+                x = lam * x + (1.0 - lam) * x[perm]
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss = crit(net(x), y)
+                out = net(x)
+                loss = crit(out, y) if cfg.mixup <= 0 else lam * crit(out, y) + (1.0 - lam) * crit(out, y[perm])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
