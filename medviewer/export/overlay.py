@@ -1,7 +1,10 @@
 """Overlay images: the display image with a class activation heat map, region outlines and a caption.
 
 Used by ``medviewer infer --overlays`` and by the workstation's "export view" (the GUI passes the
-viewport's rendered RGB array to :func:`save_image`). Qt-free: numpy + OpenCV only.
+viewport's rendered RGB array to :func:`save_image`). Qt-free: numpy + OpenCV only. The heat map, the
+regions and the intended-use line are drawn by the one overlay function,
+:func:`medviewer.workstation.overlay.overlay_layer` (here at the identity geometry, on the image's own grid),
+the same the viewport draws, and composited with :func:`medviewer.inference.heatmap.composite`.
 
 Example
 -------
@@ -18,15 +21,14 @@ import cv2
 import numpy as np
 
 from medviewer.errors import MedViewerError
-from medviewer.inference.heatmap import blend, to_rgb
+from medviewer.inference.heatmap import composite, to_rgb
 from medviewer.inference.regions import Region
-from medviewer.workstation.intended_use import findings_withheld, scope_label
+from medviewer.workstation.intended_use import findings_withheld
+from medviewer.workstation.overlay import REGION_COLOR, AiOverlay, ai_overlay_layer, overlay_layer
 
 __all__ = ["REGION_COLOR", "draw_regions", "draw_caption", "overlay_label", "render_overlay", "save_image",
            "IMAGE_SUFFIXES"]
 
-#: outline colour of flagged regions (RGB): a yellow that stands out on grey and on the jet/turbo maps
-REGION_COLOR = (255, 230, 0)
 #: file suffixes :func:`save_image` writes
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -37,20 +39,20 @@ def _scale(shape: tuple[int, ...]) -> float:
 
 def draw_regions(rgb: np.ndarray, regions: Sequence[Region], color: tuple[int, int, int] = REGION_COLOR,
                  thickness: int | None = None, boxes: bool = False, captions: bool = True) -> np.ndarray:
-    """Draw region outlines (and optionally bounding boxes) on a copy of ``rgb``.
+    """Draw region outlines (and optionally bounding boxes) on a copy of ``rgb``, as the viewport does.
 
     Parameters
     ----------
     rgb
-        uint8 ``(H, W, 3)`` RGB on the regions' pixel grid (the original image).
+        uint8 ``(H, W)`` or ``(H, W, 3)`` on the regions' pixel grid (the original image).
     regions
         :class:`~medviewer.inference.regions.Region` s; their ``contour`` (x, y) pixels are drawn.
     thickness
-        Line width in pixels; default scales with the image (2 px per 512 px, at least 1).
+        Line width in pixels; default 2.
     boxes
-        Also draw each bounding box (a thin rectangle).
+        Also draw each bounding box.
     captions
-        Write ``label peak`` next to each outline.
+        Write each region's tag ``"n label peak"`` next to it.
 
     Returns
     -------
@@ -58,17 +60,10 @@ def draw_regions(rgb: np.ndarray, regions: Sequence[Region], color: tuple[int, i
         uint8 ``(H, W, 3)`` RGB.
     """
     out = to_rgb(rgb)
-    s = _scale(out.shape)
-    t = thickness or max(1, round(2 * s))
-    for r in regions:
-        if len(r.contour):
-            cv2.polylines(out, [r.contour.reshape(-1, 1, 2).astype(np.int32)], True, color, t, cv2.LINE_8)
-        x0, y0, x1, y1 = r.bbox
-        if boxes:
-            cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), color, max(1, t // 2), cv2.LINE_8)
-        if captions:
-            _text(out, f"{r.label} {r.peak:.2f}", (x0, max(0, y0 - round(4 * s))), 0.45 * s, color)
-    return out
+    h, w = out.shape[:2]
+    layer = overlay_layer((w, h), np.eye(3), regions=regions, region_color=color, line_width=thickness or 2,
+                          boxes=boxes, region_tags=captions)
+    return composite(out, layer)
 
 
 def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float, color: tuple[int, int, int]) -> None:
@@ -111,7 +106,12 @@ def overlay_label(prediction, label: str | None = None, negative_label: str | No
 def render_overlay(display_u8: np.ndarray, prediction, label: str | None = None, *, alpha: float = 0.4,
                    colormap: str = "jet", regions: bool = True, caption: bool = True,
                    negative_label: str | None = None) -> np.ndarray:
-    """The display image with one label's CAM blended in, region outlines and a score caption.
+    """The display image with one label's CAM, the region outlines and tags, and a score caption.
+
+    The image part is exactly what the viewport shows of the result at 1:1 (one overlay function,
+    :func:`medviewer.workstation.overlay.ai_overlay_layer`, at the identity geometry): the heat-map rule
+    of :func:`medviewer.inference.heatmap.heat_alpha`, the intended-use policy (out of scope: no heat map
+    and no region, and the line saying so), the same outlines and tags.
 
     Parameters
     ----------
@@ -121,8 +121,10 @@ def render_overlay(display_u8: np.ndarray, prediction, label: str | None = None,
         A :class:`medviewer.inference.session.Prediction` for that image.
     label
         The label to show; default :func:`overlay_label` (ignoring ``negative_label`` when given).
-    alpha, colormap
-        See :func:`medviewer.inference.heatmap.blend`.
+    alpha
+        Opacity of the heat map where the evidence is strongest, in [0, 1].
+    colormap
+        A key of :data:`medviewer.inference.heatmap.COLORMAPS`.
     regions
         Outline ``prediction.regions``.
     caption
@@ -132,23 +134,29 @@ def render_overlay(display_u8: np.ndarray, prediction, label: str | None = None,
     -------
     np.ndarray
         uint8 ``(H, W, 3)`` RGB.
+
+    Raises
+    ------
+    ValueError
+        An unknown label or colour map, ``alpha`` outside [0, 1], or a CAM of another size than the image.
     """
     label = overlay_label(prediction, label, negative_label)
-    app = getattr(prediction, "applicability", None)
-    silent = findings_withheld(app)
-    # outside the model's intended use: no heat map and no regions unless overridden, and always said so
-    out = np.array(display_u8, copy=True) if silent else blend(display_u8, prediction.cam(label), alpha=alpha,
-                                                                  colormap=colormap)
-    if out.ndim == 2:
-        out = np.repeat(out[..., None], 3, axis=2)
-    if regions and prediction.regions and not silent:
-        out = draw_regions(out, prediction.regions)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    base = to_rgb(display_u8)
+    h, w = base.shape[:2]
+    cam_shape = tuple(np.shape(prediction.cam(label)))
+    if cam_shape != (h, w):
+        raise ValueError(f"CAM shape {cam_shape} does not match the image {(h, w)}")
+    ai = AiOverlay(("", 0), prediction, list(prediction.labels), list(prediction.flagged), heatmap_on=True,
+                   opacity=alpha, colormap=colormap, cam_label=list(prediction.labels).index(label),
+                   show_regions=regions)
+    out = composite(base, ai_overlay_layer(ai, (w, h), np.eye(3)))
     if caption:
         lines = [f"{'*' if lab in prediction.flagged else ' '}{lab}: {prediction.scores[lab]:.3f}"
                  for lab in prediction.labels]
-        if scope_label(app):
-            lines = [scope_label(app), *lines]
-        out = draw_caption(out, lines + ([] if silent else [f"heat map: {label}"]))
+        withheld = findings_withheld(getattr(prediction, "applicability", None))
+        out = draw_caption(out, lines + ([] if withheld else [f"heat map: {label}"]))
     return out
 
 

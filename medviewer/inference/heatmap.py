@@ -1,5 +1,11 @@
 """Class activation maps for display: normalisation, OpenCV colour maps and alpha blending.
 
+The heat-map rule (one, for the viewport, PNG export and ``medviewer infer --overlays``): a pixel's opacity
+is ``opacity * clip((cam - HEAT_FLOOR) / HEAT_RAMP, 0, 1)`` -- evidence below 0.15 of the label's peak
+stays transparent so the anatomy is readable, and the colour is at full opacity from 0.5 up
+(:func:`heat_alpha`, :func:`heat_rgba`). Layers are composited with :func:`composite`, 8-bit source-over
+on premultiplied colour with exact rounding, as Qt's raster engine does.
+
 Example
 -------
 >>> import numpy as np
@@ -15,7 +21,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["COLORMAPS", "normalize_cam", "colorize", "blend", "to_rgb"]
+__all__ = ["COLORMAPS", "HEAT_FLOOR", "HEAT_RAMP", "normalize_cam", "colorize", "heat_alpha", "heat_rgba",
+           "composite", "blend", "to_rgb"]
+
+#: CAM values (0..1 of the label's peak) at or below this are not drawn
+HEAT_FLOOR = 0.15
+#: the heat map's opacity ramps linearly from HEAT_FLOOR to full over this range of CAM values
+HEAT_RAMP = 0.35
 
 #: colour map name -> OpenCV ``cv2.COLORMAP_*`` constant (see OpenCV ``applyColorMap``)
 COLORMAPS: dict[str, int] = {
@@ -93,6 +105,92 @@ def colorize(cam01: np.ndarray, colormap: str = "jet") -> np.ndarray:
     return cv2.cvtColor(cv2.applyColorMap(u8, cmap), cv2.COLOR_BGR2RGB)
 
 
+def heat_alpha(cam01: np.ndarray, opacity: float = 0.45) -> np.ndarray:
+    """Per-pixel opacity of the heat map: ``opacity * clip((cam - HEAT_FLOOR) / HEAT_RAMP, 0, 1)``.
+
+    Parameters
+    ----------
+    cam01
+        float ``(H, W)`` normalised CAM (0..1).
+    opacity
+        Opacity where the evidence is at least ``HEAT_FLOOR + HEAT_RAMP`` (0.5), in [0, 1].
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(H, W)`` in [0, opacity].
+
+    Raises
+    ------
+    ValueError
+        ``opacity`` outside [0, 1].
+    """
+    if not 0.0 <= float(opacity) <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    cam = np.asarray(cam01, np.float32)
+    return np.clip((cam - np.float32(HEAT_FLOOR)) * np.float32(1.0 / HEAT_RAMP), 0.0, 1.0) * np.float32(opacity)
+
+
+def heat_rgba(cam01: np.ndarray, colormap: str = "jet", opacity: float = 0.45) -> np.ndarray:
+    """The heat map as an RGBA layer on the CAM's grid: :func:`colorize` colours, :func:`heat_alpha` alpha.
+
+    Returns
+    -------
+    np.ndarray
+        uint8 ``(H, W, 4)`` RGBA, not premultiplied.
+
+    Raises
+    ------
+    ValueError
+        Unknown colour map, a CAM that is not 2-D, or ``opacity`` outside [0, 1].
+    """
+    cam = np.clip(np.asarray(cam01, np.float32), 0.0, 1.0)
+    rgb = colorize(cam, colormap)
+    a = np.clip(heat_alpha(cam, opacity) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.dstack([rgb, a])
+
+
+def _div255(x: np.ndarray) -> np.ndarray:
+    """``round(x / 255)`` for integer ``0 <= x <= 255 * 255`` (exact; the raster engines' formula)."""
+    x = x + 128
+    return (x + (x >> 8)) >> 8
+
+
+def composite(base_u8: np.ndarray, rgba: np.ndarray) -> np.ndarray:
+    """Draw an RGBA layer over an opaque image: 8-bit source-over on premultiplied colour.
+
+    ``out = round(c * a / 255) + round(d * (255 - a) / 255)`` per channel, with ``c, a`` the layer's
+    colour and alpha and ``d`` the image -- the arithmetic of Qt's raster engine (premultiply, then
+    ``src + dst * (255 - a) / 255``), so a layer composited here equals the layer drawn by the viewport.
+
+    Parameters
+    ----------
+    base_u8
+        uint8 ``(H, W)`` gray or ``(H, W, 3)`` RGB.
+    rgba
+        uint8 ``(H, W, 4)`` RGBA, not premultiplied, same ``H, W``.
+
+    Returns
+    -------
+    np.ndarray
+        uint8 ``(H, W, 3)`` RGB.
+
+    Raises
+    ------
+    ValueError
+        Wrong dtypes or shapes.
+    """
+    base = to_rgb(base_u8)
+    layer = np.asarray(rgba)
+    if layer.dtype != np.uint8 or layer.ndim != 3 or layer.shape[2] != 4 or layer.shape[:2] != base.shape[:2]:
+        raise ValueError(f"expected a uint8 (H, W, 4) layer of the image's size {base.shape[:2]}, "
+                         f"got {layer.dtype} {layer.shape}")
+    a = layer[..., 3:].astype(np.uint16)
+    src = _div255(layer[..., :3].astype(np.uint16) * a)
+    dst = _div255(base.astype(np.uint16) * (255 - a))
+    return (src + dst).astype(np.uint8)
+
+
 def to_rgb(image_u8: np.ndarray) -> np.ndarray:
     """uint8 ``(H, W)`` gray or ``(H, W, 3)`` RGB -> a new uint8 ``(H, W, 3)`` RGB array."""
     img = np.asarray(image_u8)
@@ -109,7 +207,7 @@ def to_rgb(image_u8: np.ndarray) -> np.ndarray:
 
 def blend(display_u8: np.ndarray, cam01: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
           *, weighted: bool = True) -> np.ndarray:
-    """Alpha-blend a colour-mapped CAM over the display image.
+    """Blend a colour-mapped CAM over the display image (:func:`heat_rgba` then :func:`composite`).
 
     Parameters
     ----------
@@ -118,12 +216,13 @@ def blend(display_u8: np.ndarray, cam01: np.ndarray, alpha: float = 0.4, colorma
     cam01
         float ``(H, W)`` in [0, 1] on the same grid (see :attr:`Prediction.cams`).
     alpha
-        Opacity of the heat map in [0, 1].
+        Opacity of the heat map in [0, 1] (where the evidence is strongest when ``weighted``).
     colormap
         A key of :data:`COLORMAPS`.
     weighted
-        If True (default) each pixel's opacity is ``alpha * cam01`` so regions without activation keep
-        the original grey values; if False the opacity is ``alpha`` everywhere (classic CAM figure).
+        If True (default) each pixel's opacity follows the heat-map rule, :func:`heat_alpha`, so regions
+        without activation keep the original grey values, exactly as the viewport shows them; if False the
+        opacity is ``alpha`` everywhere (classic CAM figure).
 
     Returns
     -------
@@ -136,9 +235,6 @@ def blend(display_u8: np.ndarray, cam01: np.ndarray, alpha: float = 0.4, colorma
         raise ValueError(f"CAM shape {cam.shape} does not match the image {base.shape[:2]}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    heat = colorize(cam, colormap)
     if weighted:
-        a = (np.clip(cam, 0.0, 1.0) * np.float32(alpha))[:, :, None]
-        out = base.astype(np.float32) * (1.0 - a) + heat.astype(np.float32) * a
-        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-    return cv2.addWeighted(base, 1.0 - alpha, heat, alpha, 0.0)
+        return composite(base, heat_rgba(cam, colormap, alpha))
+    return cv2.addWeighted(base, 1.0 - alpha, colorize(cam, colormap), alpha, 0.0)
