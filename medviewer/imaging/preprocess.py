@@ -2,7 +2,9 @@
 
 This is the one implementation used by both the app (:mod:`medviewer.inference`) and ``training``, so a
 model sees the same pixels in training and in the viewer. Its parameters come from the model card's
-:class:`medviewer.inference.card.Preprocessing` and :class:`~medviewer.inference.card.InputSpec`.
+:class:`~medviewer.spec.Preprocessing` and :class:`~medviewer.spec.InputSpec`, defined in the leaf module
+:mod:`medviewer.spec` (re-exported by :mod:`medviewer.inference.card`): :mod:`medviewer.imaging` never
+imports :mod:`medviewer.inference`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from medviewer.inference.card import InputSpec, Preprocessing, ResizeMode
+from medviewer.spec import InputSpec, Preprocessing, ResizeMode
 
 __all__ = ["ResizeGeometry", "fit_to_input", "normalise", "preprocess", "preprocess_batch"]
 

@@ -1,20 +1,39 @@
 """AI runtime: model packages, ONNX Runtime sessions, class activation maps and flagged regions (Qt-free).
 
-- :mod:`~medviewer.inference.card`: the model card schema (the contract with ``training``);
+- :mod:`~medviewer.inference.card`: the model card schema (the contract with ``training``); the input
+  spec and preprocessing parameters it embeds live in the leaf module :mod:`medviewer.spec`;
 - :mod:`~medviewer.inference.package`: :class:`ModelPackage` loading and validation;
 - :mod:`~medviewer.inference.registry`: finding packages (built-in, user data dir, paths), import;
 - :mod:`~medviewer.inference.session`: :class:`Session`, :class:`Prediction`;
 - :mod:`~medviewer.inference.batch`: :func:`score_instances` (many images, batched, overlapped);
 - :mod:`~medviewer.inference.heatmap`: CAM colour maps and blending;
-- :mod:`~medviewer.inference.regions`: :class:`Region` s from CAMs.
+- :mod:`~medviewer.inference.regions`: :class:`Region` s from CAMs;
+- :mod:`~medviewer.inference._ort`: :class:`Provider` (``auto|cuda|cpu``, the one validator) and
+  :class:`ExecutionProvider` (onnxruntime's names); onnxruntime is imported on first use.
 
-Names are imported lazily, so ``medviewer.imaging.preprocess`` (which needs the card) and this package
-do not import each other at start-up.
+This package depends on :mod:`medviewer.imaging` and :mod:`medviewer.io`; neither imports it.
 """
 
 from __future__ import annotations
 
-import importlib
+from medviewer.inference._ort import PROVIDER_CHOICES, ExecutionProvider, Provider
+from medviewer.inference.batch import FrameRef, Outcome, score_instances
+from medviewer.inference.card import ModelCard
+from medviewer.inference.heatmap import COLORMAPS, blend, colorize, normalize_cam
+from medviewer.inference.package import ModelPackage
+from medviewer.inference.regions import Region, find_regions
+from medviewer.inference.registry import (
+    DEFAULT_MODEL_NAME,
+    InvalidPackage,
+    builtin_models_dir,
+    default_model,
+    find_models,
+    import_model,
+    resolve_model,
+    scan_models,
+    user_models_dir,
+)
+from medviewer.inference.session import Prediction, Session, open_session
 
 __all__ = [
     "ModelCard",
@@ -29,6 +48,8 @@ __all__ = [
     "user_models_dir",
     "builtin_models_dir",
     "Provider",
+    "ExecutionProvider",
+    "PROVIDER_CHOICES",
     "Session",
     "Prediction",
     "open_session",
@@ -42,42 +63,3 @@ __all__ = [
     "blend",
     "normalize_cam",
 ]
-
-_WHERE = {
-    "ModelCard": "card",
-    "ModelPackage": "package",
-    "InvalidPackage": "registry",
-    "DEFAULT_MODEL_NAME": "registry",
-    "find_models": "registry",
-    "scan_models": "registry",
-    "resolve_model": "registry",
-    "default_model": "registry",
-    "import_model": "registry",
-    "user_models_dir": "registry",
-    "builtin_models_dir": "registry",
-    "Provider": "session",
-    "Session": "session",
-    "Prediction": "session",
-    "open_session": "session",
-    "score_instances": "batch",
-    "Outcome": "batch",
-    "FrameRef": "batch",
-    "Region": "regions",
-    "find_regions": "regions",
-    "COLORMAPS": "heatmap",
-    "colorize": "heatmap",
-    "blend": "heatmap",
-    "normalize_cam": "heatmap",
-}
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))

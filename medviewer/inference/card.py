@@ -18,6 +18,11 @@ Schema 2 adds what the app needs to decide whether the model applies to an image
 ``files`` (the SHA-256 of every file of the package, checked on load) and ``history``.
 A schema-1 card loads with ``applicability = None`` and no OOD detector ("unknown" applicability).
 
+The input tensor and preprocessing parameters (:class:`InputSpec`, :class:`Preprocessing`,
+:class:`ResizeMode`) are defined in the leaf module :mod:`medviewer.spec`, which
+:mod:`medviewer.imaging.preprocess` uses without importing this package; they are re-exported here, so
+``from medviewer.inference.card import InputSpec`` keeps working.
+
 Changing this schema is a deliberate act: bump :data:`SCHEMA_VERSION` and keep reading old versions.
 """
 
@@ -31,9 +36,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from medviewer.errors import ModelPackageError
+from medviewer.spec import InputSpec, Preprocessing, ResizeMode
+from medviewer.spec import StrictModel as _Strict
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -68,43 +75,6 @@ class Task(str, Enum):
 
     MULTICLASS = "multiclass"  #: softmax over K mutually exclusive labels
     MULTILABEL = "multilabel"  #: independent sigmoid per label
-
-
-class ResizeMode(str, Enum):
-    """How the display image is fitted to the network's input size."""
-
-    SQUEEZE = "squeeze"  #: resize both axes independently (aspect ratio not kept)
-    LETTERBOX = "letterbox"  #: keep aspect ratio, pad the short side symmetrically with pad_value
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class InputSpec(_Strict):
-    """The ONNX input tensor: shape (N, channels, height, width), N dynamic."""
-
-    name: str = "image"
-    channels: Literal[1, 3] = 1
-    height: int = Field(gt=0)
-    width: int = Field(gt=0)
-    dtype: Literal["float32"] = "float32"
-
-
-class Preprocessing(_Strict):
-    """From the display pipeline's 8-bit image (VOI applied, MONOCHROME1 inverted) to the input tensor.
-
-    ``x = (u8 * scale - mean[c]) / std[c]`` after resizing with ``resize``/``interpolation``.
-    Implemented once, in :func:`medviewer.imaging.preprocess.preprocess`, for training and the app.
-    """
-
-    source: Literal["display_u8"] = "display_u8"
-    resize: ResizeMode = ResizeMode.SQUEEZE
-    interpolation: Literal["area", "linear", "cubic"] = "area"
-    pad_value: int = Field(0, ge=0, le=255)
-    scale: float = 1.0 / 255.0
-    mean: list[float] = Field(default_factory=lambda: [0.5])
-    std: list[float] = Field(default_factory=lambda: [0.25])
 
 
 class OutputSpec(_Strict):

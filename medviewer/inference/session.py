@@ -29,13 +29,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 
 import numpy as np
 
 from medviewer.errors import InferenceError
 from medviewer.imaging.preprocess import ResizeGeometry, preprocess
 from medviewer.inference import _ort
+from medviewer.inference._ort import ExecutionProvider, Provider
 from medviewer.inference.card import ModelCard, Task
 from medviewer.inference.heatmap import normalize_cam
 from medviewer.inference.package import ModelPackage
@@ -53,16 +53,8 @@ __all__ = [
     "flag",
 ]
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-
-
-class Provider(str, Enum):
-    """Execution provider preference."""
-
-    AUTO = "auto"  #: CUDA when it loads, else CPU (no warning: CPU is an expected outcome)
-    CUDA = "cuda"  #: CUDA wanted; running on CPU instead sets :attr:`Session.fallback_warning`
-    CPU = "cpu"  #: CPU only
+CPU = ExecutionProvider.CPU.value
+CUDA = ExecutionProvider.CUDA.value
 
 
 def probabilities(logits: np.ndarray, task: Task) -> np.ndarray:
@@ -198,17 +190,14 @@ class Session:
 
     def __init__(self, package: ModelPackage, provider: str | Provider = "auto", *, intra_op_threads: int = 0) -> None:
         try:
-            self.requested = Provider(str(provider.value if isinstance(provider, Provider) else provider).lower())
-        except ValueError:
-            raise InferenceError(f"unknown provider {provider!r}; use auto, cuda or cpu") from None
+            self.requested = Provider.parse(provider)
+        except ValueError as exc:
+            raise InferenceError(str(exc)) from None
         self.package = package
         self.card = package.card
         import onnxruntime as ort
 
-        available = ort.get_available_providers()
-        wanted = [CPU]
-        if self.requested != Provider.CPU and CUDA in available:
-            wanted = [CUDA, CPU]
+        wanted = self.requested.execution_providers(ort.get_available_providers())
         self._threads = intra_op_threads
         reason = None
         try:
