@@ -26,6 +26,8 @@ __all__ = ["scan", "ScanResult", "Study", "Series", "Skipped", "Gap", "order_ins
            "SliceOrder"]
 
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (DICOMDIR)
+#: files :func:`scan` tries for its ``on_first`` callback before giving up on a preview
+FIRST_TRIES = 4
 
 
 class SliceOrder(str, Enum):
@@ -370,7 +372,8 @@ def _group(instances: list[Instance]) -> list[Study]:
 
 
 def scan(paths: str | Path | Iterable[str | Path],
-         progress: Callable[[int, int], bool | None] | None = None) -> ScanResult:
+         progress: Callable[[int, int], bool | None] | None = None,
+         on_first: Callable[[Instance], None] | None = None) -> ScanResult:
     """Find and read (headers only) every DICOM/PNG/JPEG file under `paths`, grouped and ordered.
 
     Parameters
@@ -380,6 +383,11 @@ def scan(paths: str | Path | Iterable[str | Path],
     progress
         Called as ``progress(done, total)`` after each file; returning ``False`` cancels the scan (the
         result then holds what was read so far and ``cancelled`` is True).
+    on_first
+        Called with the first file (in walk order: folders and names sorted) that reads as an image, before
+        the other files are read, when more than one file was found -- a viewer shows it while the rest of
+        the headers are read (ordering needs them all). Up to :data:`FIRST_TRIES` files are tried; the
+        instance is reused in the result, not read twice.
 
     Returns
     -------
@@ -393,9 +401,22 @@ def scan(paths: str | Path | Iterable[str | Path],
     files = _walk(paths, result.skipped)
     instances: list[Instance] = []
     total = len(files)
+    early: dict[int, Instance | BaseException] = {}
+    if on_first is not None and total > 1:
+        for i, path in enumerate(files[:FIRST_TRIES]):
+            try:
+                early[i] = read_instance(path)
+            except Exception as exc:  # recorded below, in order, like any other file
+                early[i] = exc
+                continue
+            on_first(early[i])
+            break
     for done, path in enumerate(files, start=1):
         try:
-            instances.append(read_instance(path))
+            got = early.pop(done - 1, None)
+            if isinstance(got, BaseException):
+                raise got
+            instances.append(got if got is not None else read_instance(path))
         except ReadError as exc:
             result.skipped.append(Skipped(path, exc.reason))
         except RecursionError:

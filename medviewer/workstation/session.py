@@ -1,0 +1,198 @@
+"""The reading session, Qt-free: the opened studies, their frames, measurements and AI results.
+
+A :class:`ReadingSession` is the model the workstation's views observe (the napari / 3D Slicer way: the
+logic lives outside the widgets). It holds
+
+* the studies a folder scan (:func:`medviewer.io.scan`) found, and one
+  :class:`~medviewer.workstation.frames.FrameSource` per series, by series key (the Series Instance UID,
+  PS3.3 C.7.3.1; ``"file:<path>"`` for a PNG/JPEG);
+* a one-image *preview* of a folder while its scan is still running (:meth:`ReadingSession.preview`), which
+  the full series replaces when the scan ends -- the reader sees an image at once, not after every header of
+  the folder has been read;
+* the measurements drawn on each frame, by (series key, frame index);
+* AI results by :class:`PredictionKey` -- SOP Instance UID, frame number and the SHA-256 of the model that
+  produced them, so a result is never shown as another model's.
+
+Changes are announced with `psygnal <https://psygnal.readthedocs.io>`_ events (:class:`SessionEvents`);
+they are emitted in the thread that made the change (a worker for scans and inference), so a Qt view relays
+them to its GUI thread.
+
+Example
+-------
+>>> from medviewer.io import scan  # doctest: +SKIP
+>>> s = ReadingSession()  # doctest: +SKIP
+>>> s.events.series_added.connect(lambda key, src: print(key, len(src)))  # doctest: +SKIP
+>>> s.add_scan(scan("study/"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from psygnal import Signal, SignalGroup
+
+from medviewer.workstation.frames import FrameSource, frame_identity
+
+__all__ = ["ReadingSession", "SessionEvents", "PredictionKey", "PredictionEntry", "series_key"]
+
+
+def series_key(series: Any) -> str:
+    """A key unique within the session: the Series Instance UID, else ``"file:<first file's path>"``."""
+    uid = getattr(series, "series_instance_uid", "") or ""
+    first = series.instances[0].path if getattr(series, "instances", None) else ""
+    return str(uid) if uid else f"file:{first}"
+
+
+class PredictionKey(NamedTuple):
+    """What an AI result belongs to: one frame of one SOP Instance, scored by one model (by its weights)."""
+
+    sop_instance_uid: str  #: SOP Instance UID (0008,0018); ``"file:<path>"`` for a PNG/JPEG
+    frame: int  #: frame number within the instance, from 0
+    model_sha256: str  #: SHA-256 of the model's ``model.onnx`` (its card's ``sha256``)
+
+
+@dataclass
+class PredictionEntry:
+    """One AI result as the workstation keeps it.
+
+    Attributes
+    ----------
+    key
+        :class:`PredictionKey`.
+    prediction
+        :class:`medviewer.inference.Prediction`, after the intended-use policy ran (``applicability`` set).
+    provider
+        The execution provider that actually ran the model, e.g. ``"CPUExecutionProvider"``.
+    note
+        ``(text, is_warning)``: the session's CUDA fallback warning (True) or notice (False); text None if none.
+    package
+        The :class:`medviewer.inference.ModelPackage` that produced it.
+    """
+
+    key: PredictionKey
+    prediction: Any
+    provider: str
+    note: tuple[str | None, bool]
+    package: Any
+
+    def summary(self) -> str:
+        """The one-line result for a status bar: ``"<model>: flagged <labels>"``, ``"<model>: no finding at the
+        operating point"`` or ``"<model>: outside intended use: <reasons>"``."""
+        pred, name = self.prediction, self.package.card.name
+        app = pred.applicability or {}
+        if app.get("status") == "out_of_scope" and not app.get("overridden"):
+            return f"{name}: outside intended use: " + "; ".join(app.get("reasons", []))
+        return f"{name}: " + (f"flagged {', '.join(pred.flagged)}" if pred.flagged else "no finding at the operating point")
+
+
+class SessionEvents(SignalGroup):
+    """Events of a :class:`ReadingSession` (psygnal; emitted in the thread that made the change)."""
+
+    study_opened = Signal(object)  #: a :class:`medviewer.io.Study` seen for the first time
+    series_added = Signal(str, object)  #: series key, its :class:`FrameSource` (new, or replacing a preview)
+    preview_added = Signal(str, object)  #: series key, a one-image :class:`FrameSource` shown while scanning
+    prediction_added = Signal(object)  #: a :class:`PredictionEntry`
+
+
+class ReadingSession:
+    """Opened studies, their frame sources by series key, measurements and AI results (see the module doc).
+
+    Thread-safe: scans and inference add to it from worker threads while the GUI thread reads it.
+    """
+
+    def __init__(self) -> None:
+        self.events = SessionEvents()
+        self.studies: list[Any] = []
+        self.sources: dict[str, FrameSource] = {}
+        self.previews: dict[str, FrameSource] = {}
+        #: measurements by (series key, frame index), shared by the viewports (each draws and edits those of
+        #: the frame it shows), so every viewport showing an image shows its measurements
+        self.measurements: dict[tuple[str, int], list[Any]] = {}
+        self._predictions: dict[PredictionKey, PredictionEntry] = {}
+        self._lock = threading.RLock()
+
+    # -- studies and series ----------------------------------------------------------------------------
+    def preview(self, instance: Any) -> tuple[str, FrameSource]:
+        """A one-image :class:`FrameSource` of ``instance`` (a :class:`medviewer.io.Instance` read while the folder
+        scan goes on), its first frame decoded here (call it from a worker thread); emits ``preview_added``.
+
+        Raises
+        ------
+        medviewer.errors.ReadError
+            The pixels cannot be decoded.
+        """
+        src = FrameSource([instance])
+        src.decode(0)
+        key = str(getattr(instance, "series_instance_uid", "") or "") or f"file:{instance.path}"
+        with self._lock:
+            if key in self.sources:  # already open: nothing to preview
+                return key, self.sources[key]
+            self.previews[key] = src
+        self.events.preview_added.emit(key, src)
+        return key, src
+
+    def add_scan(self, result: Any) -> list[str]:
+        """Add the studies of a :class:`medviewer.io.ScanResult`; returns the keys of the series not open before,
+        in the scan's order. A series previewed while scanning gets its full source, which takes over the
+        preview's decoded pixels (``series_added`` is emitted for it too)."""
+        new: list[str] = []
+        added: list[tuple[str, FrameSource]] = []
+        opened: list[Any] = []
+        with self._lock:
+            known = {getattr(s, "study_instance_uid", None) for s in self.studies}
+            for st in getattr(result, "studies", []) or []:
+                if st.study_instance_uid not in known or not st.study_instance_uid:
+                    self.studies.append(st)
+                    opened.append(st)
+                for se in st.series:
+                    key = series_key(se)
+                    if key in self.sources:
+                        continue
+                    src = FrameSource(list(se.instances), se)
+                    pre = self.previews.pop(key, None)
+                    if pre is not None:
+                        src.adopt(pre)
+                    self.sources[key] = src
+                    new.append(key)
+                    added.append((key, src))
+        for st in opened:
+            self.events.study_opened.emit(st)
+        for key, src in added:
+            self.events.series_added.emit(key, src)
+        return new
+
+    def source(self, key: str) -> FrameSource | None:
+        """The frame source of series ``key`` (the preview while its scan runs), or None."""
+        with self._lock:
+            return self.sources.get(key) or self.previews.get(key)
+
+    # -- AI results ------------------------------------------------------------------------------------
+    @staticmethod
+    def prediction_key(source: FrameSource, k: int, model_sha256: str) -> PredictionKey:
+        """The :class:`PredictionKey` of frame ``k`` of ``source`` scored by the model with ``model_sha256``."""
+        uid, frame = frame_identity(source, k)
+        return PredictionKey(uid, frame, str(model_sha256))
+
+    def add_prediction(self, entry: PredictionEntry) -> None:
+        """Keep ``entry`` (replacing an earlier result of the same key); emits ``prediction_added``."""
+        with self._lock:
+            self._predictions[entry.key] = entry
+        self.events.prediction_added.emit(entry)
+
+    def prediction(self, key: PredictionKey | None) -> PredictionEntry | None:
+        """The result kept for ``key``, or None."""
+        if key is None:
+            return None
+        with self._lock:
+            return self._predictions.get(key)
+
+    def predictions(self) -> list[PredictionEntry]:
+        """Every result kept, oldest first."""
+        with self._lock:
+            return list(self._predictions.values())
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._predictions
