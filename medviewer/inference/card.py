@@ -201,6 +201,12 @@ class Metrics(_Strict):
     f1: float | None = None
     brier: float | None = None
     confusion_matrix: list[list[int]] | None = None
+    ci95: dict[str, tuple[float, float]] | None = Field(
+        None, description="95 % intervals of auroc/sensitivity/specificity/accuracy; see ci_method")
+    ci_method: str | None = Field(None, description="e.g. 'percentile bootstrap over patients, 2000 resamples'")
+    ece: float | None = Field(None, ge=0.0, le=1.0, description="expected calibration error, 15 equal-width bins")
+    cam_in_thorax: float | None = Field(
+        None, ge=0.0, le=1.0, description="share of correctly flagged images whose CAM peak lies in the thorax")
 
 
 class ComparisonRow(_Strict):
