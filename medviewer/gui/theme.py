@@ -5,6 +5,8 @@ from __future__ import annotations
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
+from medviewer.workstation.overlay import REGION_COLOR, SCOPE_COLOR
+
 __all__ = ["apply_theme", "ACCENT", "FLAG", "OK", "OVERLAY_TEXT", "MEASURE", "REGION", "MUTED"]
 
 BG = "#121417"
@@ -14,11 +16,11 @@ BORDER = "#2e333a"
 TEXT = "#d5d9de"
 MUTED = "#8a929c"
 ACCENT = "#3d8fd6"
-FLAG = "#ff9f1a"
+FLAG = "#{:02x}{:02x}{:02x}".format(*SCOPE_COLOR)  # the on-image intended-use line's amber
 OK = "#4fbf7f"
 OVERLAY_TEXT = "#e8e8c8"
 MEASURE = "#53e0ff"
-REGION = "#ffcc00"
+REGION = "#{:02x}{:02x}{:02x}".format(*REGION_COLOR)  # flagged regions, as drawn on the image
 
 _QSS = f"""
 QWidget {{ background: {PANEL}; color: {TEXT}; font-size: 10pt; }}

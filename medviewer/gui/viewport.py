@@ -1,18 +1,19 @@
-"""One image viewport: draws a :class:`~medviewer.gui.viewstate.ViewState` and forwards input to it.
+"""One image viewport: the Qt view of a :class:`~medviewer.workstation.viewport.ViewportModel`.
 
-The widget holds no imaging logic: grey-scale rendering is :class:`medviewer.imaging.DisplayPipeline`,
-heatmap colours are :func:`medviewer.inference.heatmap.colorize`, measurements are
-:mod:`medviewer.gui.measure`, corner text and orientation labels are :mod:`medviewer.gui.overlays`.
-Pixels are decoded by a :class:`~medviewer.gui.workers.PrefetchTask`; the widget only reads the cache.
+The widget holds no imaging logic and no state about what is shown: the model (Qt-free) has the view
+state, the VOI choice, the frame and the render cache, and emits ``psygnal`` events the widget repaints on.
+Grey-scale rendering is :class:`medviewer.imaging.DisplayPipeline` (through the model), the AI overlay
+(heat map, regions, labels) is :func:`medviewer.workstation.overlay.ai_overlay_layer` drawn 1:1, so an
+export shows exactly what the reader saw; measurements are :mod:`medviewer.gui.measure`, corner text and
+orientation labels :mod:`medviewer.gui.overlays`. Pixels are decoded by a
+:class:`~medviewer.gui.workers.PrefetchTask`; the widget only reads the cache.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 from PySide6.QtCore import QMimeData, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
@@ -23,7 +24,6 @@ from PySide6.QtGui import (
     QPainter,
     QPainterPath,
     QPen,
-    QPolygonF,
     QTransform,
 )
 from PySide6.QtWidgets import QWidget
@@ -31,14 +31,15 @@ from PySide6.QtWidgets import QWidget
 from medviewer.gui import theme
 from medviewer.gui.measure import Measurement, Shape, describe
 from medviewer.gui.overlays import corner_text, orientation_labels
-from medviewer.gui.series import FrameSource
-from medviewer.gui.viewstate import ViewState, nice_scale_length_mm
-from medviewer.workstation.intended_use import scope_label
+from medviewer.workstation.overlay import AiOverlay
+from medviewer.workstation.viewport import ViewportModel, ViewState, nice_scale_length_mm
 
 __all__ = ["Viewport", "AiOverlay", "SERIES_MIME", "numpy_to_qimage"]
 
 #: MIME type of a series dragged from the browser (payload: the series key, UTF-8)
 SERIES_MIME = "application/x-medviewer-series"
+#: what the link badge calls each linked property
+_LINK_NAMES = {"scroll": "scroll", "zoom": "zoom/pan", "window": "W/L"}
 
 
 def numpy_to_qimage(arr: np.ndarray) -> QImage:
@@ -65,30 +66,12 @@ def numpy_to_qimage(arr: np.ndarray) -> QImage:
     return img
 
 
-@dataclass
-class AiOverlay:
-    """What the AI panel asks a viewport to draw on one frame."""
-
-    frame_uid: tuple[str, int]  # (series key, frame index) the prediction belongs to
-    prediction: Any  # medviewer.inference.Prediction
-    labels: list[str]
-    flagged: list[str]
-    heatmap_on: bool = True
-    opacity: float = 0.45
-    colormap: str = "jet"
-    cam_label: int = 0
-    show_regions: bool = True
-
-
-def _downscale(arr: np.ndarray, fx: float, fy: float) -> np.ndarray:
-    """Area-average ``arr`` by factors ``fx, fy`` (< 1) for crisp minification."""
-    h, w = arr.shape[:2]
-    nw, nh = max(1, round(w * fx)), max(1, round(h * fy))
-    return cv2.resize(arr, (nw, nh), interpolation=cv2.INTER_AREA)
-
-
 class Viewport(QWidget):
-    """An image viewport with W/L, zoom, pan, scroll, measurements, overlays and AI layers."""
+    """An image viewport with W/L, zoom, pan, scroll, measurements, overlays and AI layers.
+
+    ``model`` is its :class:`~medviewer.workstation.viewport.ViewportModel` (one is made when not given);
+    the commands below forward to it, and the Qt signals repeat its events for Qt code.
+    """
 
     activated = Signal(object)  # self, on mouse press
     frameChanged = Signal(int)
@@ -98,205 +81,131 @@ class Viewport(QWidget):
     seriesDropped = Signal(object, str)  # self, series key
     filesDropped = Signal(list)  # local paths
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, model: ViewportModel | None = None) -> None:
         super().__init__(parent)
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.StrongFocus)
         self.setAcceptDrops(True)
         self.setMinimumSize(160, 160)
         self.setAttribute(Qt.WA_OpaquePaintEvent)
-        self.state = ViewState()
-        self.source: FrameSource | None = None
-        self.source_key: str = ""
+        self.model = model if model is not None else ViewportModel()
         self.tool: Shape | None = None
         self.measurements: dict[tuple[str, int], list[Measurement]] = {}
-        self.ai: AiOverlay | None = None
         self.show_overlays = True
         self.show_patient = True
         self.active = False
-        self.loading_text = ""
         self.message = ""
         self.cine_fps = 10
         self._cine = QTimer(self)
         self._cine.timeout.connect(self._cine_step)
-        self._display: np.ndarray | None = None  # uint8 of the shown frame
-        self._display_key: tuple | None = None
+        # the image drawn: (render key, QImage, sx, sy) and its pixels; both follow the model's keyed cache
         self._small: tuple[tuple, QImage, float, float] | None = None
-        self._heat: tuple[tuple, np.ndarray] | None = None  # ((frame_uid, label, cmap), rgba)
-        self._heat_small: tuple[tuple, QImage, float, float] | None = None
-        self._reduced: tuple[tuple, np.ndarray] | None = None  # stored values at the shown resolution
-        self._values_cache: tuple[tuple, np.ndarray] | None = None  # modality values of the shown frame
-        self._shown_frame: int | None = None
+        self._display: np.ndarray | None = None
+        self._overlay_q: tuple[np.ndarray, QImage] | None = None  # (the model's RGBA layer, its QImage)
         self._drag: dict[str, Any] | None = None
         self._drawing: Measurement | None = None
-        self._default_window: tuple[float, float] | None = None
-        self._frames_windowed: set[str] = set()
+        m = self.model
+        m.set_view_size(max(self.width(), 1), max(self.height(), 1))
+        m.frame_changed.connect(self._on_model_frame)
+        m.window_changed.connect(self._on_model_window)
+        m.frame_wanted.connect(self._on_model_wants)
+        for sig in (m.source_changed, m.image_ready, m.view_changed, m.overlay_changed, m.links_changed):
+            sig.connect(self._repaint)
+
+    # -- model events -------------------------------------------------------------------------------
+    def _repaint(self, *_: Any) -> None:
+        self.update()
+
+    def _on_model_frame(self, k: int) -> None:
+        self._drawing = None
+        self.update()
+        self.frameChanged.emit(k)
+
+    def _on_model_window(self, center: float | None, width: float | None) -> None:
+        self.update()
+        if center is not None and width is not None:
+            self.windowChanged.emit(float(center), float(width))
+
+    def _on_model_wants(self, k: int) -> None:
+        self.wantFrame.emit(k)
+
+    # -- the model's state, read-only views for Qt code -----------------------------------------------
+    @property
+    def state(self) -> ViewState:
+        """The model's :class:`~medviewer.workstation.viewport.ViewState` (geometry, window, frame)."""
+        return self.model.state
+
+    @property
+    def source(self) -> Any:
+        """The :class:`~medviewer.gui.series.FrameSource` shown, or None."""
+        return self.model.source
+
+    @property
+    def source_key(self) -> str:
+        return self.model.source_key
+
+    @property
+    def ai(self) -> AiOverlay | None:
+        """The AI result drawn on its frame, or None."""
+        return self.model.ai
 
     # -- source ---------------------------------------------------------------------------------
-    def set_source(self, source: FrameSource | None, key: str = "", frame: int = 0) -> None:
+    def set_source(self, source: Any, key: str = "", frame: int = 0) -> None:
         """Show ``source`` (None clears the viewport); starts at ``frame`` with the default window."""
         self._cine.stop()
-        self.source = source
-        self.source_key = key or (source.uid if source is not None else "")
-        self.ai = None
-        self._display = None
-        self._display_key = None
-        self._small = self._heat = self._heat_small = self._reduced = self._values_cache = None
-        self._shown_frame = None
-        self.state = ViewState()
         self.message = ""
-        if source is not None:
-            self.state.n_frames = len(source)
-            self.state.frame = int(np.clip(frame, 0, len(source) - 1))
-            inst = source.instance(self.state.frame)
-            sp = source.spacing(self.state.frame)
-            aspect = sp[1] / sp[0] if sp else 1.0
-            self.state.set_image_size(int(inst.columns), int(inst.rows), aspect)
-            self.state.fit(max(self.width(), 1), max(self.height(), 1))
-        self._refresh()
+        self._drawing = None
+        self.model.set_view_size(max(self.width(), 1), max(self.height(), 1))
+        self.model.set_source(source, key, frame)
 
     def frame_uid(self) -> tuple[str, int] | None:
         """(series key, frame index) of the shown frame."""
-        return None if self.source is None else (self.source_key, self.state.frame)
+        return self.model.frame_uid()
 
     def has_image(self) -> bool:
-        return (self.source is not None and self._shown_frame == self.state.frame
-                and self.source.cached(self.state.frame) is not None)
+        """True when the shown frame is decoded and shown."""
+        return self.model.has_image()
 
     def current_instance(self) -> Any:
-        return None if self.source is None else self.source.instance(self.state.frame)
+        return self.model.current_instance()
 
     def spacing(self) -> tuple[float, float] | None:
-        return None if self.source is None else self.source.spacing(self.state.frame)
+        return self.model.spacing()
 
     def on_frame_decoded(self, k: int) -> None:
         """Slot for the prefetch: redraw when the frame we wait for arrives."""
-        if self.source is not None and k == self.state.frame and not self.has_image():
-            self._refresh()
+        self.model.on_frame_decoded(k)
 
     # -- rendering --------------------------------------------------------------------------------
     def _refresh(self) -> None:
-        """Re-render the shown frame from the cache (or ask for it) and repaint."""
-        src = self.source
-        if src is None:
-            self.update()
-            return
-        k = self.state.frame
-        stored = src.cached(k)
-        if stored is None:
-            self.wantFrame.emit(k)
-            self.update()
-            return
-        pipe = src.pipeline(k)
-        if self.state.center_w is None:
-            self._apply_default_window(stored, pipe)
-        self._display = None  # rendered lazily at paint time, at the resolution shown
-        if self._shown_frame != k:
-            sp = src.spacing(k)
-            if self.state.set_image_size(int(stored.shape[1]), int(stored.shape[0]), sp[1] / sp[0] if sp else 1.0):
-                self.state.fit(max(self.width(), 1), max(self.height(), 1))  # a frame of another size
-            self._shown_frame = k
+        """Adopt the shown frame if decoded (or ask for it) and repaint; rendering happens at paint time
+        from the model's keyed cache, so nothing needs invalidating."""
+        self.model.refresh()
         self.update()
 
-    def _apply_default_window(self, stored: np.ndarray, pipe: Any) -> None:
-        w = pipe.default_window(stored)
-        if w is not None:
-            self.state.center_w, self.state.width_w = float(w.center), float(w.width)
-        else:  # colour or identity display: no window
-            self.state.center_w = self.state.width_w = None
-        self._default_window = None if w is None else (float(w.center), float(w.width))
-        if w is not None:
-            self.windowChanged.emit(self.state.center_w, self.state.width_w)
-
     def transform(self) -> QTransform:
-        m = self.state.matrix(self.width(), self.height())
+        m = self.model.matrix()
         return QTransform(m[0, 0], m[1, 0], m[0, 1], m[1, 1], m[0, 2], m[1, 2])
 
-    def _factors(self) -> tuple[float, float]:
-        """Minification factors for the layers, quantised to quarter octaves (1.0 = full resolution)."""
-        out = []
-        for z in (self.state.zoom, self.state.zoom / self.state.aspect):
-            f = 1.0 if z >= 0.9 else 2.0 ** (math.ceil(math.log2(max(z, 1e-3)) * 4) / 4)
-            out.append(min(1.0, f))
-        return out[0], out[1]
-
-    def _reduced_stored(self, stored: np.ndarray, fx: float, fy: float) -> np.ndarray:
-        """Stored values area-averaged to the shown resolution (cached per frame and factor), so a
-        W/L drag on a 2k radiograph windows ~1M pixels instead of 4M and needs no per-frame resize."""
-        if fx >= 1.0 and fy >= 1.0:
-            return stored
-        key = (self.source_key, self.state.frame, fx, fy)
-        if self._reduced is not None and self._reduced[0] == key:
-            return self._reduced[1]
-        if stored.dtype in (np.uint8, np.uint16, np.int16, np.float32):
-            small = _downscale(stored, fx, fy)
-        else:  # e.g. int32: no area resize in OpenCV; render at full resolution instead
-            return stored
-        self._reduced = (key, small)
-        return small
-
     def _ensure_display(self) -> None:
-        """Render the shown frame (pipeline LUT at the shown resolution) if the state changed."""
-        src = self.source
-        if src is None or self._shown_frame != self.state.frame:
+        """Point ``_display``/``_small`` at the model's display layer (a QImage made once per render key)."""
+        layer = self.model.display_layer()
+        if layer is None:
+            self._display = None
             return
-        stored = src.cached(self.state.frame)
-        if stored is None:
-            return
-        fx, fy = self._factors()
-        key = (self.source_key, self.state.frame, self.state.center_w, self.state.width_w, self.state.invert, fx, fy)
-        if key == self._display_key and self._display is not None and self._small is not None:
-            return
-        from medviewer.imaging import Window
+        if self._small is None or self._small[0] != layer.key:
+            q = numpy_to_qimage(layer.image).convertToFormat(QImage.Format_RGB32)  # RGB32 scales ~2x faster
+            self._small = (layer.key, q, layer.scale_x, layer.scale_y)
+        self._display = layer.image
 
-        pipe = src.pipeline(self.state.frame)
-        win = None
-        untouched_lut = pipe.voi_luts and not pipe.windows and (
-            (self.state.center_w, self.state.width_w) == self._default_window)
-        if self.state.width_w and not untouched_lut:  # (a VOI LUT Sequence is shown as display_image does)
-            # the file's VOI LUT Function (e.g. SIGMOID) is kept while dragging
-            win = Window(float(self.state.center_w), float(self.state.width_w), pipe.voi_function)
-        shown = self._reduced_stored(stored, fx, fy)
-        disp = pipe.render(shown, win, invert=self.state.invert)
-        if shown is stored and (fx < 1.0 or fy < 1.0):
-            disp = _downscale(disp, fx, fy)
-        self._display = disp
-        self._display_key = key
-        qimg = numpy_to_qimage(disp)
-        qimg = qimg.convertToFormat(QImage.Format_RGB32)  # the raster engine scales RGB32 ~2x faster
-        self._small = (key, qimg, stored.shape[1] / disp.shape[1], stored.shape[0] / disp.shape[0])
-
-    def _heat_layer(self, rgba: np.ndarray, key: tuple) -> tuple[tuple, QImage, float, float]:
-        fx, fy = self._factors()
-        k = (key, fx, fy)
-        if self._heat_small is not None and self._heat_small[0] == k:
-            return self._heat_small
-        small = _downscale(rgba, fx, fy) if (fx < 1.0 or fy < 1.0) else rgba
-        q = numpy_to_qimage(small).convertToFormat(QImage.Format_ARGB32_Premultiplied)
-        self._heat_small = (k, q, rgba.shape[1] / small.shape[1], rgba.shape[0] / small.shape[0])
-        return self._heat_small
-
-    def _heat_rgba(self) -> np.ndarray | None:
-        ai = self.ai
-        if ai is None or not ai.heatmap_on or ai.frame_uid != self.frame_uid():
+    def _overlay_image(self, regions: bool) -> QImage | None:
+        """The model's AI overlay layer at the view's geometry as a QImage (made once per layer)."""
+        layer = self.model.overlay_layer(regions=regions)
+        if layer is None:
             return None
-        cams = getattr(ai.prediction, "cams", None)
-        if cams is None or len(cams) == 0:
-            return None
-        li = int(np.clip(ai.cam_label, 0, len(cams) - 1))
-        key = (ai.frame_uid, id(ai.prediction), li, ai.colormap)
-        if self._heat is not None and self._heat[0] == key:
-            return self._heat[1]
-        from medviewer.inference.heatmap import colorize
-
-        cam = np.clip(np.asarray(cams[li], np.float32), 0.0, 1.0)
-        rgb = colorize(cam, ai.colormap)
-        # low activations stay transparent so the anatomy is readable; full colour above ~0.5
-        alpha = np.clip((cam - 0.15) / 0.35, 0.0, 1.0)
-        rgba = np.dstack([rgb, (alpha * 255).astype(np.uint8)])
-        self._heat = (key, rgba)
-        self._heat_small = None
-        return rgba
+        if self._overlay_q is None or self._overlay_q[0] is not layer:
+            self._overlay_q = (layer, numpy_to_qimage(layer))
+        return self._overlay_q[1]
 
     def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         p = QPainter(self)
@@ -306,40 +215,55 @@ class Viewport(QWidget):
 
     def paint_content(self, p: QPainter, overlays: bool = True, patient: bool = True,
                       decorations: bool = True) -> None:
-        """Draw the image, AI layers, measurements and (optionally) the text overlays with ``p``."""
+        """Draw the image, the AI overlay, measurements and (optionally) the text overlays with ``p``.
+
+        The AI overlay is the model's RGBA layer at this view's size, drawn 1:1 without transform, so
+        ``render_image`` (PNG export) and the screen get the same pixels as
+        :func:`medviewer.workstation.overlay.ai_overlay_layer` composited over the image."""
         p.setRenderHint(QPainter.SmoothPixmapTransform, True)
         p.setRenderHint(QPainter.Antialiasing, True)
         t = self.transform()
         self._ensure_display()
-        if self._display is not None and self._small is not None and self._shown_frame == self.state.frame:
+        if self._display is not None and self._small is not None:
             _, qimg, sx, sy = self._small
             p.save()
             p.setTransform(t)
             p.scale(sx, sy)
             p.drawImage(QPointF(0, 0), qimg)
             p.restore()
-            heat = self._heat_rgba()
-            if heat is not None:
-                _, himg, hx, hy = self._heat_layer(heat, self._heat[0])
+            layer = self._overlay_image(regions=overlays)
+            if layer is not None:
                 p.save()
-                p.setTransform(t)
-                p.scale(hx, hy)
-                p.setOpacity(float(np.clip(self.ai.opacity, 0, 1)))
-                p.drawImage(QPointF(0, 0), himg)
+                p.resetTransform()
+                p.drawImage(QPointF(0, 0), layer)
                 p.restore()
-            if overlays:
-                self._paint_regions(p, t)
             self._paint_measurements(p, t)
-            self._paint_scope(p)
         if overlays and self.source is not None:
             self._paint_text(p, patient)
             self._paint_scale_and_orientation(p)
         if decorations:
             self._paint_status(p)
+            self._paint_link_badge(p)
             if self.active:
                 p.setPen(QPen(QColor(theme.ACCENT), 2))
                 p.setBrush(Qt.NoBrush)
                 p.drawRect(self.rect().adjusted(1, 1, -1, -1))
+
+    def _paint_link_badge(self, p: QPainter) -> None:
+        """A small badge at the top centre naming what is linked to other viewports."""
+        links = [n for k, n in _LINK_NAMES.items() if k in self.model.links]
+        if not links:
+            return
+        text = "linked: " + " · ".join(links)
+        p.setFont(self._font(8.5, bold=True))
+        fm = QFontMetrics(p.font())
+        w, h = fm.horizontalAdvance(text) + 12, fm.height() + 4
+        rect = QRectF((self.width() - w) / 2, 4, w, h)
+        p.setPen(Qt.NoPen)
+        p.setBrush(QColor(theme.ACCENT))
+        p.drawRoundedRect(rect, 4, 4)
+        p.setPen(QColor("white"))
+        p.drawText(rect, Qt.AlignCenter, text)
 
     def _font(self, pt: float = 10, bold: bool = False) -> QFont:
         f = QFont(self.font())
@@ -438,64 +362,9 @@ class Viewport(QWidget):
             self._shadow_text(p, (self.width() - fm.horizontalAdvance(line)) / 2,
                               self.height() / 2 + i * fm.height(), line, theme.MUTED)
 
-    def _paint_scope(self, p: QPainter) -> None:
-        """Label an AI result outside the model's intended use on the image itself (and so in exports)."""
-        ai = self.ai
-        if ai is None or ai.frame_uid != self.frame_uid():
-            return
-        text = scope_label(getattr(ai.prediction, "applicability", None))
-        if text is None:
-            return
-        p.setFont(self._font(10, bold=True))
-        fm = QFontMetrics(p.font())
-        self._shadow_text(p, (self.width() - fm.horizontalAdvance(text)) / 2, self.height() - 3.6 * fm.height(),
-                          text, theme.FLAG)
-
-    def _paint_regions(self, p: QPainter, t: QTransform) -> None:
-        ai = self.ai
-        if ai is None or not ai.show_regions or ai.frame_uid != self.frame_uid():
-            return
-        regions = getattr(ai.prediction, "regions", []) or []
-        p.setFont(self._font(9.5, bold=True))
-        for i, r in enumerate(regions):
-            contour = np.asarray(getattr(r, "contour", np.zeros((0, 2))), float).reshape(-1, 2)
-            pen = QPen(QColor(theme.REGION), 2)
-            pen.setCosmetic(True)
-            p.setPen(pen)
-            p.setBrush(Qt.NoBrush)
-            if len(contour) >= 3:
-                poly = QPolygonF([QPointF(x + 0.5, y + 0.5) for x, y in contour])
-                p.drawPolygon(t.map(poly))
-            x0, y0, x1, y1 = r.bbox
-            corners = [t.map(QPointF(x, y)) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
-            top = min(corners, key=lambda q: (q.y(), q.x()))
-            text = f"{i + 1} {r.label}"
-            fm = QFontMetrics(p.font())
-            # keep the tag on screen and clear of the corner text (inside the box when at the top)
-            tx = min(max(top.x(), 8.0), self.width() - fm.horizontalAdvance(text) - 8)
-            ty = top.y() - 6
-            if ty < 6 * fm.height():
-                ty = max(top.y(), 6 * fm.height()) + fm.ascent() + 4
-            self._shadow_text(p, tx, ty, text, theme.REGION)
-
     def _values(self) -> tuple[np.ndarray | None, str]:
-        """Modality values of the shown frame (HU on CT) and their unit."""
-        if self.source is None:
-            return None, ""
-        stored = self.source.cached(self.state.frame)
-        if stored is None:
-            return None, ""
-        inst = self.current_instance()
-        unit = "HU" if str(getattr(inst, "modality", "")) == "CT" else ""
-        key = (self.source_key, self.state.frame)
-        if self._values_cache is not None and self._values_cache[0] == key:
-            return self._values_cache[1], unit
-        if stored.ndim == 3:
-            vals = stored.astype(np.float32)
-        else:
-            vals = self.source.pipeline(self.state.frame).modality_values(stored)
-        self._values_cache = (key, vals)  # ROI statistics reuse it while the frame is shown
-        return vals, unit
+        """Modality values of the shown frame (HU on CT) and their unit (cached by the model)."""
+        return self.model.values()
 
     def _paint_measurements(self, p: QPainter, t: QTransform) -> None:
         items = list(self.measurements.get(self.frame_uid() or ("", 0), []))
@@ -543,66 +412,40 @@ class Viewport(QWidget):
             for i, line in enumerate(lines):
                 self._shadow_text(p, anchor.x(), anchor.y() + i * fm.height(), line, theme.MEASURE)
 
-    # -- commands -----------------------------------------------------------------------------------
+    # -- commands (forwarded to the model) ------------------------------------------------------------
     def set_frame(self, k: int) -> None:
-        if self.source is None:
-            return
-        k = int(np.clip(k, 0, len(self.source) - 1))
-        if k != self.state.frame:
-            self.state.frame = k
-            self._drawing = None
-            self._refresh()
-            self.frameChanged.emit(k)
+        self.model.set_frame(k)
 
     def step(self, delta: int) -> None:
-        self.set_frame(self.state.frame + delta)
+        self.model.step(delta)
 
     def set_window(self, center: float, width: float) -> None:
-        self.state.center_w, self.state.width_w = float(center), max(1.0, float(width))
-        self._refresh()
-        self.windowChanged.emit(self.state.center_w, self.state.width_w)
+        self.model.set_window(center, width)
 
     def default_window(self) -> None:
-        if self._default_window is not None:
-            self.set_window(*self._default_window)
+        self.model.default_window()
 
     def apply_preset(self, preset: Any) -> None:
         """Apply a :class:`medviewer.imaging.Preset` (name, center, width)."""
-        self.set_window(preset.center, preset.width)
+        self.model.apply_preset(preset)
 
     def toggle_invert(self) -> None:
-        self.state.invert = not self.state.invert
-        self._refresh()
+        self.model.toggle_invert()
 
     def reset(self) -> None:
-        s = self.state
-        s.rotation, s.flip_h, s.flip_v, s.invert = 0, False, False, False
-        s.fit(self.width(), self.height())
-        if self._default_window is not None:
-            s.center_w, s.width_w = self._default_window
-            self.windowChanged.emit(*self._default_window)
-        self._refresh()
+        self.model.reset()
 
     def fit(self) -> None:
-        self.state.fit(self.width(), self.height())
-        self.update()
+        self.model.fit()
 
     def actual_size(self) -> None:
-        self.state.actual_size()
-        self.update()
+        self.model.actual_size()
 
     def rotate(self, degrees: int) -> None:
-        self.state.rotate(degrees)
-        if self.state.fitted:
-            self.state.fit(self.width(), self.height())
-        self.update()
+        self.model.rotate(degrees)
 
     def flip(self, horizontal: bool) -> None:
-        if horizontal:
-            self.state.flip_h = not self.state.flip_h
-        else:
-            self.state.flip_v = not self.state.flip_v
-        self.update()
+        self.model.flip(horizontal)
 
     def toggle_cine(self) -> bool:
         """Start/stop cine; returns True when playing."""
@@ -620,6 +463,10 @@ class Viewport(QWidget):
     def cine_playing(self) -> bool:
         return self._cine.isActive()
 
+    def stop_cine(self) -> None:
+        """Stop cine playback (e.g. when the window closes)."""
+        self._cine.stop()
+
     def _cine_step(self) -> None:
         if self.source is None:
             self._cine.stop()
@@ -631,6 +478,11 @@ class Viewport(QWidget):
         self.tool = tool
         self._drawing = None
         self.setCursor(Qt.CrossCursor if tool is not None else Qt.ArrowCursor)
+
+    def cancel_drawing(self) -> None:
+        """Drop a measurement being drawn (Esc)."""
+        self._drawing = None
+        self.update()
 
     def delete_measurements(self) -> None:
         uid = self.frame_uid()
@@ -646,14 +498,11 @@ class Viewport(QWidget):
             self.update()
 
     def set_ai(self, ai: AiOverlay | None) -> None:
-        self.ai = ai  # the heat layers are cached by (frame, prediction, label, colormap)
-        if ai is None:
-            self._heat = self._heat_small = None
-        self.update()
+        """Draw ``ai`` on its frame (None: no AI overlay)."""
+        self.model.set_ai(ai)
 
     def centre_on(self, bbox: tuple[float, float, float, float]) -> None:
-        self.state.centre_on(bbox, self.width(), self.height())
-        self.update()
+        self.model.centre_on(bbox)
 
     def render_image(self, overlays: bool = True, patient: bool = True) -> QImage:
         """The viewport as an image for export: with/without overlays and patient identification."""
@@ -666,8 +515,7 @@ class Viewport(QWidget):
 
     # -- events ---------------------------------------------------------------------------------------
     def resizeEvent(self, event: Any) -> None:  # noqa: N802
-        if self.state.fitted:
-            self.state.fit(max(self.width(), 1), max(self.height(), 1))
+        self.model.set_view_size(max(self.width(), 1), max(self.height(), 1))
         super().resizeEvent(event)
 
     def mousePressEvent(self, e: Any) -> None:  # noqa: N802
@@ -677,7 +525,7 @@ class Viewport(QWidget):
         self._drag = {"button": e.button(), "start": pos, "last": pos,
                       "width": self.state.width_w, "anchor": pos}
         if e.button() == Qt.LeftButton and self.tool is not None and self.has_image():
-            ip = self.state.to_image(pos.x(), pos.y(), self.width(), self.height())
+            ip = self.model.to_image(pos.x(), pos.y())
             self._drawing = Measurement(self.tool, ip, ip)
         e.accept()
 
@@ -691,20 +539,14 @@ class Viewport(QWidget):
         d["last"] = pos
         b = d["button"]
         if b == Qt.LeftButton and self._drawing is not None:
-            self._drawing.p1 = self.state.to_image(pos.x(), pos.y(), self.width(), self.height())
+            self._drawing.p1 = self.model.to_image(pos.x(), pos.y())
             self.update()
         elif b == Qt.LeftButton and self.state.width_w is not None:
-            sens = max(float(d["width"] or 1.0), 1.0) / 500.0
-            self.state.drag_window(dx, dy, sens)
-            self._refresh()
-            self.windowChanged.emit(self.state.center_w, self.state.width_w)
+            self.model.drag_window(dx, dy, max(float(d["width"] or 1.0), 1.0) / 500.0)
         elif b == Qt.RightButton:
-            self.state.zoom_by(math.exp(-dy * 0.01), (d["anchor"].x(), d["anchor"].y()),
-                               (self.width(), self.height()))
-            self.update()
+            self.model.zoom_by(math.exp(-dy * 0.01), (d["anchor"].x(), d["anchor"].y()))
         elif b == Qt.MiddleButton:
-            self.state.pan_by(dx, dy, self.width(), self.height())
-            self.update()
+            self.model.pan_by(dx, dy)
         self._readout(pos.x(), pos.y())
 
     def mouseReleaseEvent(self, e: Any) -> None:  # noqa: N802
@@ -726,8 +568,7 @@ class Viewport(QWidget):
             return
         if e.modifiers() & Qt.ControlModifier:
             pos = e.position()
-            self.state.zoom_by(1.15 if dy > 0 else 1 / 1.15, (pos.x(), pos.y()), (self.width(), self.height()))
-            self.update()
+            self.model.zoom_by(1.15 if dy > 0 else 1 / 1.15, (pos.x(), pos.y()))
         else:
             steps = max(1, abs(dy) // 120)
             self.step(-steps if dy > 0 else steps)
@@ -742,7 +583,7 @@ class Viewport(QWidget):
         stored = self.source.cached(self.state.frame)
         if stored is None:
             return
-        x, y = self.state.to_image(sx, sy, self.width(), self.height())
+        x, y = self.model.to_image(sx, sy)
         c, r = int(math.floor(x)), int(math.floor(y))
         if not (0 <= r < stored.shape[0] and 0 <= c < stored.shape[1]):
             self.cursorInfo.emit("")
