@@ -4,7 +4,7 @@ The heat-map rule (one, for the viewport, PNG export and ``medviewer infer --ove
 is ``opacity * clip((cam - HEAT_FLOOR) / HEAT_RAMP, 0, 1)`` -- evidence below 0.15 of the label's peak
 stays transparent so the anatomy is readable, and the colour is at full opacity from 0.5 up
 (:func:`heat_alpha`, :func:`heat_rgba`). Layers are composited with :func:`composite`, 8-bit source-over
-on premultiplied colour with exact rounding, as Qt's raster engine does.
+on premultiplied colour with the integer rounding of Qt's raster engine.
 
 Example
 -------
@@ -151,17 +151,18 @@ def heat_rgba(cam01: np.ndarray, colormap: str = "jet", opacity: float = 0.45) -
 
 
 def _div255(x: np.ndarray) -> np.ndarray:
-    """``round(x / 255)`` for integer ``0 <= x <= 255 * 255`` (exact; the raster engines' formula)."""
-    x = x + 128
-    return (x + (x >> 8)) >> 8
+    """``x / 255`` rounded the way Qt's raster engine does (``(x + (x >> 8) + 0x80) >> 8``), for integer
+    ``0 <= x <= 255 * 255``; within 1 of the exact rounding."""
+    return (x + (x >> 8) + 0x80) >> 8
 
 
 def composite(base_u8: np.ndarray, rgba: np.ndarray) -> np.ndarray:
     """Draw an RGBA layer over an opaque image: 8-bit source-over on premultiplied colour.
 
-    ``out = round(c * a / 255) + round(d * (255 - a) / 255)`` per channel, with ``c, a`` the layer's
-    colour and alpha and ``d`` the image -- the arithmetic of Qt's raster engine (premultiply, then
-    ``src + dst * (255 - a) / 255``), so a layer composited here equals the layer drawn by the viewport.
+    ``out = c * a / 255 + d * (255 - a) / 255`` per channel, each product divided by 255 with Qt's
+    integer rounding, with ``c, a`` the layer's colour and alpha and ``d`` the image -- the arithmetic of
+    Qt's raster engine (premultiply, then ``src + dst * (255 - a) / 255``), so a layer composited here
+    equals the layer drawn by the viewport.
 
     Parameters
     ----------
