@@ -57,8 +57,8 @@ def _window(qtbot, settings: Settings, model: Path | None = None) -> MainWindow:
 
 
 def _open(qtbot, win: MainWindow, path: Path | str) -> None:
-    win.open_paths([str(path)])
-    qtbot.waitUntil(lambda: win.active.has_image(), timeout=TIMEOUT)
+    win.open_paths([str(path)])  # a folder's first file may show before the scan ends: wait for both
+    qtbot.waitUntil(lambda: win.active.has_image() and not win.loader.scanning, timeout=TIMEOUT)
 
 
 def _drag(qtbot, widget, button, start: QPoint, end: QPoint) -> None:
@@ -181,8 +181,8 @@ def test_cancelled_inference_is_discarded(qtbot, settings, model_dir):
     win.run_ai()
     win.cancel_ai()
     assert not win.panel.busy.isVisible() and "cancelled" in win.panel.status.text()
-    qtbot.waitUntil(lambda: not win._tasks, timeout=TIMEOUT)
-    assert win.active.frame_uid() not in win.predictions
+    qtbot.waitUntil(win.is_idle, timeout=TIMEOUT)  # the cancelled run has finished in the background
+    assert win.prediction_for(win.active) is None and not win.reading.predictions()
 
 
 def test_bad_file_gives_error_dialog_and_app_goes_on(qtbot, settings, errors, tmp_path):
@@ -283,7 +283,7 @@ def test_series_into_second_viewport_and_layouts(qtbot, settings):
     # drag a series from the browser and drop it on a viewport
     from PySide6.QtGui import QDropEvent
 
-    mr_key = next(k for k in keys if win.sources[k].instance(0).modality == "MR")
+    mr_key = next(k for k in keys if win.reading.sources[k].instance(0).modality == "MR")
     md = win.browser.tree.mimeData([win.browser._items[mr_key]])
     right.dropEvent(QDropEvent(QPointF(20, 20), Qt.CopyAction, md, Qt.LeftButton, Qt.NoModifier))
     qtbot.waitUntil(right.has_image, timeout=TIMEOUT)
@@ -340,7 +340,7 @@ def test_run_app_demo_screenshot(qtbot, tmp_path, monkeypatch):
     status = {}
     for v in win.viewports:
         if v.isVisible() and v.source is not None:
-            pred = win.predictions[v.frame_uid()][0]
+            pred = win.prediction_for(v).prediction
             status[v.current_instance().patient_id] = (pred.applicability["status"], pred.flagged, v.ai.heatmap_on)
     assert status["9RG1"][0] == "out_of_scope" and status["9RG1"][1] == [] and not status["9RG1"][2]
     paed = next(k for k in status if k.startswith("KERMANY"))
@@ -371,11 +371,11 @@ def test_run_on_open_only_for_projection_radiographs(qtbot, settings, model_dir)
     win = _window(qtbot, settings, model_dir)
     win.panel.auto_run.setChecked(True)
     _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
-    qtbot.waitUntil(lambda: not win._tasks, timeout=TIMEOUT)
-    assert not win.predictions and "skipped" in win.status_msg.text()
+    qtbot.waitUntil(win.is_idle, timeout=TIMEOUT)
+    assert not win.reading.predictions() and "skipped" in win.status_msg.text()
     with qtbot.waitSignal(win.predictionShown, timeout=TIMEOUT):
         win.run_ai()  # a reader may still run it; the card states no intended use, and the panel says so
-    assert win.predictions[win.active.frame_uid()][0].applicability["status"] == "unknown"
+    assert win.prediction_for(win.active).prediction.applicability["status"] == "unknown"
     assert any("no machine-readable intended use" in lab.text() for lab in win.panel.findChildren(QLabel))
 
 
@@ -390,7 +390,7 @@ def test_out_of_scope_result_is_shown_honestly_and_show_anyway_is_labelled(qtbot
     _open(qtbot, win, pydicom_test_file("RG3_UNCR.dcm"))
     with qtbot.waitSignal(win.predictionShown, timeout=TIMEOUT):
         win.run_ai()
-    pred = win.predictions[win.active.frame_uid()][0]
+    pred = win.prediction_for(win.active).prediction
     assert pred.applicability["status"] == "out_of_scope" and pred.flagged == [] and pred.regions == []
     assert pred.scores["pneumonia"] > 0.5  # the model alone would have flagged it
     texts = " ".join(lab.text() for lab in win.panel.findChildren(QLabel))
@@ -400,7 +400,7 @@ def test_out_of_scope_result_is_shown_honestly_and_show_anyway_is_labelled(qtbot
     assert not win.active.ai.heatmap_on and not win.active.ai.show_regions
     assert win.panel.show_anyway_button is not None
     win.panel.show_anyway_button.click()
-    pred = win.predictions[win.active.frame_uid()][0]
+    pred = win.prediction_for(win.active).prediction
     assert pred.applicability["overridden"] and pred.flagged == ["pneumonia"]
     assert win.active.ai.heatmap_on and any(r.flagged for r in win.panel.findChildren(ScoreRow))
 

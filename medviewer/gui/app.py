@@ -52,7 +52,7 @@ def demo_problem(win: MainWindow) -> str | None:
     shown = [v for v in win.viewports if v.isVisible() and v.source is not None]
     if len(shown) < 2:
         return f"the demo shows {len(shown)} of its 2 studies"
-    missing = [v for v in shown if v.frame_uid() not in win.predictions]
+    missing = [v for v in shown if win.prediction_for(v) is None]
     if missing:
         return f"{len(missing)} of the demo images have no AI result"
     return None
@@ -115,7 +115,7 @@ class ScreenshotWhenIdle:
             return False
         shown = [v for v in w.viewports if v.isVisible() and v.source is not None]
         # an error (a file that cannot be opened or decoded) ends the wait: nothing more will arrive
-        return (all(v.has_image() for v in shown) or bool(w.errors)) and w._infer_task is None
+        return (all(v.has_image() for v in shown) or bool(w.errors)) and not w.ai.busy
 
     def _poll(self) -> None:
         if self._ready():
@@ -178,9 +178,9 @@ def run_app(args: argparse.Namespace) -> int:
             # once both demo images have results, make the out-of-scope one active so the AI panel shows
             # its reasons while the paediatric image keeps its heat map
             for v in win.viewports:
-                entry = win.predictions.get(v.frame_uid()) if v.frame_uid() is not None else None
-                if (len(win.predictions) >= 2 and entry is not None and v is not win.active
-                        and (entry[0].applicability or {}).get("status") == "out_of_scope"):
+                entry = win.prediction_for(v)
+                if (len(win.reading.predictions()) >= 2 and entry is not None and v is not win.active
+                        and (entry.prediction.applicability or {}).get("status") == "out_of_scope"):
                     win.set_active(v)
 
         win.predictionShown.connect(_focus_out_of_scope)
