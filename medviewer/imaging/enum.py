@@ -1,8 +1,12 @@
-"""DICOM defined terms of the display pipeline, as enums (PS3.3 C.11)."""
+"""DICOM defined terms of the display pipeline, as enums (PS3.3 C.11).
+
+:class:`RescaleType` is defined in :mod:`medviewer.io.enum` (the header reader decides the units) and
+re-exported here.
+"""
 
 from __future__ import annotations
 
-from medviewer.io.enum import DefinedTerm
+from medviewer.io.enum import DefinedTerm, RescaleType
 
 __all__ = ["VoiLutFunction", "PresentationLutShape", "RescaleType"]
 
@@ -25,11 +29,3 @@ class PresentationLutShape(DefinedTerm):
 
     IDENTITY = "IDENTITY"  #: output is in P-Values (MONOCHROME2, colour)
     INVERSE = "INVERSE"  #: output after inversion is in P-Values (MONOCHROME1)
-
-
-class RescaleType(DefinedTerm):
-    """Common Rescale Type (0028,1054) values, PS3.3 C.11.1.1.2 (HU for CT)."""
-
-    HU = "HU"  #: Hounsfield Units
-    US = "US"  #: unspecified
-    OD = "OD"  #: optical density

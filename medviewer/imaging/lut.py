@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
+from medviewer.io.enum import RescaleType
+
 __all__ = ["ModalityLut", "VoiLut", "LutError", "read_lut_item"]
 
 
@@ -82,6 +84,8 @@ class ModalityLut:
 
     ``lut`` (int64 ``(n,)``) with ``first_mapped`` takes precedence; inputs below ``first_mapped`` map to the
     first entry and inputs past the end to the last (C.11.1.1.1). Otherwise ``y = slope * x + intercept``.
+    ``rescale_type`` is the Rescale Type / Modality LUT Type as written; ``units`` what the values are, as
+    decided by :func:`medviewer.io.header.rescale_units` (HU for a CT without Rescale Type).
     """
 
     slope: float = 1.0
@@ -90,6 +94,7 @@ class ModalityLut:
     lut: np.ndarray | None = None
     first_mapped: int = 0
     lut_bits: int = 16
+    units: RescaleType = RescaleType.US
 
     @property
     def is_identity(self) -> bool:

@@ -41,8 +41,9 @@ from medviewer.imaging.window import (
     linear_window,
     to_u8,
 )
-from medviewer.io.enum import PhotometricInterpretation
-from medviewer.io.instance import Instance, rescale_problem
+from medviewer.io import header
+from medviewer.io.enum import PhotometricInterpretation, RescaleType
+from medviewer.io.instance import Instance
 
 __all__ = ["DisplayPipeline", "display_image", "check_not_blank"]
 
@@ -51,82 +52,33 @@ _AUTO_SAMPLES = 262_144  # values the automatic window looks at (a regular subsa
 _BLOCK_SAMPLES = 1 << 20  # samples rendered per block on the float path
 
 
-def _first_item(ds: Dataset | None, keyword: str) -> Dataset | None:
-    try:
-        seq = ds.get(keyword) if ds is not None else None
-        return seq[0] if seq else None
-    except (TypeError, IndexError, AttributeError):
-        return None
-
-
-def _functional(ds: Dataset, sequence: str, frame: int = 0) -> Dataset | None:
-    """Item of `sequence` for `frame`: from the Per-frame Functional Groups item of that frame, else from
-    the Shared Functional Groups (PS3.3 C.7.6.16)."""
-    try:
-        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-        frame_item = per_frame[frame] if per_frame is not None and frame < len(per_frame) else None
-    except (TypeError, IndexError, AttributeError):
-        frame_item = None
-    for group in (frame_item, _first_item(ds, "SharedFunctionalGroupsSequence")):
-        item = _first_item(group, sequence)
-        if item is not None:
-            return item
-    return None
-
-
-def _as_floats(value: object) -> list[float]:
-    if value is None or value == "":
-        return []
-    items = list(value) if isinstance(value, list | tuple) or hasattr(value, "__iter__") and not isinstance(
-        value, str | bytes) else [value]
-    out = []
-    for v in items:
-        try:
-            out.append(float(v))
-        except (TypeError, ValueError):
-            out.append(float("nan"))
-    return out
-
-
-def _rescale_value(inst: Instance, source: Dataset, keyword: str, tag: str, default: float) -> float:
-    if keyword not in source:
-        return default
-    values = _as_floats(source.get(keyword))
-    return values[0] if values else default
-
-
 def _modality_lut(inst: Instance, ds: Dataset, signed: bool, little: bool, frame: int = 0) -> ModalityLut:
-    item = _first_item(ds, "ModalityLUTSequence")
+    item = ds.get("ModalityLUTSequence")
+    item = item[0] if item else None
     if item is not None and ("LUTDescriptor" in item or "LUTData" in item):
         try:
             first, data, bits = read_lut_item(item, signed, little)
         except LutError as exc:
             raise ReadError(inst.path, f"invalid Modality LUT Sequence (0028,3000): {exc} (PS3.3 C.11.1.1.1); "
                                        f"modality values would be wrong, refused") from None
-        return ModalityLut(rescale_type=str(item.get("ModalityLUTType", "")), lut=data, first_mapped=first,
-                           lut_bits=bits)
-    source: Dataset | None = ds
-    if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
-        source = _functional(ds, "PixelValueTransformationSequence", frame)
-    if source is None:
-        return ModalityLut()
-    s = _rescale_value(inst, source, "RescaleSlope", "Rescale Slope (0028,1053)", 1.0)
-    b = _rescale_value(inst, source, "RescaleIntercept", "Rescale Intercept (0028,1052)", 0.0)
-    problem = rescale_problem(s, b, inst.bits_stored, inst.pixel_representation == 1)
+        lut_type = header.text(item, "ModalityLUTType").upper()
+        return ModalityLut(rescale_type=lut_type, lut=data, first_mapped=first, lut_bits=bits,
+                           units=header.rescale_units(lut_type, inst.modality))
+    values = inst.frame_rescale(frame)  # ReadError for an unreadable slope/intercept
+    problem = values.problem(inst.bits_stored, inst.pixel_representation == 1)
     if problem:
         raise ReadError(inst.path, problem)
-    return ModalityLut(slope=s, intercept=b, rescale_type=str(source.get("RescaleType", "") or ""))
+    return ModalityLut(slope=values.slope, intercept=values.intercept, rescale_type=values.rescale_type,
+                       units=values.units)
 
 
 def _file_windows(ds: Dataset, frame: int = 0, notes: list[str] | None = None) -> list[Window]:
     notes = notes if notes is not None else []
-    source: Dataset | None = ds
-    if "WindowCenter" not in ds or "WindowWidth" not in ds:
-        source = _functional(ds, "FrameVOILUTSequence", frame)
+    source = header.attribute_source(ds, ("WindowCenter", "WindowWidth"), "FrameVOILUTSequence", frame)
     if source is None or "WindowCenter" not in source or "WindowWidth" not in source:
         return []
-    centers = _as_floats(source.get("WindowCenter"))
-    widths = _as_floats(source.get("WindowWidth"))
+    centers = header.decimal_values(source, "WindowCenter") or ()
+    widths = header.decimal_values(source, "WindowWidth") or ()
     if len(centers) != len(widths):
         notes.append(f"Window Center (0028,1050) has {len(centers)} value(s) and Window Width (0028,1051) "
                      f"{len(widths)}; they must pair up (PS3.3 C.11.2.1.2), so the file's windows are ignored")
@@ -137,6 +89,9 @@ def _file_windows(ds: Dataset, frame: int = 0, notes: list[str] | None = None) -
     function = VoiLutFunction.parse(source.get("VOILUTFunction", ""))
     windows = []
     for i, (c, w) in enumerate(zip(centers, widths, strict=False)):
+        if c is None or w is None:
+            notes.append(f"window {i + 1} of the file ignored: its Window Center/Width is not a number")
+            continue
         try:
             windows.append(Window(c, w, function, str(explanations[i]) if i < len(explanations) else ""))
         except ValueError as exc:
@@ -209,9 +164,11 @@ class DisplayPipeline:
     def from_instance(cls, inst: Instance, frame: int = 0) -> DisplayPipeline:
         """Precompute the pipeline of `inst` from its header (no pixels are read).
 
-        Rescale and window attributes absent from the top level are taken from the Functional Groups of
-        enhanced multi-frame objects (Pixel Value Transformation / Frame VOI LUT, PS3.3 C.7.6.16.2.9-10):
-        the Per-frame item of `frame`, else the Shared item.
+        Header attributes are read by :mod:`medviewer.io.header`: rescale and window attributes absent
+        from the top level are taken from the Functional Groups of enhanced multi-frame objects (Pixel
+        Value Transformation / Frame VOI LUT, PS3.3 C.7.6.16.2.9-10), the Per-frame item of `frame`
+        overriding the Shared item; the units (HU or not) come from
+        :func:`medviewer.io.header.rescale_units` via :attr:`ModalityLut.units`.
 
         Invalid VOI attributes are not fatal: a VOI LUT Sequence item whose descriptor and data disagree
         (C.11.2.1.1) is skipped for the next valid one, unpaired Window Center/Width values are ignored
@@ -243,13 +200,18 @@ class DisplayPipeline:
         if notes:
             notes.append("shown with " + ("the next valid VOI LUT" if vois else "the file's valid window" if windows
                                           else "an automatic window (0.5-99.5th percentile)"))
-        shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
-        inverse = (inst.photometric_interpretation == PhotometricInterpretation.MONOCHROME1.value
-                   or shape == PresentationLutShape.INVERSE.value)
+        inverse = (inst.photometric_interpretation == PhotometricInterpretation.MONOCHROME1
+                   or PresentationLutShape.lookup(ds.get("PresentationLUTShape", "")) == PresentationLutShape.INVERSE)
         identity = (not windows and not vois and mlut.is_identity and inst.bits_stored <= 8
                     and not signed and inst.bits_allocated <= 8)
         return cls(modality=inst.modality, modality_lut=mlut, windows=windows, voi_luts=vois,
                    inverse=inverse, identity_default=identity, notes=notes)
+
+    @property
+    def units(self) -> RescaleType:
+        """Units of :meth:`modality_values` (``HU`` on CT unless its Rescale Type says otherwise; ``US``,
+        unspecified, for colour and PNG/JPEG images)."""
+        return RescaleType.US if self.color else self.modality_lut.units
 
     @property
     def voi_function(self) -> VoiLutFunction:

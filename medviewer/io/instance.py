@@ -18,19 +18,19 @@ from typing import Any
 import cv2
 import numpy as np
 import pydicom
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from medviewer.errors import MedViewerError, ReadError, error_line
+from medviewer.io import header
 from medviewer.io.encapsulation import EncapsulationProblem, check_encapsulated
-from medviewer.io.enum import RASTER_MODALITY, PhotometricInterpretation, PixelSpacingSource
+from medviewer.io.enum import RASTER_MODALITY, PhotometricInterpretation, PixelSpacingSource, RescaleType
 from medviewer.io.files import check_regular, open_regular, os_error_reason
+from medviewer.io.header import MAX_MODALITY_MAGNITUDE, HeaderError, PixelSpacing, Rescale, rescale_problem
 from medviewer.io.transfer_syntax import check_decodable, transfer_syntax_name
 from medviewer.limits import get_limits
 
 __all__ = ["Instance", "read_instance", "sniff_kind", "FileKind", "quiet_pydicom_warnings", "rescale_problem",
-           "MAX_MODALITY_MAGNITUDE"]
+           "MAX_MODALITY_MAGNITUDE", "PixelSpacing", "Rescale"]
 
 
 def quiet_pydicom_warnings() -> None:
@@ -103,69 +103,14 @@ def _sniff(path: Path) -> FileKind:
     return FileKind.UNKNOWN
 
 
-_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI", "UC"})
 _MISSING = object()
-
-
-def _value(ds: Dataset, keyword: str) -> Any:
-    """An attribute's value, ``None`` when absent or empty.
-
-    Fast path for browsing: an unconverted string element whose bytes are plain ASCII is decoded here
-    (split on backslash into a list when multi-valued) instead of by pydicom's general conversion, which
-    dominates header-reading time. Anything else (binary VRs, non-ASCII text needing the Specific
-    Character Set, already converted elements) goes through pydicom.
-    """
-    tag = tag_for_keyword(keyword)
-    if tag is None or tag not in ds:
-        return None
-    raw = ds.get_item(tag)
-    if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
-        vr = raw.VR or dictionary_VR(tag)
-        if vr in _STRING_VRS and raw.value.isascii():
-            text = raw.value.decode("ascii").rstrip(" \x00")
-            if not text:
-                return None
-            parts = [t.strip() for t in text.split("\\")]
-            return parts if len(parts) > 1 else parts[0]
-    value = ds[tag].value
-    if value is None or value == "":
-        return None
-    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
-        return [str(v) if isinstance(v, pydicom.valuerep.PersonName) else v for v in value]
-    return str(value) if isinstance(value, pydicom.valuerep.PersonName) else value
-
-
-def _text(ds: Dataset | None, keyword: str) -> str:
-    if ds is None:
-        return ""
-    try:
-        value = _value(ds, keyword)
-    except Exception:  # an unparsable value in an odd file must not stop browsing
-        return ""
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = _value(ds, keyword)
-        if value is None or value == "":
-            return None
-        if isinstance(value, list):
-            value = value[0]
-        return int(float(value))
-    except Exception:
-        return None
 
 
 def _checked_int(path: Path, ds: Dataset, keyword: str) -> int | None:
     """An integer Image Pixel attribute; present but unparsable (odd VR/value) -> ReadError naming it."""
     value: Any = _MISSING
     try:
-        value = _value(ds, keyword)
+        value = header.value(ds, keyword)
         if value is None:
             return None
         if isinstance(value, list):
@@ -184,44 +129,24 @@ def _checked_int(path: Path, ds: Dataset, keyword: str) -> int | None:
         raise ReadError(path, f"invalid {name} value {shown!r}{vr}; the header is malformed") from None
 
 
-def _floats(ds: Dataset | None, keyword: str, count: int) -> tuple[float, ...] | None:
-    if ds is None:
-        return None
-    try:
-        value = _value(ds, keyword)
-        if value is None or value == "":
-            return None
-        items = value if isinstance(value, list) else [value]
-        floats = tuple(float(v) for v in items)
-    except Exception:
-        return None
-    if len(floats) != count or not all(np.isfinite(floats)):
-        return None
-    return floats
-
-
-def _functional_group(ds: Dataset, sequence: str) -> Dataset | None:
-    """First item of `sequence` in the Shared (else first Per-frame) Functional Groups (PS3.3 C.7.6.16)."""
-    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        try:
-            item = ds.get(groups)[0].get(sequence)[0]
-        except (TypeError, IndexError, AttributeError, KeyError):
-            continue
-        if item is not None:
-            return item
-    return None
-
-
-@dataclass(eq=False)
+@dataclass(eq=False, frozen=True)
 class Instance:
     """An image file's header: identifiers, geometry, pixel-module attributes; pixels on demand.
 
     Attributes follow the DICOM keywords they come from (PS3.6). For PNG/JPEG files ``is_dicom`` is
     False, ``modality`` is ``"OT"``, UIDs are empty, geometry is ``None`` and ``dataset`` is ``None``.
 
-    ``pixel_spacing`` is (row spacing, column spacing) in mm, from Pixel Spacing (0028,0030) or, for
-    projection radiographs without it, Imager Pixel Spacing (0018,1164) -- ``pixel_spacing_source`` says
-    which (PS3.3 10.7.1.3: measurements from Imager Pixel Spacing are at the detector plane).
+    One source of truth: for DICOM, ``dataset`` (the header as read, without Pixel Data) is authoritative.
+    Every typed field is derived from it by :mod:`medviewer.io.header` once, in :func:`read_instance`, and
+    the instance is frozen, so the fields cannot drift from the dataset; per-frame values come from the
+    dataset on demand (:meth:`frame_pixel_spacing`, :meth:`frame_rescale`). Do not edit ``dataset``
+    in place: read the file again (or build a new instance from an edited copy with
+    :func:`instance_from_dataset`).
+
+    ``pixel_spacing`` is frame 0's (row spacing, column spacing) in mm and ``pixel_spacing_source`` the
+    attribute it came from (:class:`~medviewer.io.enum.PixelSpacingSource`, PS3.3 10.7.1.3: Imager Pixel
+    Spacing is at the detector plane). ``photometric_interpretation`` is a
+    :class:`~medviewer.io.enum.PhotometricInterpretation` (a ``str``: it compares equal to the DICOM value).
     """
 
     path: Path
@@ -243,12 +168,12 @@ class Instance:
     columns: int = 0
     number_of_frames: int = 1
     samples_per_pixel: int = 1
-    photometric_interpretation: str = PhotometricInterpretation.MONOCHROME2.value
+    photometric_interpretation: PhotometricInterpretation = PhotometricInterpretation.MONOCHROME2
     bits_allocated: int = 8
     bits_stored: int = 8
     pixel_representation: int = 0
     pixel_spacing: tuple[float, float] | None = None
-    pixel_spacing_source: str | None = None
+    pixel_spacing_source: PixelSpacingSource | None = None
     image_orientation_patient: tuple[float, ...] | None = None
     image_position_patient: tuple[float, ...] | None = None
     slice_location: float | None = None
@@ -259,6 +184,37 @@ class Instance:
     dataset: Dataset | None = None
     _full: Dataset | None = field(default=None, repr=False)
     _pixel_offset: int | None = field(default=None, repr=False)  # file offset of native Pixel Data value
+
+    # ------------------------------------------------------------------ header, per frame
+    def frame_pixel_spacing(self, frame: int = 0) -> PixelSpacing | None:
+        """Pixel spacing of `frame` (0-based) in mm with its source: per-frame Pixel Measures override the
+        shared ones (PS3.3 C.7.6.16); ``None`` when the image has none (PNG/JPEG, or no valid attribute).
+        See :func:`medviewer.io.header.pixel_spacing`."""
+        return header.pixel_spacing(self.dataset, frame) if self.dataset is not None else None
+
+    def frame_rescale(self, frame: int = 0) -> Rescale:
+        """Rescale Slope/Intercept/Type of `frame` (0-based) and the units they give
+        (:func:`medviewer.io.header.rescale`); the identity, unspecified units, for PNG/JPEG.
+
+        Raises
+        ------
+        ReadError
+            The frame's Rescale Slope or Intercept is present but not a finite number.
+        """
+        if self.dataset is None:
+            return Rescale()
+        try:
+            return header.rescale(self.dataset, frame, self.modality)
+        except HeaderError as exc:
+            raise ReadError(self.path, str(exc)) from None
+
+    @property
+    def units(self) -> RescaleType:
+        """Units of frame 0's modality values (:func:`medviewer.io.header.modality_units`): ``HU`` for a CT
+        without Rescale Type or with Rescale Type HU; ``US`` (unspecified) for PNG/JPEG."""
+        if self.dataset is None:
+            return RescaleType.US
+        return header.modality_units(self.dataset, 0, self.modality)
 
     # ------------------------------------------------------------------ pixels
     @property
@@ -362,7 +318,7 @@ class Instance:
                     raise
                 except Exception:
                     # bare datasets (no file meta), deflated or odd files: read fully once, keep it
-                    self._full = _read_full(self.path, self.dataset)
+                    object.__setattr__(self, "_full", _read_full(self.path, self.dataset))
             return np.asarray(pixel_array(self._full, index=index))
         except ReadError:
             raise
@@ -496,7 +452,8 @@ def _read_raster_instance(path: Path, kind: str) -> Instance:
     return Instance(
         path=path, is_dicom=False, modality=RASTER_MODALITY, rows=rows, columns=cols,
         number_of_frames=1, samples_per_pixel=samples,
-        photometric_interpretation=(PhotometricInterpretation.RGB if samples == 3 else PhotometricInterpretation.MONOCHROME2).value,
+        photometric_interpretation=(PhotometricInterpretation.RGB if samples == 3
+                                    else PhotometricInterpretation.MONOCHROME2),
         bits_allocated=bits, bits_stored=bits, pixel_representation=0,
         sop_instance_uid="", series_description=path.name,
     )
@@ -585,7 +542,7 @@ def _checked_dicom_instance(path: Path, fp: Any, file_size: int, ds: Dataset,
 
     deflated = ts == pydicom.uid.DeflatedExplicitVRLittleEndian
     if probe is None and not deflated:
-        sop = _text(ds, "SOPClassUID") or (str(meta.get("MediaStorageSOPClassUID", "")) if meta else "")
+        sop = header.text(ds, "SOPClassUID") or (str(meta.get("MediaStorageSOPClassUID", "")) if meta else "")
         if sop == "1.2.840.10008.1.3.10":
             raise ReadError(path, "is a DICOMDIR (a directory of other files, no image); open its folder")
         what = pydicom.uid.UID(sop).name if sop else "unknown SOP class"
@@ -632,52 +589,8 @@ def _checked_dicom_instance(path: Path, fp: Any, file_size: int, ds: Dataset,
                                       f"x{inst.number_of_frames} frames of {inst.bits_allocated}-bit samples "
                                       f"({expected} expected)")
             if tag == 0x7FE00010 and inst.photometric_interpretation != PhotometricInterpretation.YBR_FULL_422:
-                inst._pixel_offset = offset
+                object.__setattr__(inst, "_pixel_offset", offset)
     return inst
-
-
-#: Modality values beyond this magnitude are refused: float32 (the pixel pipeline's type) overflows at
-#: 3.4e38, and no real modality (HU, counts, SUV) comes near it.
-MAX_MODALITY_MAGNITUDE = 1e30
-
-
-def rescale_problem(slope: float, intercept: float, bits_stored: int, signed: bool) -> str | None:
-    """None when Rescale Slope/Intercept (PS3.3 C.11.1) map every storable value to a finite modality value
-    within +-1e30, else a one-line reason (non-finite or zero slope, non-finite intercept, overflow)."""
-    if not np.isfinite(slope):
-        return f"Rescale Slope (0028,1053) is {slope}, not a finite number (PS3.3 C.11.1); refused"
-    if not np.isfinite(intercept):
-        return f"Rescale Intercept (0028,1052) is {intercept}, not a finite number (PS3.3 C.11.1); refused"
-    if slope == 0:
-        return "Rescale Slope (0028,1053) is 0: every pixel would have the same modality value; refused"
-    bits = max(1, min(int(bits_stored or 16), 64))
-    lo, hi = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0**bits - 1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        ends = np.array([lo, hi], np.float64) * slope + intercept
-    if not np.all(np.isfinite(ends)) or float(np.abs(ends).max()) > MAX_MODALITY_MAGNITUDE:
-        return (f"Rescale Slope {slope:g} / Intercept {intercept:g} overflow: stored values {lo:g}..{hi:g} map "
-                f"to {ends[0]:g}..{ends[1]:g} (PS3.3 C.11.1); refused")
-    return None
-
-
-def _header_rescale(path: Path, ds: Dataset, bits_stored: int, signed: bool) -> None:
-    source: Dataset | None = ds
-    if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
-        source = _functional_group(ds, "PixelValueTransformationSequence")
-    if source is None:
-        return
-    values = []
-    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
-        try:
-            value = _value(source, keyword)
-            if isinstance(value, list):
-                value = value[0] if value else None
-            values.append(default if value is None else float(value))
-        except (TypeError, ValueError):
-            raise ReadError(path, f"unreadable {keyword} value; the header is malformed") from None
-    problem = rescale_problem(values[0], values[1], bits_stored, signed)
-    if problem:
-        raise ReadError(path, problem)
 
 
 def _check_palette(path: Path, ds: Dataset) -> None:
@@ -714,11 +627,33 @@ def _check_palette(path: Path, ds: Dataset) -> None:
                                       f"descriptor declares {entries} entries of {bits} bits; refused")
 
 
+def _check_rescale(path: Path, ds: Dataset, frames: int, modality: str, bits_stored: int, signed: bool) -> None:
+    """Refuse a rescale that would make every modality value wrong: an unreadable Rescale Slope/Intercept
+    or one that overflows (:func:`rescale_problem`), for every frame with its own Pixel Value
+    Transformation (PS3.3 C.7.6.16.2.9), else for the one the frames share."""
+    count = 1
+    if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
+        try:
+            per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+            if per_frame and "PixelValueTransformationSequence" in per_frame[0]:
+                count = min(frames, len(per_frame))
+        except Exception:
+            count = 1
+    for frame in range(count):
+        try:
+            values = header.rescale(ds, frame, modality)
+        except HeaderError as exc:
+            raise ReadError(path, str(exc)) from None
+        problem = values.problem(bits_stored, signed)
+        if problem:
+            raise ReadError(path, problem if count == 1 else f"frame {frame + 1}: {problem}")
+
+
 def _instance_from_header(path: Path, ds: Dataset, ts: str | None) -> Instance:
     rows, cols = _checked_int(path, ds, "Rows"), _checked_int(path, ds, "Columns")
     if not rows or not cols or rows < 0 or cols < 0:
         raise ReadError(path, f"missing or invalid Rows (0028,0010) / Columns (0028,0011): {rows} / {cols}")
-    pi_text = _text(ds, "PhotometricInterpretation").upper()
+    pi_text = header.text(ds, "PhotometricInterpretation").upper()
     samples = _checked_int(path, ds, "SamplesPerPixel")
     if samples is None:
         samples = 3 if pi_text and not pi_text.startswith(("MONOCHROME", "PALETTE")) else 1
@@ -756,65 +691,47 @@ def _instance_from_header(path: Path, ds: Dataset, ts: str | None) -> Instance:
         raise ReadError(path, f"invalid Pixel Representation (0028,0103) {representation} (0 or 1 expected)")
     if pi == PhotometricInterpretation.PALETTE_COLOR:
         _check_palette(path, ds)
+    modality = header.text(ds, "Modality").upper() or RASTER_MODALITY
     if pi.is_monochrome and "ModalityLUTSequence" not in ds:
-        _header_rescale(path, ds, bits_stored, representation == 1)
+        _check_rescale(path, ds, frames, modality, bits_stored, representation == 1)
     budget = get_limits().frame_problem(rows, cols, samples, frames)
     if budget:
         raise ReadError(path, f"{budget}; refused before allocating")
 
-    spacing = _floats(ds, "PixelSpacing", 2)
-    source: str | None = PixelSpacingSource.PIXEL_SPACING.value if spacing else None
-    measures = _functional_group(ds, "PixelMeasuresSequence")
-    if spacing is None and measures is not None:
-        spacing = _floats(measures, "PixelSpacing", 2)
-        source = PixelSpacingSource.PIXEL_SPACING.value if spacing else None
-    if spacing is None:
-        spacing = _floats(ds, "ImagerPixelSpacing", 2)
-        source = PixelSpacingSource.IMAGER_PIXEL_SPACING.value if spacing else None
-    if spacing is not None and min(spacing) <= 0:
-        spacing, source = None, None
-
-    orientation = _floats(ds, "ImageOrientationPatient", 6)
-    position = _floats(ds, "ImagePositionPatient", 3)
-    if orientation is None:
-        orientation = _floats(_functional_group(ds, "PlaneOrientationSequence"), "ImageOrientationPatient", 6)
-    if position is None:
-        position = _floats(_functional_group(ds, "PlanePositionSequence"), "ImagePositionPatient", 3)
-    thickness = _floats(ds, "SliceThickness", 1) or _floats(measures, "SliceThickness", 1)
-    location = _floats(ds, "SliceLocation", 1)
-
+    spacing = header.pixel_spacing(ds, 0)
+    location = header.decimal(ds, "SliceLocation")
     return Instance(
         path=path,
         is_dicom=True,
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        study_instance_uid=_text(ds, "StudyInstanceUID"),
-        series_instance_uid=_text(ds, "SeriesInstanceUID"),
-        patient_id=_text(ds, "PatientID"),
-        patient_name=_text(ds, "PatientName"),
-        patient_sex=_text(ds, "PatientSex"),
-        patient_age=_text(ds, "PatientAge"),
-        study_date=_text(ds, "StudyDate"),
-        study_description=_text(ds, "StudyDescription"),
-        series_description=_text(ds, "SeriesDescription"),
-        series_number=_int(ds, "SeriesNumber"),
-        instance_number=_int(ds, "InstanceNumber"),
-        modality=_text(ds, "Modality").upper() or RASTER_MODALITY,
+        sop_instance_uid=header.text(ds, "SOPInstanceUID"),
+        study_instance_uid=header.text(ds, "StudyInstanceUID"),
+        series_instance_uid=header.text(ds, "SeriesInstanceUID"),
+        patient_id=header.text(ds, "PatientID"),
+        patient_name=header.text(ds, "PatientName"),
+        patient_sex=header.text(ds, "PatientSex"),
+        patient_age=header.text(ds, "PatientAge"),
+        study_date=header.text(ds, "StudyDate"),
+        study_description=header.text(ds, "StudyDescription"),
+        series_description=header.text(ds, "SeriesDescription"),
+        series_number=header.integer(ds, "SeriesNumber"),
+        instance_number=header.integer(ds, "InstanceNumber"),
+        modality=modality,
         rows=rows,
         columns=cols,
         number_of_frames=frames,
         samples_per_pixel=samples,
-        photometric_interpretation=pi.value,
+        photometric_interpretation=pi,
         bits_allocated=bits_allocated,
         bits_stored=bits_stored,
         pixel_representation=representation,
-        pixel_spacing=spacing,  # type: ignore[arg-type]
-        pixel_spacing_source=source,
-        image_orientation_patient=orientation,
-        image_position_patient=position,
-        slice_location=location[0] if location else None,
-        slice_thickness=thickness[0] if thickness else None,
-        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
-        sop_class_uid=_text(ds, "SOPClassUID"),
+        pixel_spacing=spacing.as_tuple() if spacing else None,
+        pixel_spacing_source=spacing.source if spacing else None,
+        image_orientation_patient=header.image_orientation(ds, 0),
+        image_position_patient=header.image_position(ds, 0),
+        slice_location=location,
+        slice_thickness=header.slice_thickness(ds, 0),
+        frame_of_reference_uid=header.text(ds, "FrameOfReferenceUID"),
+        sop_class_uid=header.text(ds, "SOPClassUID"),
         transfer_syntax_uid=ts,
         dataset=ds,
     )
