@@ -174,3 +174,27 @@ def test_every_frame_of_a_multiframe_instance(tmp_path, model_dir):
         (0, None, "overlays/SC_rgb_rle_2frame_f0000.png"), (1, None, "overlays/SC_rgb_rle_2frame_f0001.png")]
     rows = list(csv.reader((out / "results.csv").open()))
     assert rows[0][:2] == ["path", "frame"] and [r[1] for r in rows[1:]] == ["0", "1"]
+
+
+def test_infer_uses_the_workstations_controller_session_cache_and_policy(tmp_path, monkeypatch):
+    """`medviewer infer` and the workstation run a model through one AiController: the same ONNX Runtime session
+    (no second one is created) and the same intended-use result for the same image."""
+    from medviewer.inference import default_model
+    from medviewer.io import read_instance
+    from medviewer.workstation.ai import AiController
+    from medviewer.workstation.frames import FrameSource
+
+    path = pydicom_test_file("RG1_UNCR.dcm")  # an adult chest CR: outside the shipped model's intended use
+    gui = AiController(provider="cpu")
+    gui.select(default_model())
+    entry = gui.run(FrameSource([read_instance(path)]), 0).future.result(timeout=120)
+    created = []
+    real_init = Session.__init__
+    monkeypatch.setattr(Session, "__init__", lambda self, *a, **k: (created.append(a), real_init(self, *a, **k))[1])
+    out = tmp_path / "out"
+    assert main(["infer", str(path), "--provider", "cpu", "--out", str(out), "--quiet"]) == 0
+    assert created == []  # the controller's session cache had it
+    (res,) = json.loads((out / "results.json").read_text())["results"]
+    assert res["applicability"] == entry.prediction.applicability and res["applicability"]["status"] == "out_of_scope"
+    assert res["scores"] == pytest.approx(entry.prediction.scores, abs=1e-5) and res["flagged"] == [] == entry.prediction.flagged
+    gui.shutdown()

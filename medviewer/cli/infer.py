@@ -225,10 +225,9 @@ def run(args: argparse.Namespace) -> int:
     """Run ``medviewer infer``; returns 0 (all scored) or 2 (some failed). Raises MedViewerError (exit 1)."""
     from tqdm import tqdm
 
-    from medviewer.inference.batch import score_instances
     from medviewer.inference.registry import resolve_model
-    from medviewer.inference.session import open_session
     from medviewer.io import quiet_pydicom_warnings
+    from medviewer.workstation.ai import AiController
 
     if args.batch < 1:
         raise MedViewerError(f"--batch must be at least 1, got {args.batch}")
@@ -236,7 +235,9 @@ def run(args: argparse.Namespace) -> int:
         raise MedViewerError(f"--region-threshold must be in (0, 1], got {args.region_threshold}")
     if not 0.0 <= args.alpha <= 1.0:
         raise MedViewerError(f"--alpha must be in [0, 1], got {args.alpha}")
-    package = resolve_model(args.model)
+    # the workstation's controller: the same session cache and intended-use policy as the GUI
+    ai = AiController(provider=args.provider, ignore_intended_use=args.ignore_intended_use)
+    package = ai.select(resolve_model(args.model))
     out_dir: Path = args.out
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -245,13 +246,9 @@ def run(args: argparse.Namespace) -> int:
         probe.unlink()
     except OSError as exc:
         raise MedViewerError(f"{out_dir}: cannot write the output folder ({exc.strerror or exc})") from None
-    session = open_session(package, args.provider)
+    session = ai.session()
     if session.fallback_warning:
         print(f"medviewer: warning: {session.fallback_warning}", file=sys.stderr)
-
-    from medviewer.workstation.intended_use import IntendedUsePolicy
-
-    policy = IntendedUsePolicy(package.card, ignore_intended_use=args.ignore_intended_use)
     quiet_pydicom_warnings()
     items, ignored = _gather(args.inputs, args.frames == "all")
     if not items:
@@ -299,10 +296,10 @@ def run(args: argparse.Namespace) -> int:
                disable=True if args.quiet else None, file=sys.stderr)
     t0 = time.perf_counter()
     try:
-        outcomes = score_instances(
-            session, items, batch_size=args.batch, workers=args.workers,
+        outcomes = ai.score(
+            items, batch_size=args.batch, workers=args.workers,
             regions="all" if args.all_regions else "flagged", fraction=args.region_threshold,
-            min_area_px=args.min_region_area, policy=policy, on_done=on_done, progress=lambda o: bar.update(1))
+            min_area_px=args.min_region_area, on_done=on_done, progress=lambda o: bar.update(1))
     finally:
         bar.close()
     wall = time.perf_counter() - t0
