@@ -384,7 +384,8 @@ class ViewportModel:
                 and self.source.cached(self.state.frame) is not None)
 
     def set_frame(self, k: int) -> bool:
-        """Show frame ``k`` (clamped); True (and ``frame_changed``) when it changed."""
+        """Show frame ``k`` (clamped); True (and ``frame_changed``) when it changed. A decoded frame is
+        adopted (``image_ready``) before ``frame_changed``, so its listeners see :meth:`has_image`."""
         if self.source is None:
             return False
         k = int(np.clip(k, 0, len(self.source) - 1))
