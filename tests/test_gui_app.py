@@ -470,3 +470,67 @@ def test_file_menu_opens_the_pacs_dialog(qtbot, settings):
     act.trigger()
     assert isinstance(win._pacs_dialog, PacsDialog) and win._pacs_dialog.isVisible()
     win._pacs_dialog.close()
+
+
+def test_status_bar_keeps_the_result_line_when_the_active_viewport_changes(qtbot, settings, model_dir):
+    win = _window(qtbot, settings, model_dir)
+    win.panel.auto_run.setChecked(False)
+    win.set_layout("1x2")
+    left, right = win.viewports[0], win.viewports[1]
+    _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
+    with qtbot.waitSignal(win.predictionShown, timeout=TIMEOUT):
+        win.run_ai()
+    line = win.status_msg.text()
+    assert line.startswith("test-cam: ") and line == win.prediction_for(left).summary()
+    win.set_active(right)  # an empty viewport: the last result line stays
+    assert win.status_msg.text() == line
+    win.set_status("something else")
+    win.set_active(left)  # back on the image with a result: its line again
+    assert win.status_msg.text() == line
+
+
+def test_results_are_kept_per_model(qtbot, settings, model_dir):
+    """A result belongs to the model that produced it (SHA-256): another model shows none, and switching back
+    shows the first one again without running it."""
+    from medviewer.inference.session import Session
+
+    win = _window(qtbot, settings, model_dir)
+    win.panel.auto_run.setChecked(False)
+    _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
+    with qtbot.waitSignal(win.predictionShown, timeout=TIMEOUT):
+        win.run_ai()
+    first = win.prediction_for(win.active)
+    assert first.package.card.name == "test-cam"
+    combo = win.panel.model_combo
+    other = next(i for i in range(combo.count()) if combo.itemData(i) and combo.itemData(i) != str(first.package.path))
+    combo.setCurrentIndex(other)
+    assert win.package is not first.package and win.prediction_for(win.active) is None
+    assert "No result for this image" in win.panel.status.text() and win.active.ai is None
+    runs = []
+    real = Session.predict
+    Session.predict = lambda self, *a, **k: (runs.append(1), real(self, *a, **k))[1]
+    try:
+        combo.setCurrentIndex(combo.findData(str(first.package.path)))
+    finally:
+        Session.predict = real
+    assert win.prediction_for(win.active) is first and win.panel.prediction is first.prediction and not runs
+
+
+def test_folder_first_image_shows_before_the_scan_ends(qtbot, settings, ct_series_dir):
+    """The 134-slice CT: its first file is on screen while the other headers are read; the ordered series then
+    takes its place on the same image, without decoding it again."""
+    win = _window(qtbot, settings)
+    vp = win.active
+    shown: list[tuple] = []
+    win.firstImageShown.connect(lambda: shown.append((win.loader.scanning, vp.state.n_frames, vp.current_instance())))
+    win.open_paths([str(ct_series_dir)])
+    qtbot.waitUntil(lambda: bool(shown), timeout=TIMEOUT)
+    scanning, n, inst = shown[0]
+    assert n == 1 and inst.path.name == "1-001.dcm"
+    qtbot.waitUntil(lambda: not win.loader.scanning, timeout=TIMEOUT)
+    if scanning:  # the usual case: the preview came first (the scan of 134 headers takes longer)
+        assert win.loader.t_first_image is not None
+    assert vp.state.n_frames == 134 and vp.current_instance().path.name == "1-001.dcm" and vp.state.frame == 0
+    src = win.reading.sources[vp.source_key]
+    assert vp.source is src and src.cached(0) is not None and vp.has_image() and len(shown) == 1
+    assert vp.source_key == inst.series_instance_uid and not win.reading.previews
