@@ -182,6 +182,24 @@ def test_fit_kermany_subset_export_evaluate(kermany_dir: Path, tmp_path: Path) -
     assert op2.criterion == "sensitivity>=0.9" and op2.sensitivity >= 0.9
     assert "--operating-point 'sensitivity>=0.9'" in load_card(tmp_path / "pkg2").training.command
 
+    # transfer evaluation: temperature folded into the graph, operating point on shifted validation copies,
+    # patient-level intervals, ECE, CAM-in-thorax, the replaced package measured alike and kept in history
+    export_package(run / "best.pt", tmp_path / "pkg3", name="test-cxr", version="2.0.0", parity_images=2,
+                   transfer=True, shift_copies=2, previous=tmp_path / "pkg2")
+    c3 = load_card(tmp_path / "pkg3")
+    ModelPackage.load(tmp_path / "pkg3")
+    op3 = c3.operating_point("pneumonia")
+    assert op3.criterion == "youden" and op3.split.startswith("shifted validation")
+    val3, shifted3 = c3.metrics[0], c3.metrics[1]
+    assert shifted3.split.startswith("shifted validation") and shifted3.n == 2 * val3.n
+    assert "patients" in val3.ci_method and set(val3.ci95) == {"auroc", "sensitivity", "specificity", "accuracy"}
+    lo, hi = val3.ci95["sensitivity"]
+    assert lo <= val3.sensitivity <= hi and 0.0 <= val3.ece <= 1.0
+    assert val3.auroc == pytest.approx(card.metrics[0].auroc, abs=0.02)  # temperature keeps the ranking
+    assert c3.history[0].version == "1.0.0" and c3.history[0].metrics
+    assert c3.comparisons[0].name == "test-cxr 1.0.0" and c3.comparisons[0].metrics.n == shifted3.n
+    assert "Temperature" in (tmp_path / "pkg3" / "README.md").read_text()
+
     images = sorted((kermany_dir / "train" / "NORMAL").glob("*.jpeg"))[:6] + \
         sorted((kermany_dir / "train" / "PNEUMONIA").glob("*.jpeg"))[:6]
     csv_path = tmp_path / "eval.csv"
