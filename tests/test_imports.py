@@ -81,9 +81,11 @@ def test_io_imports_neither_imaging_nor_inference():
     assert _edges(graph, "medviewer.io", "medviewer.inference") == []
 
 
-def test_spec_is_a_leaf():
-    """medviewer.spec imports no other medviewer module (so both imaging and inference may use it)."""
-    assert _graph()["medviewer.spec"] == set()
+@pytest.mark.parametrize("leaf", ["medviewer.spec", "medviewer.providers"])
+def test_leaf_modules_import_no_medviewer_module(leaf):
+    """medviewer.spec (card input/preprocessing types, used by imaging and inference) and medviewer.providers
+    (provider names, used by the command line at start-up) import no other medviewer module."""
+    assert _graph()[leaf] == set()
 
 
 def test_inference_package_has_no_lazy_getattr():

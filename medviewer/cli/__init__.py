@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from medviewer import __version__
 from medviewer.errors import MedViewerError
+from medviewer.providers import PROVIDER_CHOICES
 
 __all__ = ["main", "SUBCOMMANDS", "EXIT_BROKEN_PIPE"]
 
@@ -58,7 +59,7 @@ def gui_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medviewer {__version__}")
     parser.add_argument("paths", nargs="*", help="DICOM/PNG/JPEG files or folders to open")
     parser.add_argument("--model", help="model name or package path to load")
-    parser.add_argument("--provider", choices=["auto", "cpu", "cuda"], default=None,
+    parser.add_argument("--provider", choices=PROVIDER_CHOICES, default=None,
                         help="ONNX Runtime execution provider (default: saved setting, else auto)")
     parser.add_argument("--demo", action="store_true",
                         help="open the demo chest radiograph (RG1_UNCR.dcm) with the default model")

@@ -16,7 +16,6 @@ This package depends on :mod:`medviewer.imaging` and :mod:`medviewer.io`; neithe
 
 from __future__ import annotations
 
-from medviewer.inference._ort import PROVIDER_CHOICES, ExecutionProvider, Provider
 from medviewer.inference.batch import FrameRef, Outcome, score_instances
 from medviewer.inference.card import ModelCard
 from medviewer.inference.heatmap import COLORMAPS, blend, colorize, normalize_cam
@@ -34,6 +33,7 @@ from medviewer.inference.registry import (
     user_models_dir,
 )
 from medviewer.inference.session import Prediction, Session, open_session
+from medviewer.providers import PROVIDER_CHOICES, ExecutionProvider, Provider
 
 __all__ = [
     "ModelCard",

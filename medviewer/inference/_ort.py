@@ -1,85 +1,23 @@
-"""Thin helpers around onnxruntime shared by package validation and sessions, and the provider names.
+"""Thin helpers around onnxruntime shared by package validation and sessions (private).
 
 onnxruntime itself is imported on first use (:func:`quiet_session`, :func:`cuda_unavailable_reason`), so
-importing :mod:`medviewer.inference` -- e.g. for the model card -- does not load it.
-
-Provider names are validated in one place: :class:`Provider` is what a user asks for (``--provider
-auto|cuda|cpu``, the saved setting), :class:`ExecutionProvider` what onnxruntime reports running
-(``InferenceSession.get_providers()``). :meth:`Provider.parse` is the one validator; :data:`PROVIDER_CHOICES`
-the list for argument parsers.
+importing :mod:`medviewer.inference` -- e.g. for the model card -- does not load it. The provider names
+(:class:`Provider`, :class:`ExecutionProvider`, :data:`PROVIDER_CHOICES`) are defined in the leaf module
+:mod:`medviewer.providers` (so the command line can validate ``--provider`` without importing this
+package) and re-exported here.
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Provider", "ExecutionProvider", "PROVIDER_CHOICES", "quiet_session", "cuda_unavailable_reason",
-           "first_line"]
+from medviewer.providers import PROVIDER_CHOICES, ExecutionProvider, Provider, short_name
 
-
-class Provider(str, Enum):
-    """Execution provider preference, as a user states it (string values are user-facing)."""
-
-    AUTO = "auto"  #: CUDA when it loads, else CPU (no warning: CPU is an expected outcome)
-    CUDA = "cuda"  #: CUDA wanted; running on CPU instead sets :attr:`Session.fallback_warning`
-    CPU = "cpu"  #: CPU only
-
-    def __str__(self) -> str:
-        return self.value
-
-    @classmethod
-    def parse(cls, value: object) -> Provider:
-        """The member for ``"auto"``, ``"cuda"`` or ``"cpu"`` (any case, surrounding blanks ignored) or a member.
-
-        Raises
-        ------
-        ValueError
-            Anything else; the one-line message lists the valid names.
-        """
-        if isinstance(value, cls):
-            return value
-        text = str(value).strip().lower() if isinstance(value, str) else None
-        try:
-            return cls(text)
-        except ValueError:
-            names = ", ".join(PROVIDER_CHOICES[:-1]) + " or " + PROVIDER_CHOICES[-1]
-            raise ValueError(f"unknown provider {value!r}; use {names}") from None
-
-    def execution_providers(self, available: list[str]) -> list[str]:
-        """The onnxruntime providers to ask for, in priority order, given ``get_available_providers()``:
-        ``[CUDA, CPU]`` unless this is :attr:`CPU` or the build has no CUDA provider, else ``[CPU]``."""
-        if self != Provider.CPU and ExecutionProvider.CUDA.value in available:
-            return [ExecutionProvider.CUDA.value, ExecutionProvider.CPU.value]
-        return [ExecutionProvider.CPU.value]
-
-
-#: the user-facing provider names, in the order help texts list them
-PROVIDER_CHOICES: tuple[str, ...] = tuple(p.value for p in Provider)
-
-
-class ExecutionProvider(str, Enum):
-    """onnxruntime execution provider names this app uses (``InferenceSession.get_providers()`` entries)."""
-
-    CUDA = "CUDAExecutionProvider"
-    CPU = "CPUExecutionProvider"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def short(self) -> str:
-        """``"cuda"`` / ``"cpu"``: the name without ``ExecutionProvider``, lower case."""
-        return short_name(self.value)
-
-
-def short_name(name: str) -> str:
-    """Any onnxruntime provider name without its ``ExecutionProvider`` suffix, lower case
-    (``"CPUExecutionProvider"`` -> ``"cpu"``, ``"TensorrtExecutionProvider"`` -> ``"tensorrt"``)."""
-    return str(name).removesuffix("ExecutionProvider").lower()
+__all__ = ["Provider", "ExecutionProvider", "PROVIDER_CHOICES", "short_name", "quiet_session",
+           "cuda_unavailable_reason", "first_line"]
 
 
 #: ERROR: what the app keeps from ORT's own log once a session is loaded

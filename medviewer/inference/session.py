@@ -35,11 +35,11 @@ import numpy as np
 from medviewer.errors import InferenceError
 from medviewer.imaging.preprocess import ResizeGeometry, preprocess
 from medviewer.inference import _ort
-from medviewer.inference._ort import ExecutionProvider, Provider
 from medviewer.inference.card import ModelCard, Task
 from medviewer.inference.heatmap import normalize_cam
 from medviewer.inference.package import ModelPackage
 from medviewer.inference.regions import DEFAULT_FRACTION, Region, find_regions
+from medviewer.providers import ExecutionProvider, Provider
 
 __all__ = [
     "Provider",
