@@ -5,9 +5,12 @@
 Prints:
 
 1. launch -> main window shown (a fresh ``python`` process: imports, QApplication, window exposed);
-2. opening the 134-slice CT -> first slice on screen, vs. the naive way (read every file fully with
-   pydicom, sort by position, then render), i.e. what a viewer without background loading makes
-   the reader wait for;
+2. opening the 134-slice CT -> first slice on screen (the folder's first file is shown while the other
+   headers are read; the ordered series then replaces it on the same image), vs. the naive way (read
+   every file fully with pydicom, sort by position, then render), i.e. what a viewer without background
+   loading makes the reader wait for, and vs. the core alone (``bench_display.py``'s first displayable
+   slice: scan every header, order, decode + render the first slice), each the median of ``--opens``
+   runs interleaved in one process, a fresh window each time;
 3. scroll: ms per frame (step + synchronous repaint) at 512^2 once prefetched, vs. decoding each
    frame on the GUI thread when it is shown (header + pixels + pipeline, then the same repaint);
 4. W/L drag: ms per frame (window change + synchronous repaint of the viewport with its overlays) at
@@ -94,6 +97,50 @@ def naive_open(ct: Path) -> float:
     return time.perf_counter() - t0
 
 
+def core_first(ct: Path) -> float:
+    """The core alone (as ``bench_display.py``): scan the headers, order, decode + render the first slice."""
+    from medviewer.imaging import DisplayPipeline
+    from medviewer.io import scan
+
+    t0 = time.perf_counter()
+    first = scan(ct).series[0].instances[0]
+    DisplayPipeline.from_instance(first).render(first.stored_pixels())
+    return time.perf_counter() - t0
+
+
+def bench_open(app, ct: Path, settings, opens: int) -> None:
+    """Open the CT in a fresh window ``opens`` times; the naive read and the core interleaved with it."""
+    from medviewer.gui.main_window import MainWindow
+
+    first, ordered, everything, naive, core = [], [], [], [], []
+    for _ in range(opens):
+        naive.append(naive_open(ct))
+        core.append(core_first(ct))
+        win = MainWindow(settings, interactive=False)
+        win.resize(1600, 1000)
+        win.show()
+        _wait(app, lambda w=win: w.models_ready and w.is_idle())
+        vp = win.active
+        t0 = time.perf_counter()
+        win.open_paths([str(ct)])
+        _wait(app, vp.has_image)
+        first.append(time.perf_counter() - t0)
+        _wait(app, lambda w=win: not w.loader.scanning)
+        ordered.append(time.perf_counter() - t0)
+        _wait(app, lambda v=vp: v.source is not None and v.source.n_cached() == len(v.source) > 1)
+        everything.append(time.perf_counter() - t0)
+        _wait(app, win.is_idle)
+        win.shutdown()
+        win.close()
+        win.deleteLater()
+        app.processEvents()
+    med = statistics.median
+    print(f"open 134-slice CT -> first slice shown: {med(first):.3f} s (series ordered {med(ordered):.2f} s, "
+          f"all prefetched {med(everything):.2f} s); naive full read: {med(naive):.3f} s; ratio "
+          f"{med(naive) / med(first):.1f}x; core first slice {med(core):.3f} s, ours / core "
+          f"{med(first) / med(core):.2f}x (median of {opens})")
+
+
 def naive_ensure_display(vp) -> None:
     """Baseline image step, swapped into the same viewport: modality values as float32, window in
     float at full resolution, Grayscale8 QImage scaled by the painter (no LUT, no minification)."""
@@ -110,7 +157,7 @@ def naive_ensure_display(vp) -> None:
     vp._small = (key, numpy_to_qimage(u8), 1.0, 1.0)
 
 
-def bench_viewer(ct: Path | None, repeats: int) -> None:
+def bench_viewer(ct: Path | None, repeats: int, opens: int = 5) -> None:
     import tempfile
 
     from PySide6.QtCore import QSettings
@@ -147,16 +194,10 @@ def bench_viewer(ct: Path | None, repeats: int) -> None:
             del vp._ensure_display
 
     if ct is not None and ct.is_dir():
-        t_naive = naive_open(ct)
-        t0 = time.perf_counter()
+        bench_open(app, ct, settings, opens)
         win.open_paths([str(ct)])
-        _wait(app, vp.has_image)
-        t_first = time.perf_counter() - t0
-        _wait(app, lambda: vp.source is not None and vp.source.n_cached() == len(vp.source))
-        t_all = time.perf_counter() - t0
-        print(f"open 134-slice CT -> first slice shown: {t_first:.3f} s (all prefetched {t_all:.2f} s); "
-              f"naive full read: {t_naive:.3f} s; ratio {t_naive / t_first:.1f}x")
-        _wait(app, lambda: not win._tasks)
+        _wait(app, lambda: not win.loader.scanning and vp.source.n_cached() == len(vp.source))
+        _wait(app, win.is_idle)
         vp.set_frame(0)
         ts = []
         for _ in range(min(repeats, len(vp.source) - 1)):
@@ -200,13 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="MedViewer GUI benchmark")
     ap.add_argument("--ct", type=Path, default=REPO.parent / "shared" / "data" / "ct-pancreas-cbct-seg-001")
     ap.add_argument("--repeats", type=int, default=60)
+    ap.add_argument("--opens", type=int, default=5, help="times the CT is opened (fresh window each time)")
     ap.add_argument("--skip-launch", action="store_true")
     args = ap.parse_args(argv)
     print(f"platform: {os.environ.get('QT_QPA_PLATFORM') or 'xcb (DISPLAY=' + os.environ.get('DISPLAY', '') + ')'}, "
           f"{os.cpu_count()} CPUs")
     if not args.skip_launch:
         bench_launch(Path(tempfile.mkdtemp()))
-    bench_viewer(args.ct, args.repeats)
+    bench_viewer(args.ct, args.repeats, args.opens)
     return 0
 
 
