@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import warnings
 from pathlib import Path
 
@@ -251,3 +252,41 @@ def test_reader_does_not_touch_the_dataset():
     for frame in (0, 1):
         hdr.pixel_spacing(ds, frame), hdr.rescale(ds, frame), hdr.image_position(ds, frame)
     assert ds == before
+
+
+# ------------------------------------------------------------------------------ the CLI reports what the reader decides
+def _cli(capsys, *argv: object) -> tuple[int, str, str]:
+    import medviewer.cli as cli
+
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_reports_units_and_spacing_source(capsys, tmp_path):
+    code, out, _ = _cli(capsys, "info", "--json", pydicom_test_file(ENHANCED_CT))
+    series = json.loads(out)["studies"][0]["series"][0]
+    assert code == 0 and series["units"] == "US" and series["pixel_spacing_source"] == "PixelSpacing"
+    code, out, _ = _cli(capsys, "info", pydicom_test_file("CT_small.dcm"))
+    assert code == 0 and "0.6615x0.6615 mm (PixelSpacing)  HU" in out
+
+    ds = _read("MR_small.dcm")
+    del ds.PixelSpacing
+    ds.ImagerPixelSpacing = ["0.143", "0.143"]
+    code, out, _ = _cli(capsys, "info", "--json", _save(ds, tmp_path / "imager.dcm"))
+    series = json.loads(out)["studies"][0]["series"][0]
+    assert series["pixel_spacing_source"] == "ImagerPixelSpacing" and series["units"] == "US"
+
+
+def test_render_notes_an_hu_preset_on_values_that_are_not_hu(capsys, tmp_path):
+    code, _, err = _cli(capsys, "render", pydicom_test_file("CT_small.dcm"), "--preset", "lung",
+                        "--out", tmp_path / "ct.png")
+    assert code == 0 and err == ""
+    ds = _read("CT_small.dcm")
+    ds.RescaleType = "US"
+    code, _, err = _cli(capsys, "render", _save(ds, tmp_path / "ct_us.dcm"), "--preset", "lung",
+                        "--out", tmp_path / "ct_us.png")
+    assert code == 0
+    assert err.strip().endswith("preset 'lung' is in HU, but this image's values are in unspecified units "
+                                "(Modality CT, Rescale Type US); rendered with it anyway")
+    assert (tmp_path / "ct_us.png").is_file()

@@ -4,7 +4,7 @@ Text output (one line per patient, study and series)::
 
     Patient Pancreas-CT-CB_001  ID Pancreas-CT-CB_001  sex M
       Study 2012-07-06  PANCREAS  uid 1.3.6.1...
-        Series 2  CT  "PANCREAS DI, iDose (3)"  134 instances  512x512  0.703x0.703 mm (PixelSpacing)
+        Series 2  CT  "PANCREAS DI, iDose (3)"  134 instances  512x512  0.703x0.703 mm (PixelSpacing)  HU
           slices 3 mm apart (position order)  Implicit VR Little Endian  uid 1.3.6.1...
     Skipped 2 files:
       .../LICENSE: not a DICOM, PNG or JPEG file (unrecognised content)
@@ -12,6 +12,11 @@ Text output (one line per patient, study and series)::
 ``--json`` prints ``{"studies": [{"study_instance_uid", "patient_id", ..., "series": [{"series_instance_uid",
 "modality", ..., "instances": [{"path", "sop_instance_uid", "instance_number", "image_position_patient",
 ...}]}]}], "skipped": [{"path", "reason"}]}`` with instances in display order.
+
+Pixel spacing and units are the first instance's frame 1, as :mod:`medviewer.io.header` reads them: the
+spacing's source is ``PixelSpacing`` (in the patient), ``ImagerPixelSpacing`` (at the detector) or
+``NominalScannedPixelSpacing`` (PS3.3 10.7.1.3); ``"units"`` is the Rescale Type defined term of the
+modality values (``HU``; ``US`` = unspecified), shown in the text tree unless unspecified.
 
 Exit status: 0 when at least one image was read, 1 otherwise: a single bad file or an empty folder is a
 one-line error; a folder with files but no readable image prints the skipped list, then a one-line error.
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from medviewer.errors import MedViewerError, display_path
-from medviewer.io import quiet_pydicom_warnings, read_instance, transfer_syntax_name
+from medviewer.io import RescaleType, quiet_pydicom_warnings, read_instance, transfer_syntax_name
 from medviewer.io.scan import ScanResult, Series, Study, scan
 
 __all__ = ["add_parser", "run", "result_to_json", "format_tree"]
@@ -60,7 +65,8 @@ def _series_json(series: Series) -> dict[str, Any]:
         "rows": head.rows,
         "columns": head.columns,
         "pixel_spacing": list(head.pixel_spacing) if head.pixel_spacing else None,
-        "pixel_spacing_source": head.pixel_spacing_source,
+        "pixel_spacing_source": head.pixel_spacing_source.value if head.pixel_spacing_source else None,
+        "units": head.units.value,
         "transfer_syntax": transfer_syntax_name(head.transfer_syntax_uid) if head.is_dicom else None,
         "ordered_by": series.ordered_by.value,
         "slice_spacing_mm": series.slice_spacing_mm,
@@ -107,11 +113,12 @@ def _series_lines(series: Series) -> list[str]:
     number = "-" if series.series_number is None else str(series.series_number)
     desc = f'"{series.series_description}"' if series.series_description else ""
     frames = f" ({series.number_of_frames} frames)" if series.number_of_frames != len(series.instances) else ""
-    spacing = (f"{head.pixel_spacing[0]:.4g}x{head.pixel_spacing[1]:.4g} mm ({head.pixel_spacing_source})"
-               if head.pixel_spacing else "no pixel spacing")
+    spacing = (f"{head.pixel_spacing[0]:.4g}x{head.pixel_spacing[1]:.4g} mm ({head.pixel_spacing_source.value})"
+               if head.pixel_spacing and head.pixel_spacing_source else "no pixel spacing")
+    units = "" if head.units == RescaleType.US else head.units.value
     count = len(series.instances)
     parts = [f"Series {number}", series.modality, desc, f"{count} instance{'s' * (count != 1)}{frames}",
-             f"{head.columns}x{head.rows}", head.photometric_interpretation, spacing]
+             f"{head.columns}x{head.rows}", head.photometric_interpretation.value, spacing, units]
     line = "    " + "  ".join(p for p in parts if p)
     detail = []
     if series.slice_spacing_mm:

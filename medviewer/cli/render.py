@@ -69,7 +69,13 @@ def run(args: argparse.Namespace) -> int:
         raise ReadError(path, f"cannot render: {error_line(exc)}") from exc
     if window is None and preset is None:  # the file's own display must be an image, not a blank
         check_not_blank(image, path, args.frame, stored)
-    for note in pipeline.notes:
+    notes = list(pipeline.notes)
+    if preset is not None and not inst.is_color and pipeline.units != preset.units:
+        written = pipeline.modality_lut.rescale_type or "absent"
+        units = pipeline.units.label or "unspecified units"
+        notes.append(f"preset {preset.name!r} is in {preset.units.value}, but this image's values are in {units} "
+                     f"(Modality {inst.modality}, Rescale Type {written}); rendered with it anyway")
+    for note in notes:
         print(f"medviewer: note: {display_path(path)}: {note}", file=sys.stderr)
     out = Path(args.out)
     if out.parent and not out.parent.exists():

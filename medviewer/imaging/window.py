@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medviewer.imaging.enum import VoiLutFunction
+from medviewer.imaging.enum import RescaleType, VoiLutFunction
 
 __all__ = [
     "Window",
@@ -185,6 +185,11 @@ class Preset:
     center: float
     width: float
     modality: str = "CT"
+
+    @property
+    def units(self) -> RescaleType:
+        """The units of center/width: HU for CT presets (the Rescale Type defined term), else unspecified."""
+        return RescaleType.HU if self.modality.upper() == "CT" else RescaleType.US
 
     @property
     def window(self) -> Window:
