@@ -119,3 +119,49 @@ def test_positions_need_a_frame_of_reference_and_distinct_positions():
     m = ViewportModel()
     m.set_source(Frames([mr], "mr"), "mr")
     assert slice_positions(m) is None
+
+
+def test_view_menu_links_the_active_viewport_and_paints_a_badge(qtbot, tmp_path):
+    """The GUI side: View > Link viewports toggles the active viewport's links; linked viewports follow."""
+    pytest.importorskip("pytestqt")
+    from PySide6.QtCore import QSettings
+
+    from medviewer.gui.main_window import MainWindow
+    from medviewer.gui.settings import Settings
+
+    win = MainWindow(Settings(QSettings(str(tmp_path / "m.ini"), QSettings.IniFormat)), provider="cpu")
+    qtbot.addWidget(win)
+    win.resize(1000, 700)
+    win.show()
+    win.set_layout("1x2")
+    left, right = win.viewports[0], win.viewports[1]
+    win.open_paths([pydicom_test_file("emri_small.dcm")])  # 10 frames
+    qtbot.waitUntil(left.has_image, timeout=15000)
+    key = left.source_key
+    win.load_series(key, right)
+    qtbot.waitUntil(right.has_image, timeout=15000)
+    acts = {a.text(): a for a in win.linker.menu.actions()}
+    assert {"Link scroll", "Link zoom/pan", "Link window/level", "Link all viewports", "Unlink all"} <= set(acts)
+    plain = right.grab().toImage()
+    win.set_active(left)
+    acts["Link scroll"].trigger()  # the active (left) viewport only
+    assert left.model.links == {"scroll"} and not right.model.links
+    left.step(3)
+    assert right.state.frame == 0  # the right one does not link scroll
+    win.set_active(right)
+    win.linker.menu.aboutToShow.emit()
+    assert not acts["Link scroll"].isChecked()  # the checks show the active viewport
+    acts["Link scroll"].trigger()
+    left.step(2)
+    assert right.state.frame == 2  # one multi-frame image: linked by index, offset kept (0 vs 3)
+    acts["Link all viewports"].trigger()
+    left.set_window(100, 200)
+    assert (right.state.center_w, right.state.width_w) == (100.0, 200.0)
+    badge = right.grab().toImage()
+    acts["Unlink all"].trigger()
+    assert not left.model.links and not right.model.links
+    unlinked = right.grab().toImage()
+    w = right.width()
+    centre = range(w // 2 - 20, w // 2 + 20)
+    assert any(badge.pixelColor(x, 10) != unlinked.pixelColor(x, 10) for x in centre)  # the badge, top centre
+    assert all(unlinked.pixelColor(x, 10) == plain.pixelColor(x, 10) for x in centre)

@@ -30,6 +30,7 @@ from medviewer.gui.ai_view import AiView
 from medviewer.gui.browser import SeriesBrowser
 from medviewer.gui.dialogs import ExportDialog, ModelCardDialog, ShortcutsDialog, TagBrowser, show_error
 from medviewer.gui.keybindings import Command
+from medviewer.gui.linking import install_linking
 from medviewer.gui.loading import SeriesLoader
 from medviewer.gui.measure import Shape
 from medviewer.gui.menus import build_menus, update_presets_menu
@@ -87,6 +88,7 @@ class MainWindow(QMainWindow):
         self._build_status()
         self.ai_view = AiView(self, self.ai)
         build_menus(self)
+        self.linker = install_linking(self)  # View > Link viewports (medviewer.gui.linking)
         self._restore_settings()
         self.set_layout(self.settings.layout)
         self.set_active(self.viewports[0])
