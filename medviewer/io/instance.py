@@ -629,24 +629,24 @@ def _check_palette(path: Path, ds: Dataset) -> None:
 
 def _check_rescale(path: Path, ds: Dataset, frames: int, modality: str, bits_stored: int, signed: bool) -> None:
     """Refuse a rescale that would make every modality value wrong: an unreadable Rescale Slope/Intercept
-    or one that overflows (:func:`rescale_problem`), for every frame with its own Pixel Value
-    Transformation (PS3.3 C.7.6.16.2.9), else for the one the frames share."""
-    count = 1
+    or one that overflows (:func:`rescale_problem`), for the first frame and every frame with its own Pixel
+    Value Transformation (PS3.3 C.7.6.16.2.9)."""
+    checked = [0]
     if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
         try:
             per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-            if per_frame and "PixelValueTransformationSequence" in per_frame[0]:
-                count = min(frames, len(per_frame))
+            checked += [k for k, item in enumerate(per_frame) if 0 < k < frames
+                        and "PixelValueTransformationSequence" in item]
         except Exception:
-            count = 1
-    for frame in range(count):
+            pass
+    for frame in checked:
         try:
             values = header.rescale(ds, frame, modality)
         except HeaderError as exc:
             raise ReadError(path, str(exc)) from None
         problem = values.problem(bits_stored, signed)
         if problem:
-            raise ReadError(path, problem if count == 1 else f"frame {frame + 1}: {problem}")
+            raise ReadError(path, problem if len(checked) == 1 else f"frame {frame + 1}: {problem}")
 
 
 def _instance_from_header(path: Path, ds: Dataset, ts: str | None) -> Instance:
