@@ -139,9 +139,8 @@ class Instance:
     One source of truth: for DICOM, ``dataset`` (the header as read, without Pixel Data) is authoritative.
     Every typed field is derived from it by :mod:`medviewer.io.header` once, in :func:`read_instance`, and
     the instance is frozen, so the fields cannot drift from the dataset; per-frame values come from the
-    dataset on demand (:meth:`frame_pixel_spacing`, :meth:`frame_rescale`). Do not edit ``dataset``
-    in place: read the file again (or build a new instance from an edited copy with
-    :func:`instance_from_dataset`).
+    dataset on demand (:meth:`frame_pixel_spacing`, :meth:`frame_rescale`, :attr:`units`). Do not edit
+    ``dataset`` in place; to change a header, save an edited copy and read that.
 
     ``pixel_spacing`` is frame 0's (row spacing, column spacing) in mm and ``pixel_spacing_source`` the
     attribute it came from (:class:`~medviewer.io.enum.PixelSpacingSource`, PS3.3 10.7.1.3: Imager Pixel
