@@ -154,7 +154,8 @@ def run_baselines(args: argparse.Namespace) -> list[dict]:
         est, params, cdesc = fit_baseline(name, x_tr, y_tr, groups, args.folds, args.seed, args.jobs)
         s_va = est.predict_proba(x_va)[:, 1]
         op = choose_operating_point(y_va, s_va, "youden")
-        m = binary_metrics(y_va, s_va, op.threshold, n_boot=args.bootstrap, seed=args.seed)
+        m = binary_metrics(y_va, s_va, op.threshold, n_boot=args.bootstrap, seed=args.seed,
+                           groups=np.array([s.patient_id for s in val.samples]))
         label = {"logreg": "LogReg", "svm": "SVM", "rf": "RandomForest", "tree": "DecisionTree"}[name]
         rows.append({"name": f"features+{label}",
                      "description": (f"handcrafted features (intensity, LBP, GLCM, HOG, edges) + {cdesc}; "

@@ -240,7 +240,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     pos = ck["classes"].index(ck["positive"])
     y = (index.labels == pos).astype(int)
     thr = ck["operating_point"]["threshold"]
-    m = binary_metrics(y, probs[:, pos], thr, n_boot=args.bootstrap)
+    m = binary_metrics(y, probs[:, pos], thr, n_boot=args.bootstrap,
+                       groups=np.array([s.patient_id for s in index.samples]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     split = f"{args.data}" + (f" [{args.split}]" if args.split else "")

@@ -548,7 +548,8 @@ def _finish(cfg: FitConfig, data: PreparedData, run_dir: Path, device: torch.dev
     probs = predict_probs(model, data.x_val, spec, device)
     yb = (data.val.labels == pos).astype(int)
     op = choose_operating_point(yb, probs[:, pos], cfg.operating_point)
-    m = binary_metrics(yb, probs[:, pos], op.threshold, n_boot=cfg.bootstrap, seed=cfg.seed)
+    m = binary_metrics(yb, probs[:, pos], op.threshold, n_boot=cfg.bootstrap, seed=cfg.seed,
+                       groups=np.array([s.patient_id for s in data.val.samples]))
     op_d = dataclasses.asdict(op)
     ck["operating_point"] = op_d
     ck["val_metrics"] = m
@@ -568,7 +569,8 @@ def _finish(cfg: FitConfig, data: PreparedData, run_dir: Path, device: torch.dev
     if data.test is not None and data.x_test is not None:
         pt = predict_probs(model, data.x_test, spec, device)
         yt = (data.test.labels == pos).astype(int)
-        out["internal_test"] = binary_metrics(yt, pt[:, pos], op.threshold, n_boot=cfg.bootstrap, seed=cfg.seed)
+        out["internal_test"] = binary_metrics(yt, pt[:, pos], op.threshold, n_boot=cfg.bootstrap, seed=cfg.seed,
+                                              groups=np.array([s.patient_id for s in data.test.samples]))
         out["counts"]["internal_test"] = data.test.counts()
     (run_dir / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
     labels = list(data.classes) if len(data.classes) == 2 else ["other", data.classes[pos]]

@@ -292,9 +292,11 @@ def _rechoose(run_dir: Path, positive: str, criterion: str, n_boot: int, seed: i
         rows = list(csv.DictReader(f))
     y = np.array([r["label"] == positive for r in rows], dtype=int)
     p = np.array([float(r[f"p_{positive}"]) for r in rows])
+    groups = np.array([r["patient_id"] for r in rows]) if rows and "patient_id" in rows[0] else None
     choice = choose_operating_point(y, p, criterion)
     return ({"threshold": choice.threshold, "criterion": choice.criterion, "sensitivity": choice.sensitivity,
-             "specificity": choice.specificity}, binary_metrics(y, p, choice.threshold, n_boot=n_boot, seed=seed), y, p)
+             "specificity": choice.specificity},
+            binary_metrics(y, p, choice.threshold, n_boot=n_boot, seed=seed, groups=groups), y, p)
 
 
 def _with_criterion(command: str, criterion: str) -> str:

@@ -105,8 +105,12 @@ def bootstrap_auroc_ci(y_true: np.ndarray, scores: np.ndarray, n_boot: int = 100
 
 
 def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float, n_boot: int = 1000,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, groups: np.ndarray | None = None) -> dict:
     """All metrics for one positive label at ``threshold``.
+
+    ``groups`` (``(N,)`` patient ids): the intervals come from resampling patients
+    (:func:`training.evaluation.patient_bootstrap`), as a patient-level split needs, and ``ci95`` (AUROC,
+    sensitivity, specificity, accuracy) and ``ci_method`` are added; without it cases are resampled.
 
     Returns
     -------
@@ -132,7 +136,18 @@ def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float, n_b
         "f1": float(f1_score(y, pred, zero_division=0)),
         "brier": float(brier_score_loss(y, s)),
         "confusion_matrix": cm.tolist(),
-    }
+    } | _patient_intervals(y, s, groups, threshold, n_boot, seed, both)
+
+
+def _patient_intervals(y: np.ndarray, s: np.ndarray, groups: np.ndarray | None, threshold: float, n_boot: int,
+                       seed: int, both: bool) -> dict:
+    if groups is None or not both or n_boot <= 0 or len(np.unique(groups)) < 2:
+        return {}
+    from training.evaluation import patient_bootstrap
+
+    ci = patient_bootstrap(y, s, groups, threshold, n_boot, seed)
+    return {"auroc_ci95": ci["auroc"], "ci95": ci,
+            "ci_method": f"percentile bootstrap over {len(np.unique(groups))} patients, {n_boot} resamples"}
 
 
 def calibration(y_true: np.ndarray, scores: np.ndarray, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
