@@ -12,8 +12,10 @@ orientation labels :mod:`medviewer.gui.overlays`. Pixels are decoded by a
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
+import cv2
 import numpy as np
 from PySide6.QtCore import QMimeData, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
@@ -34,7 +36,7 @@ from medviewer.gui.overlays import corner_text, orientation_labels
 from medviewer.workstation.overlay import AiOverlay
 from medviewer.workstation.viewport import ViewportModel, ViewState, nice_scale_length_mm
 
-__all__ = ["Viewport", "AiOverlay", "SERIES_MIME", "numpy_to_qimage"]
+__all__ = ["Viewport", "AiOverlay", "SERIES_MIME", "numpy_to_qimage", "rgb32_qimage"]
 
 #: MIME type of a series dragged from the browser (payload: the series key, UTF-8)
 SERIES_MIME = "application/x-medviewer-series"
@@ -63,6 +65,19 @@ def numpy_to_qimage(arr: np.ndarray) -> QImage:
     img = QImage(w, h, fmt)
     dst = np.frombuffer(img.bits(), np.uint8).reshape(h, img.bytesPerLine())
     dst[:, : w * ch] = arr.reshape(h, w * ch)
+    return img
+
+
+def rgb32_qimage(arr: np.ndarray) -> QImage:
+    """uint8 (H, W) gray or (H, W, 3) RGB -> a ``Format_RGB32`` QImage (the format the raster engine
+    scales fastest), converted by OpenCV straight into the image's buffer (one pass, no Qt conversion)."""
+    arr = np.asarray(arr)
+    if sys.byteorder != "little" or arr.dtype != np.uint8 or not (arr.ndim == 2 or arr.shape[2] == 3):
+        return numpy_to_qimage(arr).convertToFormat(QImage.Format_RGB32)
+    h, w = arr.shape[:2]
+    img = QImage(w, h, QImage.Format_RGB32)  # 0xffRRGGBB per pixel: bytes B, G, R, 255 on little-endian
+    dst = np.frombuffer(img.bits(), np.uint8).reshape(h, img.bytesPerLine())[:, : w * 4].reshape(h, w, 4)
+    cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_GRAY2BGRA if arr.ndim == 2 else cv2.COLOR_RGB2BGRA, dst=dst)
     return img
 
 
@@ -194,8 +209,7 @@ class Viewport(QWidget):
             self._display = None
             return
         if self._small is None or self._small[0] != layer.key:
-            q = numpy_to_qimage(layer.image).convertToFormat(QImage.Format_RGB32)  # RGB32 scales ~2x faster
-            self._small = (layer.key, q, layer.scale_x, layer.scale_y)
+            self._small = (layer.key, rgb32_qimage(layer.image), layer.scale_x, layer.scale_y)
         self._display = layer.image
 
     def _overlay_image(self, regions: bool) -> QImage | None:
