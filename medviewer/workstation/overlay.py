@@ -123,9 +123,9 @@ def _text(layer: np.ndarray, text: str, org: tuple[float, float], scale: float,
     h, w = layer.shape[:2]
     fs, th = 0.5 * scale, max(1, round(scale))
     x, y = int(round(org[0])), int(round(org[1]))
-    rim, fill = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
-    cv2.putText(rim, text, (x, y), _FONT, fs, 255, th + 2, cv2.LINE_AA)
+    fill = np.zeros((h, w), np.uint8)
     cv2.putText(fill, text, (x, y), _FONT, fs, 255, th, cv2.LINE_AA)
+    rim = cv2.dilate(fill, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))  # a 1 px outline
     _stamp(layer, (rim.astype(np.float32) * (200.0 / 255.0)).astype(np.uint8), (0, 0, 0))
     _stamp(layer, fill, rgb)
 
