@@ -138,7 +138,7 @@ class SeriesLoader(QObject):
             self.load_series(key, vp, keep=True)
         for vp in win.viewports:  # a preview elsewhere: its full series, on the same image
             if vp.source is not None and self.reading.sources.get(vp.source_key) not in (None, vp.source):
-                self.load_series(vp.source_key, vp, keep=True)
+                self.load_series(vp.source_key, vp, keep=True, activate=False)
         win.browser.select(keys[0])
         if not self._first_image_pending:
             self._start_pending_thumbnails()
@@ -164,26 +164,27 @@ class SeriesLoader(QObject):
         task.signals.result.connect(lambda r: self.win.browser.set_thumbnail(*r))
         self.win.start(task)
 
-    def load_series(self, key: str, vp: Any = None, keep: bool = False) -> None:
+    def load_series(self, key: str, vp: Any = None, keep: bool = False, activate: bool = True) -> None:
         """Show series ``key`` in ``vp`` (default: the active viewport) from its first image and prefetch its frames;
-        ``keep``: a viewport showing the series' preview (or the series) stays on the same image and window."""
+        ``keep``: a viewport showing the series' preview stays on the same image and window; ``activate``: make
+        ``vp`` the active viewport."""
         win = self.win
         src = self.reading.sources.get(key)
         if src is None:
             return
         vp = vp or win.active
-        win.set_active(vp)
+        if activate:
+            win.set_active(vp)
         start, window = 0, None  # the first image in display order, as PACS viewers do
-        if keep and vp.source_key == key and vp.source is not None and vp.source is not src:
+        upgrade = keep and vp.source_key == key and vp.source is not None and vp.source is not src
+        if upgrade:
             start = src.index_of(*vp.source.frames[vp.state.frame]) or 0
             window = (vp.state.center_w, vp.state.width_w) if vp.state.width_w is not None else None
-        elif keep and vp.source is src:
-            start = vp.state.frame
-        if vp.source is not src or not keep:
-            self._first_image_pending = self._first_image_pending or not vp.has_image()
-            vp.set_source(src, key, frame=start)
-            if window is not None and src.cached(start) is not None:
-                vp.on_frame_decoded(start)
+        self._first_image_pending = self._first_image_pending or not (upgrade and vp.has_image())
+        vp.set_source(src, key, frame=start)
+        if window is not None and src.cached(start) is not None:
+            vp.on_frame_decoded(start)
+            if (vp.state.center_w, vp.state.width_w) != window:  # the reader changed it on the preview
                 vp.set_window(*window)
         pf = self.prefetchers.get(key)
         if pf is None or pf.done.is_set() or pf.source is not src:

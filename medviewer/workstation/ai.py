@@ -150,10 +150,9 @@ class AiController:
             with self._lock:
                 if gen != self._models_gen:  # a newer scan (e.g. start-up and --model racing) wins
                     return pkgs, pick, err
-                self.packages = pkgs
-                self.models_ready = True
+                self.packages, self.package, self.models_ready = pkgs, pick, True
             self.events.models_loaded.emit(pkgs, pick, err)
-            self.select(pick)
+            self.events.model_changed.emit(pick)
             return pkgs, pick, err
 
         return self._track(self._loader.submit(work))
