@@ -45,3 +45,35 @@ def test_save_image_round_trip_and_errors(tmp_path):
         save_image(tmp_path / "x.gif", rgb)
     with pytest.raises(MedViewerError, match="expected a uint8"):
         save_image(tmp_path / "x.png", rgb.astype(np.float32))
+
+
+def test_heat_map_rule_is_the_viewports_ramp_and_composite_rounds_like_qt():
+    from medviewer.inference.heatmap import HEAT_FLOOR, HEAT_RAMP, composite, heat_alpha, heat_rgba
+
+    cam = np.array([[0.0, 0.1, HEAT_FLOOR, HEAT_FLOOR + HEAT_RAMP / 2, HEAT_FLOOR + HEAT_RAMP, 1.0]], np.float32)
+    np.testing.assert_allclose(heat_alpha(cam, 0.6), [[0, 0, 0, 0.3, 0.6, 0.6]], atol=1e-6)
+    rgba = heat_rgba(cam, "jet", 0.6)
+    assert rgba.shape == (1, 6, 4)
+    np.testing.assert_allclose(rgba[0, :, 3], [0, 0, 0, 76.5, 153, 153], atol=0.5)
+    with pytest.raises(ValueError, match="opacity"):
+        heat_alpha(cam, 1.5)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    layer = rng.integers(0, 256, (50, 60, 4), dtype=np.uint8)
+    a = layer[..., 3:].astype(float) / 255
+    exact = layer[..., :3] * a + base * (1 - a)
+    assert np.abs(composite(base, layer) - exact).max() <= 1.0  # Qt's integer rounding, within 1 of exact
+    np.testing.assert_array_equal(composite(base, np.zeros((50, 60, 4), np.uint8)), base)
+
+
+def test_out_of_scope_overlay_has_no_heat_map_and_says_so(tmp_path):
+    sess = Session(ModelPackage.load(make_package(tmp_path / "m", resize="squeeze")), "cpu")
+    img = np.full((240, 320), 30, np.uint8)
+    img[40:80, 120:180] = 255
+    pred = sess.predict([img])[0]
+    pred.applicability = {"status": "out_of_scope", "reasons": ["test"]}
+    rgb = render_overlay(img, pred, caption=False, negative_label="NORMAL")
+    changed = np.any(rgb != img[..., None], axis=2)
+    rows = np.nonzero(changed.any(axis=1))[0]
+    assert rows.size and rows.min() > 240 * 0.6  # only the intended-use line, near the bottom
+    assert (rgb[changed] == (255, 159, 26)).all(axis=1).any()  # in the flag amber
