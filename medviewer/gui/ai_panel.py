@@ -2,8 +2,9 @@
 
 Scores are shown the way commercial chest X-ray AI shows them: one row per label with a probability
 bar and the model card's operating point as a tick; labels at or above their operating point are
-flagged (amber, bold, "FLAGGED"). The panel only displays; the main window runs the model
-(:class:`medviewer.inference.Session` in a worker) and passes the :class:`~medviewer.inference.Prediction`.
+flagged (amber, bold, "FLAGGED"). The panel only displays and asks: the Qt-free
+:class:`~medviewer.workstation.ai.AiController` runs the model, and :class:`~medviewer.gui.ai_view.AiView`
+passes each :class:`~medviewer.inference.Prediction` of the active image to the panel.
 """
 
 from __future__ import annotations

@@ -11,17 +11,13 @@ from PySide6.QtWidgets import QAbstractItemView, QTreeWidget, QTreeWidgetItem, Q
 
 from medviewer.gui.overlays import format_date, format_person_name
 from medviewer.gui.viewport import SERIES_MIME, numpy_to_qimage
+from medviewer.workstation.session import series_key  # re-exported: the key is the session's
 
 __all__ = ["SeriesBrowser", "series_key"]
 
 THUMB = 72
 
 
-def series_key(series: Any) -> str:
-    """A key unique within the session: Series Instance UID, else the first file's path."""
-    uid = getattr(series, "series_instance_uid", "") or ""
-    first = series.instances[0].path if getattr(series, "instances", None) else ""
-    return str(uid) if uid else f"file:{first}"
 
 
 class _Tree(QTreeWidget):

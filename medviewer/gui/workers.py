@@ -1,9 +1,9 @@
-"""Background work: scanning, decoding/prefetching, thumbnails, model loading and inference.
+"""Background work of the Qt views: scanning, decoding/prefetching, thumbnails (inference and model scans run
+on the :class:`~medviewer.workstation.ai.AiController`'s ``concurrent.futures`` workers).
 
 Each job is a :class:`Task` (a ``QRunnable``) run on a ``QThreadPool``; results come back to the GUI
 thread through queued signals of :class:`TaskSignals`. A task can be cancelled: it stops at its next
-check point and its result is never delivered (ONNX Runtime cannot interrupt a running ``run()``; a
-cancelled inference finishes in the background and is discarded, the GUI is free at once).
+check point and its result is never delivered.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class FnTask(Task):
 
 
 class PrefetchTask(Task):
-    """Decode the frames of a :class:`~medviewer.gui.series.FrameSource`, wanted frame first.
+    """Decode the frames of a :class:`~medviewer.workstation.frames.FrameSource`, wanted frame first.
 
     Emits ``item(k)`` for every decoded frame (the viewport redraws when ``k`` is the one it shows),
     ``frameFailed(k, reason)`` for a frame that cannot be decoded, and ``progress(n_done, n_frames)``. :meth:`want` moves a frame to the front of the queue
