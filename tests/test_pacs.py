@@ -256,6 +256,38 @@ def test_send_arrives(env, protocol, tmp_path, capsys):
     assert len(found) == 1
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_send_anonymized_copies_leave_no_phi_and_are_audited(env, protocol, tmp_path, monkeypatch, capsys):
+    from medviewer import audit
+
+    monkeypatch.setenv("MEDVIEWER_AUDIT_DIR", str(tmp_path / "audit"))
+    src = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
+    src.SOPInstanceUID = pydicom.uid.generate_uid()
+    src.file_meta.MediaStorageSOPInstanceUID = src.SOPInstanceUID
+    src.PatientName, src.PatientID = "Doe^Jane", "PID-7731"
+    f = tmp_path / "in" / "ct.dcm"
+    f.parent.mkdir()
+    src.save_as(f, enforce_file_format=True)
+    before = f.read_bytes()
+    key = tmp_path / "key.bin"
+    key.write_bytes(b"0123456789abcdef-site-key")
+    assert main(["pacs", "send", url(env, protocol), str(f.parent), "--anonymize", "--pseudonym-key", str(key)]) == 0
+    assert "sent 1 of 1 de-identified instance" in capsys.readouterr().out
+    assert f.read_bytes() == before  # the file on disk is untouched
+    assert not env.rest("/tools/find", "POST", json={"Level": "Instance",
+                                                     "Query": {"SOPInstanceUID": str(src.SOPInstanceUID)}})
+    found = env.rest("/tools/find", "POST", json={"Level": "Instance", "Expand": True,
+                                                  "Query": {"PatientID": "ANON*"}})
+    tags = [env.rest(f"/instances/{i['ID']}/simplified-tags") for i in found]
+    mine = [t for t in tags if t.get("PatientIdentityRemoved") == "YES" and t.get("Rows") == "128"]
+    assert mine and all("Doe" not in str(t) and "PID-7731" not in str(t) for t in mine)
+    rec = [r for r in audit.read() if r["action"] == "sent"][-1]
+    assert rec["detail"]["de-identified"] is True and rec["detail"]["instances"] == 1
+    assert all(o["uid"] != str(src.StudyInstanceUID) for o in rec["objects"])  # the UIDs as they went out
+    assert main(["pacs", "send", url(env, protocol), str(f), "--pseudonym-key", str(key)]) == 1
+    assert "--pseudonym-key needs --anonymize" in capsys.readouterr().err
+
+
 # -- bad nodes --------------------------------------------------------------------------------------------
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()

@@ -6,7 +6,7 @@
     medviewer pacs find NODE [--patient-id ID] [--patient-name NAME] [--study-date YYYYMMDD[-YYYYMMDD]]
                              [--modality MOD] [--accession N] [--limit N] [--json]
     medviewer pacs get NODE STUDY_UID [--series UID] --out DIR [--move-port PORT [--move-bind ADDR]]
-    medviewer pacs send NODE PATH...
+    medviewer pacs send NODE PATH... [--anonymize [--pseudonym-key FILE]]
     medviewer pacs add NAME NODE | list | remove NAME
 
 NODE is ``http(s)://host:port/path`` (DICOMweb), ``dicom://AET@host:port`` (DIMSE) or a saved name.
@@ -65,6 +65,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="address the C-MOVE storage SCP listens on (default all interfaces)")
     s = net(sub.add_parser("send", help="store DICOM files (C-STORE or STOW-RS)"))
     s.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders (searched recursively)")
+    s.add_argument("--anonymize", action="store_true",
+                   help="send de-identified copies (PS3.15 E.1 Basic Profile, as `medviewer anonymize`); the "
+                        "files on disk are not changed, and instances with burned-in annotation are not sent")
+    s.add_argument("--pseudonym-key", metavar="FILE", default=None,
+                   help="with --anonymize: key file for reproducible UIDs and patient pseudonyms")
+    s.add_argument("--keep-dates", action="store_true", help="with --anonymize: Retain Longitudinal Temporal "
+                   "Information with Full Dates Option (113106)")
     a = sub.add_parser("add", help="save a node under a name")
     a.add_argument("name", metavar="NAME")
     a.add_argument("node", metavar="NODE")
@@ -114,15 +121,34 @@ def _dicom_files(paths: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
     return files, skipped
 
 
-def _send(client: Any, paths: list[str]) -> int:
+def _send(client: Any, paths: list[str], anonymize: bool = False, key_file: str | None = None,
+          keep_dates: bool = False) -> int:
+    """C-STORE / STOW-RS the DICOM files under ``paths``; with ``anonymize`` de-identified copies (PS3.15 E.1).
+
+    Every send is recorded in the audit log (``sent``, Study Instance UIDs as they went out, counts).
+    """
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
+    from medviewer import audit
+    from medviewer.errors import MedViewerError
     from medviewer.pacs.node import PacsError
 
+    if key_file and not anonymize:
+        raise PacsError("--pseudonym-key needs --anonymize")
+    deid = None
+    if anonymize:
+        from medviewer.deid import DeidOptions, anonymize_dataset, load_key
+
+        options = DeidOptions(keep_dates=keep_dates)
+        key = load_key(key_file) if key_file else None
+
+        def deid(ds: Any) -> Any:
+            return anonymize_dataset(ds, options, key)
     files, skipped = _dicom_files(paths)
     if not files:
         raise PacsError(f"{' '.join(paths)}: no DICOM files to send")
+    studies: list[str] = []
     stored = 0
     failed: list[tuple[str, str]] = []
     batch: list[Any] = []
@@ -143,12 +169,30 @@ def _send(client: Any, paths: list[str]) -> int:
         except (InvalidDicomError, OSError, AttributeError, ValueError) as exc:
             failed.append((str(f), f"unreadable ({' '.join(str(exc).split())})"))
             continue
+        if deid is not None:
+            try:
+                ds = deid(ds)
+            except (MedViewerError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                failed.append((str(f), f"not de-identified ({' '.join(str(exc).split())})"))
+                continue
+            uid = str(ds.SOPInstanceUID)
+        if ds.get("StudyInstanceUID") and str(ds.StudyInstanceUID) not in studies:
+            studies.append(str(ds.StudyInstanceUID))
         names[uid] = f
         batch.append(ds)
         if len(batch) >= 32:
             flush()
     flush()
-    _print(f"sent {stored} of {len(files)} instance{'s' * (len(files) != 1)} to {client.node}")
+    outcome = (audit.Outcome.SUCCESS if not failed else
+               audit.Outcome.MINOR_FAILURE if stored else audit.Outcome.SERIOUS_FAILURE)
+    try:
+        audit.record(audit.AuditEvent.SENT, outcome=outcome, objects=audit.object_refs(studies),
+                     detail={"instances": stored, "failed": len(failed), "de-identified": anonymize,
+                             "destination": str(client.node)})
+    except (MedViewerError, ValueError) as exc:
+        print(f"medviewer: warning: audit record not written: {exc}", file=sys.stderr)
+    what = "de-identified instance" if anonymize else "instance"
+    _print(f"sent {stored} of {len(files)} {what}{'s' * (len(files) != 1)} to {client.node}")
     for f, why in skipped:
         print(f"  skipped {f}: {why}", file=sys.stderr)
     for f, why in failed:
@@ -217,5 +261,5 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             return 0
         if cmd == "send":
-            return _send(client, args.paths)
+            return _send(client, args.paths, args.anonymize, args.pseudonym_key, args.keep_dates)
     raise AssertionError(cmd)  # argparse restricts the choices
