@@ -77,6 +77,11 @@ def _check_colormap(colormap: str) -> int:
         raise ValueError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}") from None
 
 
+def _cam_u8(cam: np.ndarray) -> np.ndarray:
+    """A CAM in [0, 1] as 8-bit levels: ``round(255 * clip(cam, 0, 1))`` (OpenCV, vectorised)."""
+    return cv2.convertScaleAbs(np.maximum(np.asarray(cam, np.float32), np.float32(0.0)), alpha=255.0)
+
+
 def colorize(cam01: np.ndarray, colormap: str = "jet") -> np.ndarray:
     """Colour a normalised CAM.
 
@@ -101,8 +106,7 @@ def colorize(cam01: np.ndarray, colormap: str = "jet") -> np.ndarray:
     arr = np.asarray(cam01, np.float32)
     if arr.ndim != 2:
         raise ValueError(f"colorize expects an (H, W) map, got shape {arr.shape}")
-    u8 = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(u8, cmap), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(cv2.applyColorMap(_cam_u8(arr), cmap), cv2.COLOR_BGR2RGB)
 
 
 def heat_alpha(cam01: np.ndarray, opacity: float = 0.45) -> np.ndarray:
@@ -134,6 +138,9 @@ def heat_alpha(cam01: np.ndarray, opacity: float = 0.45) -> np.ndarray:
 def heat_rgba(cam01: np.ndarray, colormap: str = "jet", opacity: float = 0.45) -> np.ndarray:
     """The heat map as an RGBA layer on the CAM's grid: :func:`colorize` colours, :func:`heat_alpha` alpha.
 
+    Both are looked up from the CAM quantised to 8 bits (as :func:`colorize` does), so a 2k map takes
+    a few milliseconds.
+
     Returns
     -------
     np.ndarray
@@ -144,10 +151,15 @@ def heat_rgba(cam01: np.ndarray, colormap: str = "jet", opacity: float = 0.45) -
     ValueError
         Unknown colour map, a CAM that is not 2-D, or ``opacity`` outside [0, 1].
     """
-    cam = np.clip(np.asarray(cam01, np.float32), 0.0, 1.0)
-    rgb = colorize(cam, colormap)
-    a = np.clip(heat_alpha(cam, opacity) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return np.dstack([rgb, a])
+    cmap = _check_colormap(colormap)
+    arr = np.asarray(cam01, np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"heat_rgba expects an (H, W) map, got shape {arr.shape}")
+    levels = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    alpha_lut = np.clip(heat_alpha(levels, opacity) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    u8 = _cam_u8(arr)
+    b, g, r = cv2.split(cv2.applyColorMap(u8, cmap))
+    return cv2.merge([r, g, b, cv2.LUT(u8, alpha_lut)])
 
 
 def _div255(x: np.ndarray) -> np.ndarray:

@@ -102,14 +102,20 @@ def opencv_matrix(matrix: np.ndarray) -> np.ndarray:
     return (t_out @ m @ t_in)[:2]
 
 
-def _stamp(layer: np.ndarray, mask: np.ndarray, rgb: tuple[int, int, int]) -> None:
-    """Source-over a solid colour with coverage ``mask`` (uint8, 255 = opaque) onto the non-premultiplied
-    RGBA ``layer``, in place (only inside the mask's bounding box)."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
+def _stamp(layer: np.ndarray, mask: np.ndarray, rgb: tuple[int, int, int], origin: tuple[int, int] = (0, 0)) -> None:
+    """Source-over a solid colour with coverage ``mask`` (uint8, 255 = opaque; a patch whose top-left pixel
+    is at ``origin = (x, y)`` of the layer, clipped to it) onto the non-premultiplied RGBA ``layer``."""
+    h, w = layer.shape[:2]
+    x0, y0 = int(origin[0]), int(origin[1])
+    lx0, ly0 = max(x0, 0), max(y0, 0)
+    lx1, ly1 = min(x0 + mask.shape[1], w), min(y0 + mask.shape[0], h)
+    if lx1 <= lx0 or ly1 <= ly0:
         return
-    sl = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-    a_s = mask[sl].astype(np.float32)[..., None] / 255.0
+    m = mask[ly0 - y0:ly1 - y0, lx0 - x0:lx1 - x0]
+    if not m.any():
+        return
+    sl = (slice(ly0, ly1), slice(lx0, lx1))
+    a_s = m.astype(np.float32)[..., None] / 255.0
     dst = layer[sl].astype(np.float32)
     a_d = dst[..., 3:] / 255.0
     a_o = a_s + a_d * (1.0 - a_s)
@@ -119,15 +125,17 @@ def _stamp(layer: np.ndarray, mask: np.ndarray, rgb: tuple[int, int, int]) -> No
 
 def _text(layer: np.ndarray, text: str, org: tuple[float, float], scale: float,
           rgb: tuple[int, int, int]) -> None:
-    """Outlined text (black rim, coloured fill) with its baseline at ``org`` (output pixels)."""
-    h, w = layer.shape[:2]
+    """Outlined text (1 px dark rim, coloured fill) with its baseline at ``org`` (output pixels)."""
     fs, th = 0.5 * scale, max(1, round(scale))
+    (tw, asc), base = cv2.getTextSize(text, _FONT, fs, th)
+    pad = 2 + th
     x, y = int(round(org[0])), int(round(org[1]))
-    fill = np.zeros((h, w), np.uint8)
-    cv2.putText(fill, text, (x, y), _FONT, fs, 255, th, cv2.LINE_AA)
+    fill = np.zeros((asc + base + 2 * pad, tw + 2 * pad), np.uint8)  # a patch around the text only
+    cv2.putText(fill, text, (pad, pad + asc), _FONT, fs, 255, th, cv2.LINE_AA)
     rim = cv2.dilate(fill, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))  # a 1 px outline
-    _stamp(layer, (rim.astype(np.float32) * (200.0 / 255.0)).astype(np.uint8), (0, 0, 0))
-    _stamp(layer, fill, rgb)
+    origin = (x - pad, y - asc - pad)
+    _stamp(layer, (rim.astype(np.float32) * (200.0 / 255.0)).astype(np.uint8), (0, 0, 0), origin)
+    _stamp(layer, fill, rgb, origin)
 
 
 def _text_box(text: str, scale: float) -> tuple[int, int, int]:
@@ -192,18 +200,28 @@ def overlay_layer(size: tuple[int, int], matrix: np.ndarray, *, cam: np.ndarray 
     else:
         layer = np.zeros((h, w, 4), np.uint8)
     if regions:
-        lines = np.zeros((h, w), np.uint8)
+        polys = []
         for r in regions:
             contour = np.asarray(getattr(r, "contour", np.zeros((0, 2))), np.float64).reshape(-1, 2)
-            polys = [contour + 0.5] if len(contour) >= 2 else []
+            if len(contour) >= 2:
+                polys.append(contour + 0.5)  # pixel centres
             if boxes:
                 x0, y0, x1, y1 = r.bbox
                 polys.append(np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], np.float64))
-            for poly in polys:  # pixel centres (+0.5) to output, then to OpenCV's integer-centred pixels
-                pts = poly @ m[:2, :2].T + m[:2, 2] - 0.5
-                cv2.polylines(lines, [np.round(pts * 16).astype(np.int32).reshape(-1, 1, 2)], True, 255,
-                              max(1, int(line_width)), cv2.LINE_AA, shift=4)
-        _stamp(layer, lines, region_color)
+        # to output coordinates, then OpenCV's integer-centred pixels; drawn on a patch around them
+        pts = [poly @ m[:2, :2].T + m[:2, 2] - 0.5 for poly in polys]
+        if pts:
+            lw = max(1, int(line_width))
+            allp = np.concatenate(pts)
+            x0 = int(np.clip(np.floor(allp[:, 0].min()) - lw - 2, 0, w))
+            y0 = int(np.clip(np.floor(allp[:, 1].min()) - lw - 2, 0, h))
+            x1 = int(np.clip(np.ceil(allp[:, 0].max()) + lw + 3, 0, w))
+            y1 = int(np.clip(np.ceil(allp[:, 1].max()) + lw + 3, 0, h))
+            if x1 > x0 and y1 > y0:
+                lines = np.zeros((y1 - y0, x1 - x0), np.uint8)
+                cv2.polylines(lines, [np.round((p - (x0, y0)) * 16).astype(np.int32).reshape(-1, 1, 2) for p in pts],
+                              True, 255, lw, cv2.LINE_AA, shift=4)
+                _stamp(layer, lines, region_color, (x0, y0))
         if region_tags:
             _, _, lh = _text_box("Ag", scale)
             top_margin = 6 * lh  # clear of the viewport's corner text
