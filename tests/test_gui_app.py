@@ -534,3 +534,22 @@ def test_folder_first_image_shows_before_the_scan_ends(qtbot, settings, ct_serie
     src = win.reading.sources[vp.source_key]
     assert vp.source is src and src.cached(0) is not None and vp.has_image() and len(shown) == 1
     assert vp.source_key == inst.series_instance_uid and not win.reading.previews
+
+
+def test_measurements_belong_to_the_image_in_the_reading_session(qtbot, settings):
+    """A distance drawn on an image is kept by the reading session: another viewport showing the same image
+    draws it too (pixels differ with and without it), and deleting it there removes it everywhere."""
+    from medviewer.gui.measure import Measurement
+
+    win = _window(qtbot, settings)
+    win.set_layout("1x2")
+    _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
+    left, right = win.viewports[0], win.viewports[1]
+    win.load_series(left.source_key, right)
+    qtbot.waitUntil(right.has_image, timeout=TIMEOUT)
+    before = right.render_image(overlays=True, patient=False)
+    left.add_measurement(Measurement(Shape.DISTANCE, (10.0, 10.0), (100.0, 90.0)))
+    assert win.reading.measurements[left.frame_uid()] == right.measurements[right.frame_uid()]
+    assert right.render_image(overlays=True, patient=False) != before
+    right.delete_measurements()
+    assert not win.reading.measurements.get(left.frame_uid()) and right.render_image(overlays=True, patient=False) == before
