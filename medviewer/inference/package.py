@@ -37,6 +37,7 @@ from medviewer.errors import ModelPackageError
 from medviewer.inference._ort import quiet_session
 from medviewer.inference.card import ModelCard, load_card, sha256_file
 from medviewer.inference.ood import OODDetector
+from medviewer.providers import ExecutionProvider
 
 __all__ = ["ModelPackage", "CARD_FILE", "ONNX_FILE", "DRY_RUN_SECONDS", "check_files", "check_graph"]
 
@@ -237,7 +238,7 @@ def check_graph(onnx_path: Path, card: ModelCard) -> tuple[tuple[int, int], int]
     """
     where = onnx_path.parent
     try:
-        sess = quiet_session(onnx_path, ["CPUExecutionProvider"], optimize=False, intra_op_threads=1)
+        sess = quiet_session(onnx_path, [ExecutionProvider.CPU.value], optimize=False, intra_op_threads=1)
     except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelPackageError(where, f"{ONNX_FILE} is not a loadable ONNX model ({first})") from None

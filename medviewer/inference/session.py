@@ -39,7 +39,7 @@ from medviewer.inference.card import ModelCard, Task
 from medviewer.inference.heatmap import normalize_cam
 from medviewer.inference.package import ModelPackage
 from medviewer.inference.regions import DEFAULT_FRACTION, Region, find_regions
-from medviewer.providers import ExecutionProvider, Provider
+from medviewer.providers import ExecutionProvider, Provider, short_name
 
 __all__ = [
     "Provider",
@@ -241,7 +241,7 @@ class Session:
     @property
     def provider_short(self) -> str:
         """``"cuda"``, ``"cpu"``, ... (the provider name without ``ExecutionProvider``, lower case)."""
-        return self.provider.removesuffix("ExecutionProvider").lower()
+        return short_name(self.provider)
 
     # -- the three steps, usable separately (the CLI overlaps them across threads) -------------------
 
