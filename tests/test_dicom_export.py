@@ -182,6 +182,40 @@ def test_multiframe_source_references_the_frame(session, tmp_path):
     assert int(pydicom.dcmread(paths[1]).SourceImageSequence[0].ReferencedFrameNumber) == 4
 
 
+def test_deidentified_results_reference_the_anonymized_source(session, tmp_path):
+    """With ``deidentify`` the SR/SC are built on the source as `medviewer anonymize` writes it (same key): the
+    patient pseudonym, keyed study/series/SOP UIDs; no patient age in the reasons; dciodvfy clean; a source
+    declaring burned-in annotation is refused."""
+    from medviewer.deid import BurnedInAnnotationError, DeidOptions, anonymize_dataset
+
+    header, pred, overlay = predict(session, "CT_small.dcm")
+    key = b"0123456789abcdef-export-test"
+    copy_ = anonymize_dataset(header, DeidOptions(), key)
+    app = {**APPLICABILITY, "reasons": ["patient age 41 y (Patient's Age); model: 18\u2013100 y", "modality CT"]}
+    paths = DicomResultWriter(tmp_path, session.card, deidentify=True, key=key).write(header, pred, overlay,
+                                                                                     applicability=app)
+    assert [p.name for p in paths] == [f"SR_{copy_.SOPInstanceUID}.dcm", f"SC_{copy_.SOPInstanceUID}.dcm"]
+    for p in paths:
+        assert dciodvfy_errors(p) == [], p.name
+        ds = pydicom.dcmread(p)
+        assert (ds.StudyInstanceUID, ds.PatientID, ds.PatientName) == (copy_.StudyInstanceUID, copy_.PatientID,
+                                                                        copy_.PatientName)
+        assert ds.PatientIdentityRemoved == "YES" and ds.DeidentificationMethod == copy_.DeidentificationMethod
+        assert str(header.PatientID) != str(ds.PatientID) and "PatientBirthDate" not in ds or not ds.PatientBirthDate
+    sr, sc = (pydicom.dcmread(p) for p in paths)
+    refs = {str(ref.ReferencedSOPInstanceUID) for item in content_items(sr) for ref in item.get("ReferencedSOPSequence", [])}
+    assert refs == {str(copy_.SOPInstanceUID)}
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == copy_.SOPInstanceUID
+    reasons = [str(item.TextValue) for item in content_items(sr) if "TextValue" in item
+               and item.ConceptNameCodeSequence[0].CodeValue == "APPL_REASON"]
+    assert reasons == ["patient age outside the model's range; model: 18-100 y", "modality CT"]  # en dash: ISO_IR 100
+    burned = copy.deepcopy(header)
+    burned.BurnedInAnnotation = "YES"
+    with pytest.raises(BurnedInAnnotationError):
+        DicomResultWriter(tmp_path / "b", session.card, deidentify=True, key=key).write(burned, pred, overlay)
+    assert not (tmp_path / "b").exists()
+
+
 def test_bad_inputs_are_one_line_errors(session):
     header, pred, overlay = predict(session, "CT_small.dcm")
     no_uid = copy.deepcopy(header)

@@ -56,6 +56,8 @@ __all__ = [
     "build_overlay_sc",
     "DicomResultWriter",
     "read_sr_findings",
+    "deidentified_source",
+    "header_only",
     "SR_SERIES_NUMBER",
     "SC_SERIES_NUMBER",
 ]
@@ -164,6 +166,16 @@ def _finite(value: Any) -> float | None:
     return v if np.isfinite(v) else None
 
 
+_PUNCTUATION = str.maketrans({"\u2013": "-", "\u2014": "-", "\u2018": "'", "\u2019": "'", "\u201c": '"',
+                              "\u201d": '"', "\u2264": "<=", "\u2265": ">=", "\u00d7": "x", "\u2026": "..."})
+
+
+def _ascii_punctuation(text: str) -> str:
+    """Typographic punctuation as ASCII: the SR copies the source's Specific Character Set (often ISO_IR 100
+    or none), in which an en dash cannot be encoded (pydicom would write '?')."""
+    return text.translate(_PUNCTUATION)
+
+
 def _applicability(applicability: Mapping[str, Any] | None) -> _Applicability | None:
     if applicability is None:
         return None
@@ -264,7 +276,7 @@ def build_sr(source: Dataset, prediction: Any, card: Any, *, applicability: Mapp
             qualitative_evaluations=evaluations, source_images=[src_group])
         for reason in app.reasons:
             group[0].ContentSequence.append(hd.sr.TextContentItem(
-                name=c["reason"], value=reason[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+                name=c["reason"], value=_ascii_punctuation(reason)[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
         groups.append(group)
     for i, region in enumerate(prediction.regions, 1):
         if not rows or not cols:
@@ -385,6 +397,47 @@ class _StudySeries:
     sc_count: int = 0
 
 
+#: De-identification attributes copied from the de-identified source onto the SR/SC (PS3.3 C.7.1.1, PS3.15 E.1)
+_DEID_KEYWORDS = ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+                  "LongitudinalTemporalInformationModified")
+
+
+def header_only(ds: Dataset) -> Dataset:
+    """A shallow copy of ``ds`` without Pixel Data (and float/double pixel data): cheap to de-identify."""
+    out = Dataset()
+    for elem in ds:
+        if elem.tag not in (0x7FE00010, 0x7FE00008, 0x7FE00009):
+            out.add(elem)
+    if hasattr(ds, "file_meta"):
+        out.file_meta = ds.file_meta
+    out.preamble = getattr(ds, "preamble", None)
+    return out
+
+
+def deidentified_source(source: Dataset, options: Any = None, key: bytes | None = None) -> Dataset:
+    """The source header as ``medviewer anonymize`` would write it (PS3.15 E.1 Basic Profile + ``options``).
+
+    With the same ``key`` the Study, Series and SOP Instance UIDs and the patient pseudonym are the ones in
+    an anonymized copy of the source, so results built on it reference that copy.
+
+    Raises
+    ------
+    medviewer.deid.BurnedInAnnotationError
+        The source declares Burned In Annotation YES (its pixels may show identifying text).
+    """
+    from medviewer.deid import DeidOptions, anonymize_dataset
+
+    return anonymize_dataset(header_only(source), options or DeidOptions(), key)
+
+
+def _redact_reason(reason: str) -> str:
+    """An applicability reason without the patient's age (Patient's Age is removed by the Basic Profile)."""
+    if reason.startswith("patient age "):
+        rest = reason.split(";", 1)
+        return "patient age outside the model's range" + (f";{rest[1]}" if len(rest) > 1 else "")
+    return reason
+
+
 class DicomResultWriter:
     """Writes an SR (and an SC when an overlay is given) per scored image into one folder.
 
@@ -398,11 +451,25 @@ class DicomResultWriter:
         Destination folder (created on the first write).
     card
         The model card.
+    deidentify
+        A :class:`medviewer.deid.DeidOptions` (or ``True`` for the Basic Profile) to write de-identified
+        results: each source header is de-identified first (:func:`deidentified_source`, with ``key``), so the
+        SR/SC carry the patient pseudonym, the keyed Study Instance UID, reference the keyed SOP Instance UID
+        of the source, are named after it, and say Patient Identity Removed YES with the method used. A patient
+        age in an applicability reason is left out. ``None``: as the source.
+    key
+        The pseudonym key (:func:`medviewer.deid.load_key`); ``None`` uses the process's random key.
     """
 
-    def __init__(self, out_dir: str | Path, card: Any) -> None:
+    def __init__(self, out_dir: str | Path, card: Any, *, deidentify: Any = None, key: bytes | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.card = card
+        if deidentify is True:
+            from medviewer.deid import DeidOptions
+
+            deidentify = DeidOptions()
+        self.deidentify = deidentify or None
+        self.key = key
         self._studies: dict[str, _StudySeries] = {}
 
     def write(self, source: Dataset, prediction: Any, overlay_rgb: np.ndarray | None = None, *,
@@ -413,8 +480,17 @@ class DicomResultWriter:
         ------
         DicomExportError
             Bad header or inputs (nothing is written then).
+        medviewer.deid.BurnedInAnnotationError
+            With ``deidentify``: the source declares burned-in annotation (nothing is written).
         """
         _check_source(source)
+        if self.deidentify is not None:
+            source = deidentified_source(source, self.deidentify, self.key)
+            if applicability is None:
+                applicability = getattr(prediction, "applicability", None)
+            if applicability is not None:
+                applicability = {**applicability,
+                                 "reasons": [_redact_reason(r) for r in applicability.get("reasons") or []]}
         series = self._studies.setdefault(str(source.StudyInstanceUID), _StudySeries())
         stem = str(source.SOPInstanceUID) + (f"_f{int(frame)}" if _frame_number(source, frame) else "")
         objects: list[tuple[str, Dataset]] = []
@@ -425,6 +501,11 @@ class DicomResultWriter:
             sc = build_overlay_sc(source, overlay_rgb, self.card, series_instance_uid=series.sc_uid,
                                   instance_number=series.sc_count + 1, frame=frame)
             objects.append((f"SC_{stem}.dcm", sc))
+        if self.deidentify is not None:
+            for _, ds in objects:
+                for kw in _DEID_KEYWORDS:
+                    if kw in source:
+                        setattr(ds, kw, source[kw].value)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for name, ds in objects:
