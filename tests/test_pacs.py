@@ -490,3 +490,78 @@ def test_send_sr_and_sc_arrive_in_the_study(env, protocol, ai_objects, ct_uids, 
     assert {uid: listed.get(uid) for uid in sent} == sent  # in the CT's study, with their SOP classes
     assert sorted(sent.values()) == sorted([pydicom.uid.Comprehensive3DSRStorage,
                                             pydicom.uid.SecondaryCaptureImageStorage])
+
+
+# -- infer --dicom --anonymize --send: de-identified AI results stored, consistent with `medviewer anonymize` --
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_infer_sends_deidentified_sr_sc_matching_anonymize(env, protocol, tmp_path, monkeypatch, capsys):
+    from medviewer import audit
+    from medviewer.export.dicom_ai import read_sr_findings
+    from tests.test_dicom_export import dciodvfy_errors
+
+    monkeypatch.setenv("MEDVIEWER_AUDIT_DIR", str(tmp_path / "audit"))
+    src = pydicom.dcmread(pydicom_test_file("RG1_UNCR.dcm"))  # a chest CR with name, ID, birth date, accession
+    src.SOPInstanceUID = pydicom.uid.generate_uid()  # new UIDs per protocol: each send is checked on its own
+    src.StudyInstanceUID = pydicom.uid.generate_uid()
+    src.file_meta.MediaStorageSOPInstanceUID = src.SOPInstanceUID
+    phi = [str(src.PatientName), str(src.PatientID), str(src.PatientBirthDate), str(src.AccessionNumber)]
+    assert all(phi)
+    (tmp_path / "in").mkdir()
+    f = tmp_path / "in" / "image.dcm"
+    src.save_as(f, enforce_file_format=True)
+    key = tmp_path / "site.key"
+    key.write_bytes(b"0123456789abcdef-site-key-for-infer")
+
+    assert main(["infer", str(f), "--out", str(tmp_path / "out"), "--quiet", "--dicom", "--anonymize",
+                 "--pseudonym-key", str(key), "--send", url(env, protocol)]) == 0
+    assert "sent 2 of 2 instances" in capsys.readouterr().out
+    assert main(["anonymize", str(f), "--out", str(tmp_path / "anon"), "--pseudonym-key", str(key), "--quiet"]) == 0
+    (copy_path,) = sorted((tmp_path / "anon").rglob("*.dcm"))
+    copy = pydicom.dcmread(copy_path)
+
+    written = sorted((tmp_path / "out" / "dicom").glob("*.dcm"))
+    assert [p.name[:3] for p in written] == ["SC_", "SR_"]
+    for p in written:
+        assert str(copy.SOPInstanceUID) in p.name  # named by the keyed UID, not the original one
+        ds = pydicom.dcmread(p)
+        assert ds.StudyInstanceUID == copy.StudyInstanceUID != src.StudyInstanceUID
+        assert (ds.PatientID, str(ds.PatientName)) == (copy.PatientID, str(copy.PatientName))
+        assert ds.PatientIdentityRemoved == "YES" and "113100" in [c.CodeValue for c in
+                                                                   ds.DeidentificationMethodCodeSequence]
+        data = p.read_bytes()
+        assert not [v for v in phi if v.encode() in data], p.name
+        assert str(src.SOPInstanceUID).encode() not in data and str(src.StudyInstanceUID).encode() not in data
+        assert dciodvfy_errors(p) == [], p.name
+    sr = pydicom.dcmread(written[1])
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.SeriesInstanceUID == copy.SeriesInstanceUID
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == copy.SOPInstanceUID
+    assert read_sr_findings(sr)  # still a readable TID 1500 report
+    sc = pydicom.dcmread(written[0])
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == copy.SOPInstanceUID
+
+    with connect(url(env, protocol)) as client:
+        listed = {r.sop_instance_uid for r in client.list_instances(str(copy.StudyInstanceUID))}
+    assert listed == {str(sr.SOPInstanceUID), str(sc.SOPInstanceUID)}  # in the anonymized study
+    sent = [r for r in audit.read() if r["action"] == "sent"][-1]
+    assert sent["detail"]["de-identified"] is True and sent["detail"]["instances"] == 2
+    assert {"type": "study", "uid": str(copy.StudyInstanceUID)} in sent["objects"]
+
+
+def test_infer_send_failure_and_option_errors(env, tmp_path, capsys):
+    f = pydicom_test_file("CT_small.dcm")
+    port = free_port()
+    out = tmp_path / "out"
+    assert main(["infer", str(f), "--out", str(out), "--quiet", "--dicom",
+                 "--send", f"dicom://ORTHANCTEST@127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("medviewer: error")]
+    assert len(lines) == 1 and "connection refused" in lines[0] and "Traceback" not in err, err
+    assert len(list((out / "dicom").glob("*.dcm"))) == 2  # written, though not sent
+    # the PACS refuses nothing here, but an unknown saved name, or options without --dicom, fail before scoring
+    for args, msg in ((["--send", "no-such-node", "--dicom"], "no-such-node"), (["--send", env.dimse_url], "--dicom"),
+                      (["--dicom", "--pseudonym-key", str(f)], "--anonymize")):
+        assert main(["infer", str(f), "--out", str(tmp_path / "o2"), "--quiet", *args]) == 1
+        line = _one_line_error(capsys)
+        assert msg in line, line
+    assert not (tmp_path / "o2" / "results.json").exists()

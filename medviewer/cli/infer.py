@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from medviewer.errors import MedViewerError, display_path
+from medviewer.providers import PROVIDER_CHOICES
 
 __all__ = ["add_parser", "run", "EXIT_OK", "EXIT_SOME_FAILED", "write_results"]
 
@@ -42,17 +43,22 @@ intended use:
   --ignore-intended-use shows findings anyway and records "overridden": true.
   DIR/overlays/*.png with --overlays: heat map of the top flagged (else most probable) label,
                      region outlines and scores, on the original image grid
+  DIR/dicom/*.dcm with --dicom: per scored DICOM image SR_<SOP Instance UID>.dcm (TID 1500) and SC_...dcm
+                     (the overlay); with --anonymize de-identified and named by the keyed UID; --send
+                     NODE stores them and records "sent" in the audit log
 
 exit status:
   0  every image was scored
   2  some inputs failed (truncated/undecodable DICOM, a named file that is not an image, ...): each
      has an "error" entry; the others are scored. Non-image files found in folders (LICENSE, *.txt)
      are listed under "ignored" and do not count as failures
-  1  nothing ran: invalid or missing model, unwritable output folder, or no images found
+  1  nothing ran: invalid or missing model, unwritable output folder, or no images found; or
+     --send did not store every SR/SC (one line per object that failed)
 
 examples:
   medviewer infer study/ --out results/
   medviewer infer a.dcm b.jpeg --model ./my-model --provider cuda --batch 16 --overlays --out results/
+  medviewer infer study/ --dicom --anonymize --pseudonym-key site.key --send dicom://PACS@pacs:104 --out r/
 """
 
 
@@ -71,7 +77,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="NAME|PATH", default=None,
                    help=f"model name (see 'medviewer models list') or package path (default: {DEFAULT_MODEL_NAME})")
     p.add_argument("--out", metavar="DIR", required=True, type=Path, help="output folder (created)")
-    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto",
+    p.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto",
                    help="ONNX Runtime execution provider; auto = CUDA when it loads, else CPU (default: auto)")
     p.add_argument("--batch", type=int, default=8, metavar="N", help="images per ONNX Runtime call (default: 8)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
@@ -90,6 +96,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dicom", action="store_true",
                    help="also write DIR/dicom/: per scored DICOM image a TID 1500 SR (scores, flags, applicability, "
                         "regions) and a Secondary Capture of the overlay, in the source study")
+    p.add_argument("--anonymize", action="store_true",
+                   help="with --dicom: de-identified SR/SC (PS3.15 E.1 Basic Profile, as `medviewer anonymize`): "
+                        "patient pseudonym, keyed UIDs, references to the anonymized copy of each source")
+    p.add_argument("--pseudonym-key", metavar="FILE", default=None,
+                   help="with --anonymize: key file, so the UIDs and pseudonym match `medviewer anonymize "
+                        "--pseudonym-key FILE` of the sources")
+    p.add_argument("--send", metavar="NODE", default=None,
+                   help="with --dicom: store the SR/SC written on a PACS (http(s)://host:port/path, "
+                        "dicom://AET@host:port or a saved name; see 'medviewer pacs')")
+    p.add_argument("--aet", default="MEDVIEWER", help="with --send over DIMSE: our AE title (default MEDVIEWER)")
     p.add_argument("--ignore-intended-use", action="store_true",
                    help="flag findings on images outside the model's intended use too (recorded in the results)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -235,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
         raise MedViewerError(f"--region-threshold must be in (0, 1], got {args.region_threshold}")
     if not 0.0 <= args.alpha <= 1.0:
         raise MedViewerError(f"--alpha must be in [0, 1], got {args.alpha}")
+    deid_key, node = _check_dicom_options(args)
     # the workstation's controller: the same session cache and intended-use policy as the GUI
     ai = AiController(provider=args.provider, ignore_intended_use=args.ignore_intended_use)
     package = ai.select(resolve_model(args.model))
@@ -270,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
         if args.dicom:
             from medviewer.export.dicom_ai import DicomResultWriter
 
-            writer = DicomResultWriter(out_dir / "dicom", package.card)
+            writer = DicomResultWriter(out_dir / "dicom", package.card, deidentify=bool(args.anonymize) or None,
+                                       key=deid_key)
 
         def on_done(outcome, display_u8, pred):
             extra: dict = {}
@@ -307,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
                "region_threshold": args.region_threshold, "min_region_area": args.min_region_area,
                "all_regions": bool(args.all_regions), "colormap": args.colormap, "alpha": args.alpha,
                "frames": args.frames, "ignore_intended_use": bool(args.ignore_intended_use),
-               "dicom": bool(args.dicom)}
+               "dicom": bool(args.dicom), "anonymize": bool(args.anonymize), "send": node is not None}
     json_path, _ = write_results(out_dir, package, session, outcomes, options=options, wall_s=wall, ignored=ignored)
     failed = [o for o in outcomes if not o.ok]
     for o in failed[:10]:
@@ -333,4 +351,53 @@ def run(args: argparse.Namespace) -> int:
                   [o.sop_instance_uid for o in outcomes if o.sop_instance_uid],
                   study_uids=[getattr(getattr(it, "instance", None), "study_instance_uid", "") for it in items],
                   scored=n_ok, failed=len(failed), provider=session.provider)
+    if node is not None:
+        written = [out_dir / p for o in outcomes for p in (o.extra.get("dicom") or [])]
+        if not written:
+            print("medviewer: error: --send: no DICOM results to send (no DICOM image was scored)", file=sys.stderr)
+            return 1
+        if _send_results(node, written, args.aet, deidentified=bool(args.anonymize)):
+            return 1
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _check_dicom_options(args: argparse.Namespace):
+    """Validate --anonymize/--pseudonym-key/--send before any scoring: ``(key bytes or None, Node or None)``.
+
+    Raises MedViewerError (one line) for an option without --dicom, a bad key file or an unknown node.
+    """
+    for flag, value in (("--anonymize", args.anonymize), ("--send", args.send),
+                        ("--pseudonym-key", args.pseudonym_key)):
+        if value and not args.dicom:
+            raise MedViewerError(f"{flag} needs --dicom")
+    if args.pseudonym_key and not args.anonymize:
+        raise MedViewerError("--pseudonym-key needs --anonymize")
+    key = None
+    if args.pseudonym_key:
+        from medviewer.deid import load_key
+
+        key = load_key(args.pseudonym_key)
+    node = None
+    if args.send:
+        from medviewer.pacs import resolve_node
+
+        node = resolve_node(args.send)
+    return key, node
+
+
+def _send_results(node, paths: list[Path], aet: str, deidentified: bool) -> bool:
+    """Store ``paths`` on ``node`` (C-STORE or STOW-RS, as ``medviewer pacs send``, audited as "sent").
+    Prints one line per object that failed; True when any failed or the node could not be reached."""
+    import logging
+
+    from medviewer.cli.pacs import _send
+    from medviewer.pacs import connect
+
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    try:
+        with connect(node, aet=aet) as client:
+            return _send(client, [str(p) for p in paths], written_deidentified=deidentified) != 0
+    except MedViewerError as exc:
+        print(f"medviewer: error: {' '.join(str(exc).split())} (the results are in {paths[0].parent})",
+              file=sys.stderr)
+        return True

@@ -122,10 +122,12 @@ def _dicom_files(paths: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 
 def _send(client: Any, paths: list[str], anonymize: bool = False, key_file: str | None = None,
-          keep_dates: bool = False) -> int:
+          keep_dates: bool = False, *, written_deidentified: bool = False) -> int:
     """C-STORE / STOW-RS the DICOM files under ``paths``; with ``anonymize`` de-identified copies (PS3.15 E.1).
 
-    Every send is recorded in the audit log (``sent``, Study Instance UIDs as they went out, counts).
+    Every send is recorded in the audit log (``sent``, Study Instance UIDs as they went out, counts);
+    ``written_deidentified`` says the files themselves are de-identified (e.g. ``infer --dicom --anonymize``).
+    Returns 1 when any file was not stored (one ``failed`` line each on stderr), else 0.
     """
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
@@ -187,7 +189,7 @@ def _send(client: Any, paths: list[str], anonymize: bool = False, key_file: str 
                audit.Outcome.MINOR_FAILURE if stored else audit.Outcome.SERIOUS_FAILURE)
     try:
         audit.record(audit.AuditEvent.SENT, outcome=outcome, objects=audit.object_refs(studies),
-                     detail={"instances": stored, "failed": len(failed), "de-identified": anonymize,
+                     detail={"instances": stored, "failed": len(failed), "de-identified": anonymize or written_deidentified,
                              "destination": str(client.node)})
     except (MedViewerError, ValueError) as exc:
         print(f"medviewer: warning: audit record not written: {exc}", file=sys.stderr)
