@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 from medviewer.export.overlay import overlay_label
 from medviewer.gui import theme
 from medviewer.gui.viewport import numpy_to_qimage
+from medviewer.providers import short_name
 from medviewer.workstation.intended_use import findings_withheld
 
 __all__ = ["AiPanel", "ScoreRow", "ColorBar"]
@@ -448,7 +449,7 @@ class AiPanel(QWidget):
             note.setWordWrap(True)
             note.setStyleSheet(f"color: {theme.MUTED}; font-size: 8.5pt;")
             self.scores_layout.insertWidget(1, note)
-        prov = provider.removesuffix("ExecutionProvider")
+        prov = short_name(provider).upper()  # CPU, CUDA: as the model menu names them
         self.status.setText(f"{card.name} {card.version} · {prov} · {pred.seconds * 1000:.0f} ms"
                             + (f" · {where}" if where else ""))
         # CAM selector: flagged label first, else the top positive label
