@@ -158,6 +158,34 @@ def test_ct_values_presets_and_screen_mapping():
     assert m.state.fitted and m.state.zoom == pytest.approx(fitted / 2)
 
 
+def test_units_are_the_header_readers_not_the_modality(tmp_path):
+    """HU is decided by Rescale Type (else CT), once: a CT whose Rescale Type says US is not labelled HU,
+    an MR is not, and an MR whose Rescale Type says HU is -- in the values the ROI statistics use."""
+    import pydicom
+
+    from medviewer.io.enum import RescaleType
+
+    def unit_of(name: str, rescale_type: str | None) -> tuple[str, RescaleType]:
+        ds = pydicom.dcmread(pydicom_test_file(name))
+        if rescale_type is not None:
+            ds.RescaleType = rescale_type
+            ds.RescaleSlope, ds.RescaleIntercept = ds.get("RescaleSlope", 1), ds.get("RescaleIntercept", 0)
+        path = tmp_path / f"{name}-{rescale_type}.dcm"
+        ds.save_as(path)
+        inst = read_instance(path)
+        m = ViewportModel()
+        src = Frames([inst], "x")
+        m.set_source(src, "x")
+        src.decode(0)
+        m.on_frame_decoded(0)
+        return m.values()[1], inst.units
+
+    assert unit_of("CT_small.dcm", None) == ("HU", RescaleType.HU)
+    assert unit_of("CT_small.dcm", "US") == ("", RescaleType.US)
+    assert unit_of("MR_small.dcm", None) == ("", RescaleType.US)
+    assert unit_of("MR_small.dcm", "HU") == ("HU", RescaleType.HU)
+
+
 def test_overlay_layer_is_the_one_function_at_the_views_geometry(tmp_path):
     from medviewer.inference.package import ModelPackage
     from medviewer.inference.session import Session

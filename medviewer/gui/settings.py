@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import QSettings
 
+from medviewer.providers import Provider
+
 __all__ = ["Settings", "LAYOUTS", "ORGANISATION", "APPLICATION"]
 
 ORGANISATION = "MedViewer"
@@ -78,14 +80,18 @@ class Settings:
 
     @property
     def provider(self) -> str:
-        v = str(self._get("ai/provider", "auto"))
-        return v if v in ("auto", "cpu", "cuda") else "auto"
+        """The saved execution provider preference (a :class:`medviewer.providers.Provider` value:
+        ``"auto"``, ``"cpu"`` or ``"cuda"``); ``"auto"`` when unset or unreadable."""
+        try:
+            return Provider.parse(self._get("ai/provider", Provider.AUTO.value)).value
+        except ValueError:
+            return Provider.AUTO.value
 
     @provider.setter
-    def provider(self, v: str) -> None:
-        if v not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"provider must be auto, cpu or cuda, got {v!r}")
-        self.q.setValue("ai/provider", v)
+    def provider(self, v: str | Provider) -> None:
+        """Save ``v`` (any case; :meth:`medviewer.providers.Provider.parse`). Raises ValueError for any other
+        name, with the one-line message listing the valid ones."""
+        self.q.setValue("ai/provider", Provider.parse(v).value)
 
     @property
     def auto_run(self) -> bool:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medviewer.imaging.enum import RescaleType, VoiLutFunction
+from medviewer.io.header import rescale_units
 
 __all__ = [
     "Window",
@@ -188,8 +189,9 @@ class Preset:
 
     @property
     def units(self) -> RescaleType:
-        """The units of center/width: HU for CT presets (the Rescale Type defined term), else unspecified."""
-        return RescaleType.HU if self.modality.upper() == "CT" else RescaleType.US
+        """The units of center/width, by the header reader's rule (:func:`medviewer.io.header.rescale_units`
+        with no Rescale Type): HU for CT presets, else unspecified."""
+        return rescale_units("", self.modality)
 
     @property
     def window(self) -> Window:

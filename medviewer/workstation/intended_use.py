@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from medviewer.inference.card import Applicability, ModelCard
+from medviewer.io import header
 
 #: modalities a schema-1 card (no stated intended use) is run on automatically: projection radiographs and
 #: secondary captures / other (which PNG/JPEG files read as)
@@ -146,20 +147,11 @@ class HeaderFacts:
 
 
 def _text(ds: Any, keyword: str) -> str | None:
-    if ds is None:
-        return None
-    try:
-        v = ds.get(keyword)
-    except Exception:  # a malformed element must not break the policy: treat as unknown
-        return None
-    if v is None:
-        return None
-    if hasattr(v, "value"):
-        v = v.value
-    if isinstance(v, list | tuple):
-        v = v[0] if v else None
-    text = str(v).strip() if v is not None else ""
-    return text or None
+    """The first value of ``keyword`` as stripped text through the header reader
+    (:func:`medviewer.io.header.text`), ``None`` when absent, empty or unreadable (a malformed element must
+    not break the policy: it is unknown)."""
+    first = header.text(ds, keyword).split("\\", 1)[0].strip()
+    return first or None
 
 
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)

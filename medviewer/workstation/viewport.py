@@ -612,15 +612,19 @@ class ViewportModel:
         return self.cache.get("display", key, render)
 
     def values(self) -> tuple[np.ndarray | None, str]:
-        """Modality values of the shown frame (float32, HU on CT) and their unit (cached per frame)."""
+        """Modality values of the shown frame (float32) and their unit (cached per frame).
+
+        The unit is the pipeline's :attr:`~medviewer.imaging.DisplayPipeline.units` label (``"HU"`` when the
+        header reader decides Hounsfield Units: Rescale Type HU, or a CT without one; ``""`` when unspecified
+        or for colour images), so a CT whose Rescale Type is ``US`` is not labelled HU."""
         if self.source is None:
             return None, ""
         stored = self.source.cached(self.state.frame)
         if stored is None:
             return None, ""
-        unit = "HU" if str(getattr(self.current_instance(), "modality", "")) == "CT" else ""
         k = self.state.frame
         pipe = self.source.pipeline(k)
+        unit = pipe.units.label if stored.ndim == 2 else ""  # decided by the header reader (Rescale Type, else CT)
         vals = self.cache.get("values", (self._generation, k, stored.shape), lambda: (
             stored.astype(np.float32) if stored.ndim == 3 else pipe.modality_values(stored)))
         return vals, unit
