@@ -444,3 +444,52 @@ def test_infer_writes_results_for_a_non_utf8_file_name(tmp_path):
     assert "scan_\\xff\\xfe.dcm" in csv_text
     doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert [r["error"] for r in doc["results"]] == [None]
+
+
+# --------------------------------------------------------------------------- model input pixel budget
+def _dynamic_hw_package(directory, side: int):
+    """A real CAM classifier whose graph input is (N, 1, H, W) with H and W dynamic, and a card declaring
+    ``side`` x ``side``: the graph accepts any size, so only the card's declaration bounds the allocation."""
+    import onnx
+    from onnx_models import cam_model, make_package
+
+    model = cam_model(height=64, width=64)
+    for value in (model.graph.input[0], model.graph.output[1]):  # the input and the CAM
+        dims = value.type.tensor_type.shape.dim
+        dims[2].dim_param, dims[3].dim_param = "H", "W"
+    onnx.checker.check_model(model)
+    return make_package(directory, model=model, height=side, width=side)
+
+
+def test_card_declaring_a_20k_dynamic_input_is_refused_before_allocating(tmp_path, monkeypatch):
+    import resource
+
+    from medviewer.errors import InferenceError, ModelPackageError
+    from medviewer.inference.package import ModelPackage
+    from medviewer.inference.session import Session
+    from medviewer.limits import MAX_MODEL_INPUT_PIXELS_ENV
+
+    monkeypatch.delenv(MAX_MODEL_INPUT_PIXELS_ENV, raising=False)
+    pkg_dir = _dynamic_hw_package(tmp_path / "huge", 20_000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ModelPackageError) as info:
+        ModelPackage.load(pkg_dir)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(pkg_dir.resolve()))
+    assert "20000x20000 = 400,000,000 pixels exceeds the limit of 16,777,216" in message
+    assert MAX_MODEL_INPUT_PIXELS_ENV in message
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB: nothing allocated
+
+    code, out, err = run_cli("models", "validate", pkg_dir, subcommands=("models",))
+    assert code == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines() == [f"medviewer: error: {message}"]
+
+    # a small dynamic-input package is fine; a session opened after the limit was lowered is refused
+    small = _dynamic_hw_package(tmp_path / "small", 64)
+    pkg = ModelPackage.load(small)
+    assert pkg.card.input.height == 64
+    monkeypatch.setenv(MAX_MODEL_INPUT_PIXELS_ENV, "1000")
+    with pytest.raises(InferenceError, match=r"64x64 = 4,096 pixels exceeds the limit of 1,000"):
+        Session(pkg, "cpu")
+    with pytest.raises(ModelPackageError, match="exceeds the limit of 1,000"):
+        ModelPackage.load(_dynamic_hw_package(tmp_path / "small2", 40))

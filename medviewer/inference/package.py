@@ -3,7 +3,9 @@
 Loading checks, in order, and stops at the first failure with a one-line
 :class:`~medviewer.errors.ModelPackageError`:
 
-1. the card parses and satisfies schema v1 or v2 (:func:`medviewer.inference.card.load_card`);
+1. the card parses and satisfies schema v1 or v2 (:func:`medviewer.inference.card.load_card`), and its
+   input size (height x width) is within the model-input pixel budget (:func:`check_input_size`,
+   ``MEDVIEWER_MAX_MODEL_INPUT_PIXELS``), checked before anything of that size is allocated;
 2. ``model.onnx`` exists and its SHA-256 equals ``card.sha256`` (the card describes *these* weights); for
    schema 2, every file listed in ``card.files`` (``ood.npz``, README, plots) exists, is a regular file
    inside the package and has the listed SHA-256 (tampered statistics are refused);
@@ -11,7 +13,7 @@ Loading checks, in order, and stops at the first failure with a one-line
    float32, shape ``(N, channels, height, width)``, and the outputs ``card.outputs.logits`` (rank 2),
    ``card.outputs.cam`` (rank 4) and, when the card names one, ``card.outputs.features`` (rank 2);
 4. dry runs on a real-looking input (a smooth gradient with texture, not zeros) at batch 1 and batch 2,
-   each under a time limit (:data:`DRY_RUN_SECONDS`), return logits ``(N, K)``, CAMs ``(N, K, h, w)``
+   each under a time limit (``MEDVIEWER_DRY_RUN_SECONDS``, default :data:`DRY_RUN_SECONDS`), return logits ``(N, K)``, CAMs ``(N, K, h, w)``
    with ``h, w >= 1`` and features ``(N, D)``, all finite, with ``K = len(card.labels)``;
 5. the OOD statistics (``card.ood``) load without pickles and fit the features output: blocks within
    ``D``, means ``(K_l, D_l)`` and precisions ``(D_l, D_l)``, all finite.
@@ -25,7 +27,6 @@ Example
 
 from __future__ import annotations
 
-import os
 import stat
 import threading
 from dataclasses import dataclass, field
@@ -37,14 +38,17 @@ from medviewer.errors import ModelPackageError
 from medviewer.inference._ort import quiet_session
 from medviewer.inference.card import ModelCard, load_card, sha256_file
 from medviewer.inference.ood import OODDetector
+from medviewer.limits import DEFAULT_MODEL_VALIDATION_SECONDS, MAX_MODEL_INPUT_PIXELS_ENV, get_limits
 from medviewer.providers import ExecutionProvider
 
-__all__ = ["ModelPackage", "CARD_FILE", "ONNX_FILE", "DRY_RUN_SECONDS", "check_files", "check_graph"]
+__all__ = ["ModelPackage", "CARD_FILE", "ONNX_FILE", "DRY_RUN_SECONDS", "check_files", "check_graph",
+           "check_input_size", "input_size_problem"]
 
 CARD_FILE = "model.json"
 ONNX_FILE = "model.onnx"
-#: time limit of each validation dry run, seconds (environment: MEDVIEWER_DRY_RUN_SECONDS)
-DRY_RUN_SECONDS = float(os.environ.get("MEDVIEWER_DRY_RUN_SECONDS", "20"))
+#: default time limit of each validation dry run, seconds; the limit in force is read at each validation
+#: from ``MEDVIEWER_DRY_RUN_SECONDS`` (:attr:`medviewer.limits.Limits.model_validation_seconds`)
+DRY_RUN_SECONDS = DEFAULT_MODEL_VALIDATION_SECONDS
 
 _cache: dict[tuple, ModelPackage] = {}
 _cache_lock = threading.Lock()
@@ -127,6 +131,7 @@ class ModelPackage:
         if hit is not None:
             return hit
         card = load_card(card_path)
+        check_input_size(card, p)
         if not onnx_path.is_file():
             raise ModelPackageError(p, f"{ONNX_FILE} not found next to {CARD_FILE}")
         digest = sha256_file(onnx_path)
@@ -166,6 +171,41 @@ def _tree_stat(root: Path) -> tuple:
 
 def _dims(shape) -> str:
     return "(" + ", ".join(str(d) if d is not None else "?" for d in shape) + ")"
+
+
+def input_size_problem(card: ModelCard) -> str | None:
+    """None when the card's input size is within ``max_model_input_pixels`` (:mod:`medviewer.limits`), else
+    a one-line reason naming the size, the limit and its environment variable.
+
+    The input size decides what validation and every inference allocate (``(N, C, H, W)`` float32, and the
+    graph's activations), and a graph with dynamic height and width accepts whatever the card declares: a
+    card declaring 20000 x 20000 would make the dry run alone allocate 9.6 GB.
+
+    Raises
+    ------
+    medviewer.limits.LimitError
+        ``MEDVIEWER_MAX_MODEL_INPUT_PIXELS`` is set to something that is not a positive integer.
+    """
+    limit = get_limits().max_model_input_pixels
+    h, w = int(card.input.height), int(card.input.width)
+    if h * w > limit:
+        return (f"the card's input size {w}x{h} = {h * w:,} pixels exceeds the limit of {limit:,} "
+                f"({MAX_MODEL_INPUT_PIXELS_ENV})")
+    return None
+
+
+def check_input_size(card: ModelCard, where: Path) -> None:
+    """Refuse a card whose input height x width exceeds the model-input pixel budget (see
+    :func:`input_size_problem`).
+
+    Raises
+    ------
+    ModelPackageError
+        One line: ``where: the card's input size WxH = N pixels exceeds the limit of L (VARIABLE)``.
+    """
+    problem = input_size_problem(card)
+    if problem is not None:
+        raise ModelPackageError(where, problem)
 
 
 def check_files(package_dir: Path, card: ModelCard) -> None:
@@ -276,10 +316,11 @@ def check_graph(onnx_path: Path, card: ModelCard) -> tuple[tuple[int, int], int]
     names = [n for n, _, _ in wanted]
     feature_dim = 0
     cam_hw = (0, 0)
+    seconds = get_limits().model_validation_seconds
     for batch in ((fixed,) if fixed else (1, 2)):
         x = dry_run_input(batch, inp.channels, inp.height, inp.width)
         try:
-            got = _run_limited(sess, names, {inp.name: x}, DRY_RUN_SECONDS)
+            got = _run_limited(sess, names, {inp.name: x}, seconds)
         except TimeoutError as exc:
             raise ModelPackageError(where, f"dry run of {ONNX_FILE} at batch {batch} {exc} (a graph that does "
                                            "not terminate, or far too slow for this machine)") from None

@@ -37,7 +37,7 @@ from medviewer.imaging.preprocess import ResizeGeometry, preprocess
 from medviewer.inference import _ort
 from medviewer.inference.card import ModelCard, Task
 from medviewer.inference.heatmap import normalize_cam
-from medviewer.inference.package import ModelPackage
+from medviewer.inference.package import ModelPackage, input_size_problem
 from medviewer.inference.regions import DEFAULT_FRACTION, Region, find_regions
 from medviewer.providers import ExecutionProvider, Provider, short_name
 
@@ -185,7 +185,9 @@ class Session:
     Raises
     ------
     InferenceError
-        Unknown provider name, or onnxruntime could not create the session.
+        Unknown provider name, the card's input size exceeds the model-input pixel budget
+        (``MEDVIEWER_MAX_MODEL_INPUT_PIXELS``, :mod:`medviewer.limits`), or onnxruntime could not create
+        the session.
     """
 
     def __init__(self, package: ModelPackage, provider: str | Provider = "auto", *, intra_op_threads: int = 0) -> None:
@@ -195,6 +197,9 @@ class Session:
             raise InferenceError(str(exc)) from None
         self.package = package
         self.card = package.card
+        too_big = input_size_problem(package.card)  # checked again: the limit may be lower than at load time
+        if too_big is not None:
+            raise InferenceError(f"{package.path}: {too_big}")
         import onnxruntime as ort
 
         wanted = self.requested.execution_providers(ort.get_available_providers())
