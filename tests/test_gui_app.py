@@ -284,7 +284,7 @@ def test_series_into_second_viewport_and_layouts(qtbot, settings):
     from PySide6.QtGui import QDropEvent
 
     mr_key = next(k for k in keys if win.reading.sources[k].instance(0).modality == "MR")
-    md = win.browser.tree.mimeData([win.browser._items[mr_key]])
+    md = win.browser.tree.mimeData([win.browser.item(mr_key)])
     right.dropEvent(QDropEvent(QPointF(20, 20), Qt.CopyAction, md, Qt.LeftButton, Qt.NoModifier))
     qtbot.waitUntil(right.has_image, timeout=TIMEOUT)
     assert right.current_instance().modality == "MR" and win.active is right
@@ -440,8 +440,9 @@ def test_viewport_first_image_is_display_image(qtbot, settings, name, tmp_path):
     _open(qtbot, win, path)
     vp = win.active
     vp.state.zoom = vp.state.aspect = 1.0  # 1:1, no minification
-    vp._ensure_display()
-    np.testing.assert_array_equal(vp._display, display_image(read_instance(path)))
+    layer = vp.model.display_layer()  # what the viewport draws (the model's keyed render cache)
+    assert (layer.scale_x, layer.scale_y) == (1.0, 1.0)
+    np.testing.assert_array_equal(layer.image, display_image(read_instance(path)))
 
 
 def test_screenshot_run_with_a_bad_file_exits_non_zero_without_waiting(tmp_path):
@@ -468,8 +469,9 @@ def test_file_menu_opens_the_pacs_dialog(qtbot, settings):
     win = _window(qtbot, settings)
     act = next(a for a in win.menus["File"].actions() if "PACS" in a.text())
     act.trigger()
-    assert isinstance(win._pacs_dialog, PacsDialog) and win._pacs_dialog.isVisible()
-    win._pacs_dialog.close()
+    dialog = win.findChild(PacsDialog)  # a child of the window
+    assert dialog is not None and dialog.isVisible()
+    dialog.close()
 
 
 def test_status_bar_keeps_the_result_line_when_the_active_viewport_changes(qtbot, settings, model_dir):
@@ -522,14 +524,23 @@ def test_folder_first_image_shows_before_the_scan_ends(qtbot, settings, ct_serie
     win = _window(qtbot, settings)
     vp = win.active
     shown: list[tuple] = []
-    win.firstImageShown.connect(lambda: shown.append((win.loader.scanning, vp.state.n_frames, vp.current_instance())))
+    listed = lambda: [(k, win.browser.item(k).text(0)) for k in win.browser.keys()]  # noqa: E731
+    win.firstImageShown.connect(lambda: shown.append((win.loader.scanning, vp.state.n_frames, vp.current_instance(),
+                                                      listed())))
     win.open_paths([str(ct_series_dir)])
     qtbot.waitUntil(lambda: bool(shown), timeout=TIMEOUT)
-    scanning, n, inst = shown[0]
+    scanning, n, inst, in_browser = shown[0]
     assert n == 1 and inst.path.name == "1-001.dcm"
     qtbot.waitUntil(lambda: not win.loader.scanning, timeout=TIMEOUT)
     if scanning:  # the usual case: the preview came first (the scan of 134 headers takes longer)
         assert win.loader.t_first_image is not None
+        # the browser observes the session: the previewed series is listed while the folder is read
+        assert [(k, t.split("\n")[1]) for k, t in in_browser] == [(vp.source_key, "reading the folder…")]
+        assert in_browser[0][1].startswith("CT #201 ")  # Modality, Series Number, Series Description
+    # ... and the same item then says what the ordered series holds, with the thumbnail the session keeps
+    assert listed() == [(vp.source_key, in_browser[0][1].split("\n")[0] + "\n134 images")]
+    qtbot.waitUntil(lambda: vp.source_key in win.reading.thumbnails, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not win.browser.item(vp.source_key).icon(0).isNull(), timeout=TIMEOUT)
     assert vp.state.n_frames == 134 and vp.current_instance().path.name == "1-001.dcm" and vp.state.frame == 0
     src = win.reading.sources[vp.source_key]
     assert vp.source is src and src.cached(0) is not None and vp.has_image() and len(shown) == 1
@@ -548,8 +559,16 @@ def test_measurements_belong_to_the_image_in_the_reading_session(qtbot, settings
     win.load_series(left.source_key, right)
     qtbot.waitUntil(right.has_image, timeout=TIMEOUT)
     before = right.render_image(overlays=True, patient=False)
-    left.add_measurement(Measurement(Shape.DISTANCE, (10.0, 10.0), (100.0, 90.0)))
-    assert win.reading.measurements[left.frame_uid()] == right.measurements[right.frame_uid()]
+    added = []
+    win.reading.events.measurement_added.connect(lambda uid, m: added.append((uid, m)))
+    m = Measurement(Shape.DISTANCE, (10.0, 10.0), (100.0, 90.0))
+    with qtbot.waitSignal(right.measurementsChanged, timeout=1000):  # the other viewport observes the session
+        left.add_measurement(m)
+    assert added == [(left.frame_uid(), m)]
+    assert win.reading.measurements[left.frame_uid()] == right.measurements[right.frame_uid()] == [m]
     assert right.render_image(overlays=True, patient=False) != before
-    right.delete_measurements()
+    with qtbot.waitSignal(left.measurementsChanged, timeout=1000):
+        right.delete_measurements()
     assert not win.reading.measurements.get(left.frame_uid()) and right.render_image(overlays=True, patient=False) == before
+    with qtbot.assertNotEmitted(left.measurementsChanged):  # another frame's measurement: not this one's
+        win.reading.measurements.add((left.source_key, left.state.frame + 1), m)

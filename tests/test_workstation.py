@@ -229,6 +229,71 @@ def test_score_runs_the_same_policy_as_run():
     ai.shutdown()
 
 
+def test_gui_controller_and_medviewer_infer_decide_alike_on_real_files(tmp_path):
+    """The workstation's AiController (what the GUI runs) and the ``medviewer infer`` command give the same
+    scores, flagged findings and intended-use decision for the same real files with the shipped model: the
+    paediatric demo CR is in scope and flagged, the adult CR (age) and the CT slice (modality) are out of
+    scope with nothing flagged."""
+    import json
+
+    from medviewer.cli import main
+
+    files = {"paediatric": _paediatric(), "adult": Path(pydicom_test_file("RG1_UNCR.dcm")),
+             "ct": Path(pydicom_test_file("CT_small.dcm"))}
+    out = tmp_path / "out"
+    assert main(["infer", *map(str, files.values()), "--out", str(out), "--provider", "cpu", "--quiet"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["model"]["name"] == DEFAULT_MODEL_NAME
+    by_path = {Path(r["path"]).resolve(): r for r in doc["results"]}
+    ai = _ready(AiController(ReadingSession(), provider="cpu"))
+    try:
+        gui = {name: ai.run(_source(path), 0).future.result(timeout=TIMEOUT) for name, path in files.items()}
+    finally:
+        ai.shutdown()
+    assert doc["model"]["sha256"] == ai.package.card.sha256
+    for name, path in files.items():
+        cli, entry = by_path[path.resolve()], gui[name]
+        pred = entry.prediction
+        assert cli["error"] is None, (name, cli["error"])
+        assert cli["scores"] == pytest.approx(pred.scores, abs=1e-5), name
+        assert cli["flagged"] == list(pred.flagged), name
+        assert cli["applicability"]["status"] == pred.applicability["status"], name
+        assert cli["applicability"].get("reasons") == pred.applicability.get("reasons"), name
+    status = {name: gui[name].prediction.applicability["status"] for name in files}
+    assert status == {"paediatric": "in_scope", "adult": "out_of_scope", "ct": "out_of_scope"}
+    assert gui["paediatric"].prediction.flagged == ["pneumonia"]
+    assert gui["adult"].prediction.flagged == gui["ct"].prediction.flagged == []
+    assert any("age" in r for r in gui["adult"].prediction.applicability["reasons"])
+    assert any("CT" in r for r in gui["ct"].prediction.applicability["reasons"])
+
+
+def test_measurements_are_the_sessions_and_announced():
+    """Measurements by frame change only through add/remove, which emit the session's events (what every
+    viewport showing the frame observes); reads are copies."""
+    reading = ReadingSession()
+    seen: list[tuple] = []
+    reading.events.measurement_added.connect(lambda uid, m: seen.append(("added", uid, m)))
+    reading.events.measurement_removed.connect(lambda uid, m: seen.append(("removed", uid, m)))
+    a, b, c = object(), object(), object()
+    reading.measurements.add(("ct", 0), a)
+    reading.measurements.add(("ct", 0), b)
+    reading.measurements.add(("ct", 3), c)
+    assert seen == [("added", ("ct", 0), a), ("added", ("ct", 0), b), ("added", ("ct", 3), c)]
+    assert reading.measurements[("ct", 0)] == [a, b] and len(reading.measurements) == 2
+    reading.measurements[("ct", 0)].append(c)  # a copy: the session is not changed behind its events
+    assert reading.measurements[("ct", 0)] == [a, b]
+    seen.clear()
+    assert reading.measurements.remove(("ct", 0), b) == [b] and reading.measurements[("ct", 0)] == [a]
+    assert reading.measurements.remove(("ct", 0)) == [a] and ("ct", 0) not in reading.measurements
+    assert reading.measurements.remove(("ct", 0)) == [] and reading.measurements.get(("ct", 0)) is None
+    assert seen == [("removed", ("ct", 0), b), ("removed", ("ct", 0), a)]
+    assert list(reading.measurements) == [("ct", 3)]
+    thumbs = []
+    reading.events.thumbnail_added.connect(lambda key, img: thumbs.append((key, img.shape)))
+    reading.set_thumbnail("ct", np.zeros((72, 60), np.uint8))
+    assert thumbs == [("ct", (72, 60))] and reading.thumbnails["ct"].shape == (72, 60)
+
+
 def test_reading_session_preview_then_full_series(ct_series_dir, tmp_path):
     """The first file is shown while the folder is scanned; the full series takes over its decoded pixels."""
     reading = ReadingSession()

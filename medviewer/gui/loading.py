@@ -61,6 +61,7 @@ class SeriesLoader(QObject):
         win.set_status(f"Reading {', '.join(Path(p).name for p in paths[:3])}{'…' if len(paths) > 3 else ''}")
         self.t_open, self.t_first_image = time.perf_counter(), None
         self.scanning = True
+        win.browser.observe(reading)  # the browser lists what the session announces (no-op once observing)
 
         def work(task: Task) -> Any:
             from medviewer.io import scan
@@ -123,8 +124,7 @@ class SeriesLoader(QObject):
         for p in paths:
             win.settings.add_recent(p)
         update_recent_menu(win)
-        new_keys = self.reading.add_scan(result)
-        win.browser.add_studies(studies)
+        new_keys = self.reading.add_scan(result)  # the browser observes its series_added events
         self._pending_thumbs += new_keys  # started once the first image is on screen
         msg = f"Opened {sum(len(s.series) for s in studies)} series"
         if skipped:
@@ -161,7 +161,7 @@ class SeriesLoader(QObject):
             return key, cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
 
         task = FnTask(work, "thumbnail")
-        task.signals.result.connect(lambda r: self.win.browser.set_thumbnail(*r))
+        task.signals.result.connect(lambda r: self.reading.set_thumbnail(*r))  # the browser observes it
         self.win.start(task)
 
     def load_series(self, key: str, vp: Any = None, keep: bool = False, activate: bool = True) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import shiboken6
 from PySide6.QtCore import QMimeData, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QColor,
@@ -33,7 +34,10 @@ from PySide6.QtWidgets import QWidget
 from medviewer.gui import theme
 from medviewer.gui.measure import Measurement, Shape, describe
 from medviewer.gui.overlays import corner_text, orientation_labels
+from medviewer.io import header
+from medviewer.io.enum import PixelSpacingSource, RescaleType
 from medviewer.workstation.overlay import AiOverlay
+from medviewer.workstation.session import Measurements
 from medviewer.workstation.viewport import ViewportModel, ViewState, nice_scale_length_mm
 
 __all__ = ["Viewport", "AiOverlay", "SERIES_MIME", "numpy_to_qimage", "rgb32_qimage"]
@@ -89,6 +93,7 @@ class Viewport(QWidget):
     """
 
     activated = Signal(object)  # self, on mouse press
+    measurementsChanged = Signal()  # the shown frame's measurements changed (here or in another viewport)
     frameChanged = Signal(int)
     windowChanged = Signal(float, float)  # centre, width
     cursorInfo = Signal(str)  # readout text for the status bar
@@ -105,7 +110,8 @@ class Viewport(QWidget):
         self.setAttribute(Qt.WA_OpaquePaintEvent)
         self.model = model if model is not None else ViewportModel()
         self.tool: Shape | None = None
-        self.measurements: dict[tuple[str, int], list[Measurement]] = {}
+        self._measurements: Measurements | None = None
+        self.measurements = Measurements()  # the window gives every viewport its reading session's
         self.show_overlays = True
         self.show_patient = True
         self.active = False
@@ -126,6 +132,30 @@ class Viewport(QWidget):
         m.frame_wanted.connect(self._on_model_wants)
         for sig in (m.source_changed, m.image_ready, m.view_changed, m.overlay_changed, m.links_changed):
             sig.connect(self._repaint)
+
+    # -- measurements (the reading session's, observed) -------------------------------------------------
+    @property
+    def measurements(self) -> Measurements:
+        """The :class:`~medviewer.workstation.session.Measurements` store this viewport draws from and adds to
+        (the reading session's, shared with the other viewports); the viewport repaints on its events for the
+        frame it shows. Assigning a store disconnects the previous one."""
+        return self._measurements
+
+    @measurements.setter
+    def measurements(self, store: Measurements) -> None:
+        old = self._measurements
+        if old is not None:
+            old.events.measurement_added.disconnect(self._on_measurement)
+            old.events.measurement_removed.disconnect(self._on_measurement)
+        self._measurements = store
+        store.events.measurement_added.connect(self._on_measurement)
+        store.events.measurement_removed.connect(self._on_measurement)
+        self.update()
+
+    def _on_measurement(self, uid: tuple[str, int], _m: Any) -> None:
+        if shiboken6.isValid(self) and uid == self.frame_uid():
+            self.update()
+            self.measurementsChanged.emit()
 
     # -- model events -------------------------------------------------------------------------------
     def _repaint(self, *_: Any) -> None:
@@ -338,18 +368,18 @@ class Viewport(QWidget):
                         tl = 7 if i in (0, 5, 10) else 4
                         p.drawLine(QPointF(tx, y + dx), QPointF(tx, y - tl + dx))
                 label = f"{length_mm:g} mm" if length_mm < 10 or length_mm % 10 else f"{length_mm / 10:g} cm"
-                if getattr(self.current_instance(), "pixel_spacing_source", None) == "ImagerPixelSpacing":
+                if getattr(self.current_instance(), "pixel_spacing_source", None) == PixelSpacingSource.IMAGER_PIXEL_SPACING:
                     label += " (detector)"  # Imager Pixel Spacing: size at the detector, not the patient
                 self._shadow_text(p, x0 - fm.horizontalAdvance(label) - 6, y + fm.ascent() / 2 - 2, label)
         inst = self.current_instance()
         if inst is None:
             return
         ds = getattr(inst, "dataset", None)
-        po = None
-        if ds is not None:
-            po = ds.get("PatientOrientation", None)
-        labels = orientation_labels(getattr(inst, "image_orientation_patient", None), po,
-                                    s.rotation, s.flip_h, s.flip_v)
+        frame = self.source.frames[s.frame][1] if self.source is not None and s.frame < len(self.source) else 0
+        # the header reader: this frame's Plane Orientation (per-frame over shared), else Patient Orientation
+        iop = header.image_orientation(ds, frame) or getattr(inst, "image_orientation_patient", None)
+        po = header.text(ds, "PatientOrientation").split("\\") if header.text(ds, "PatientOrientation") else None
+        labels = orientation_labels(iop, po, s.rotation, s.flip_h, s.flip_v)
         if not labels:
             return
         p.setFont(self._font(12, bold=True))
@@ -499,17 +529,18 @@ class Viewport(QWidget):
         self.update()
 
     def delete_measurements(self) -> None:
+        """Delete the measurements of the shown frame (in every viewport showing it) and the one being drawn."""
         uid = self.frame_uid()
         if uid is not None:
-            self.measurements.pop(uid, None)
+            self.measurements.remove(uid)
         self._drawing = None
         self.update()
 
     def add_measurement(self, m: Measurement) -> None:
+        """Add ``m`` (image pixel coordinates) to the shown frame; every viewport showing it repaints."""
         uid = self.frame_uid()
         if uid is not None:
-            self.measurements.setdefault(uid, []).append(m)
-            self.update()
+            self.measurements.add(uid, m)
 
     def set_ai(self, ai: AiOverlay | None) -> None:
         """Draw ``ai`` on its frame (None: no AI overlay)."""
@@ -605,20 +636,23 @@ class Viewport(QWidget):
         self.cursorInfo.emit(self.readout_text(r, c))
 
     def readout_text(self, r: int, c: int) -> str:
-        """``x, y``, stored value and modality value (HU on CT) of pixel (row r, col c)."""
+        """``x, y``, stored value and modality value of pixel (row r, col c): in HU when the header reader
+        decides Hounsfield Units (:func:`medviewer.io.header.rescale_units`), else ``value`` (with its unit
+        label, if any) when it differs from the stored value; the position in mm with pixel spacing."""
         stored = self.source.cached(self.state.frame) if self.source is not None else None
         if stored is None:
             return ""
         v = stored[r, c]
         if stored.ndim == 3:
             return f"x {c}  y {r}   RGB {tuple(int(a) for a in v)}"
-        inst = self.current_instance()
-        mv = float(self.source.pipeline(self.state.frame).modality_values(stored[r:r + 1, c:c + 1])[0, 0])
-        mod = str(getattr(inst, "modality", ""))
-        unit = "HU" if mod == "CT" else "value"
+        pipe = self.source.pipeline(self.state.frame)
+        mv = float(pipe.modality_values(stored[r:r + 1, c:c + 1])[0, 0])
+        hu = pipe.units == RescaleType.HU  # the header reader decides (Rescale Type, else CT): one rule
         text = f"x {c}  y {r}   stored {int(v)}"
-        if mv != float(v) or mod == "CT":
-            text += f"   {unit} {mv:.1f}" if unit == "value" else f"   {mv:.0f} HU"
+        if hu:
+            text += f"   {mv:.0f} HU"
+        elif mv != float(v):
+            text += f"   value {mv:.1f}{' ' + pipe.units.label if pipe.units.label else ''}"
         sp = self.spacing()
         if sp:
             text += f"   ({c * sp[1]:.1f}, {r * sp[0]:.1f}) mm"

@@ -9,7 +9,9 @@ logic lives outside the widgets). It holds
 * a one-image *preview* of a folder while its scan is still running (:meth:`ReadingSession.preview`), which
   the full series replaces when the scan ends -- the reader sees an image at once, not after every header of
   the folder has been read;
-* the measurements drawn on each frame, by (series key, frame index);
+* the measurements drawn on each frame, by (series key, frame index) (:class:`Measurements`: every viewport
+  showing a frame observes its ``measurement_added``/``measurement_removed`` events);
+* a thumbnail per series (:meth:`ReadingSession.set_thumbnail`), for the study browser;
 * AI results by :class:`PredictionKey` -- SOP Instance UID, frame number and the SHA-256 of the model that
   produced them, so a result is never shown as another model's.
 
@@ -28,6 +30,7 @@ Example
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -35,7 +38,11 @@ from psygnal import Signal, SignalGroup
 
 from medviewer.workstation.frames import FrameSource, frame_identity
 
-__all__ = ["ReadingSession", "SessionEvents", "PredictionKey", "PredictionEntry", "series_key"]
+__all__ = ["ReadingSession", "SessionEvents", "Measurements", "MeasurementEvents", "PredictionKey", "PredictionEntry",
+           "series_key"]
+
+#: a frame of the session: (series key, frame index from 0), as :meth:`ViewportModel.frame_uid` gives it
+FrameUid = tuple[str, int]
 
 
 def series_key(series: Any) -> str:
@@ -94,6 +101,72 @@ class SessionEvents(SignalGroup):
     series_added = Signal(str, object)  #: series key, its :class:`FrameSource` (new, or replacing a preview)
     preview_added = Signal(str, object)  #: series key, a one-image :class:`FrameSource` shown while scanning
     prediction_added = Signal(object)  #: a :class:`PredictionEntry`
+    thumbnail_added = Signal(str, object)  #: series key, its thumbnail (uint8 ``(h, w)`` or ``(h, w, 3)``)
+    measurement_added = Signal(object, object)  #: frame ``(series key, frame index)``, the measurement
+    measurement_removed = Signal(object, object)  #: frame ``(series key, frame index)``, the measurement
+
+
+class MeasurementEvents(SignalGroup):
+    """The events of a :class:`Measurements` store used on its own (a session's store uses :class:`SessionEvents`)."""
+
+    measurement_added = Signal(object, object)  #: frame ``(series key, frame index)``, the measurement
+    measurement_removed = Signal(object, object)  #: frame ``(series key, frame index)``, the measurement
+
+
+class Measurements(Mapping):
+    """Measurements by frame: ``(series key, frame index) -> [measurement, ...]`` (read-only mapping; a list
+    copy per frame), changed only through :meth:`add` and :meth:`remove`, which emit ``measurement_added`` /
+    ``measurement_removed`` on :attr:`events`. A measurement is any object (the GUI's
+    :class:`medviewer.gui.measure.Measurement`: shape and two points in image pixel coordinates).
+
+    Parameters
+    ----------
+    events
+        The group to emit on, with ``measurement_added`` and ``measurement_removed`` signals (the session's
+        :class:`SessionEvents`); default a new :class:`MeasurementEvents`.
+
+    Thread-safe; events are emitted in the thread that made the change, after the change.
+    """
+
+    def __init__(self, events: Any = None) -> None:
+        self.events = events if events is not None else MeasurementEvents()
+        self._by_frame: dict[FrameUid, list[Any]] = {}
+        self._lock = threading.RLock()
+
+    def __getitem__(self, uid: FrameUid) -> list[Any]:
+        with self._lock:
+            return list(self._by_frame[uid])
+
+    def __iter__(self) -> Iterator[FrameUid]:
+        with self._lock:
+            return iter(list(self._by_frame))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_frame)
+
+    def add(self, uid: FrameUid, measurement: Any) -> None:
+        """Add ``measurement`` to frame ``uid``; emits ``measurement_added(uid, measurement)``."""
+        uid = (str(uid[0]), int(uid[1]))
+        with self._lock:
+            self._by_frame.setdefault(uid, []).append(measurement)
+        self.events.measurement_added.emit(uid, measurement)
+
+    def remove(self, uid: FrameUid, measurement: Any = None) -> list[Any]:
+        """Remove ``measurement`` from frame ``uid`` (``None``: all of the frame's); returns what was removed
+        (empty when nothing matched) and emits ``measurement_removed(uid, m)`` for each."""
+        uid = (str(uid[0]), int(uid[1]))
+        with self._lock:
+            items = self._by_frame.get(uid, [])
+            gone = list(items) if measurement is None else [m for m in items if m is measurement]
+            kept = [m for m in items if all(m is not g for g in gone)]
+            if kept:
+                self._by_frame[uid] = kept
+            else:
+                self._by_frame.pop(uid, None)
+        for m in gone:
+            self.events.measurement_removed.emit(uid, m)
+        return gone
 
 
 class ReadingSession:
@@ -107,9 +180,11 @@ class ReadingSession:
         self.studies: list[Any] = []
         self.sources: dict[str, FrameSource] = {}
         self.previews: dict[str, FrameSource] = {}
-        #: measurements by (series key, frame index), shared by the viewports (each draws and edits those of
-        #: the frame it shows), so every viewport showing an image shows its measurements
-        self.measurements: dict[tuple[str, int], list[Any]] = {}
+        #: measurements by (series key, frame index); every viewport observes their events and draws those of
+        #: the frame it shows, so every viewport showing an image shows its measurements
+        self.measurements = Measurements(self.events)
+        #: thumbnails by series key (:meth:`set_thumbnail`)
+        self.thumbnails: dict[str, Any] = {}
         self._predictions: dict[PredictionKey, PredictionEntry] = {}
         self._lock = threading.RLock()
 
@@ -167,6 +242,13 @@ class ReadingSession:
         """The frame source of series ``key`` (the preview while its scan runs), or None."""
         with self._lock:
             return self.sources.get(key) or self.previews.get(key)
+
+    def set_thumbnail(self, key: str, image: Any) -> None:
+        """Keep ``image`` (uint8 ``(h, w)`` or ``(h, w, 3)``, a small rendering of series ``key``) as the series'
+        thumbnail; emits ``thumbnail_added``."""
+        with self._lock:
+            self.thumbnails[key] = image
+        self.events.thumbnail_added.emit(key, image)
 
     # -- AI results ------------------------------------------------------------------------------------
     @staticmethod
