@@ -1,9 +1,12 @@
 """The reading workstation (PySide6): the only part of MedViewer that imports Qt.
 
-Entry point: :func:`medviewer.gui.app.run_app`. Widgets stay thin and call the Qt-free APIs of
-:mod:`medviewer.io`, :mod:`medviewer.imaging`, :mod:`medviewer.inference`; the viewport's geometry,
-measurements, overlays and key bindings are Qt-free modules here too (``viewstate``, ``measure``,
-``overlays``, ``keybindings``).
+Entry point: :func:`medviewer.gui.app.run_app`. The widgets here are views: the application logic lives in
+the Qt-free :mod:`medviewer.workstation` (reading session, AI controller, viewport model with its view
+state and render cache, linking, the one AI overlay layer), whose psygnal events the widgets observe, and
+in :mod:`medviewer.io`, :mod:`medviewer.imaging`, :mod:`medviewer.inference`. Qt-free modules kept here:
+``measure`` (distance and ROI statistics), ``overlays`` (corner text, orientation labels) and
+``keybindings``; ``series`` and ``viewstate`` only re-export :mod:`medviewer.workstation.frames` and
+:mod:`medviewer.workstation.viewport` for old imports.
 
 Importing this package refuses a Qt binding known to crash the workstation (:func:`check_qt_bindings`).
 """

@@ -2,7 +2,7 @@
 
 Values are the modality values of the image (Hounsfield units on CT, after the modality LUT,
 DICOM PS3.3 C.11.1), so a ROI mean on CT reads in HU. Points are continuous image coordinates
-``(x, y)`` with the image spanning ``[0, W] x [0, H]`` (see :mod:`medviewer.gui.viewstate`).
+``(x, y)`` with the image spanning ``[0, W] x [0, H]`` (see :mod:`medviewer.workstation.viewport`).
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ class Viewport(QWidget):
 
     @property
     def source(self) -> Any:
-        """The :class:`~medviewer.gui.series.FrameSource` shown, or None."""
+        """The :class:`~medviewer.workstation.frames.FrameSource` shown, or None."""
         return self.model.source
 
     @property

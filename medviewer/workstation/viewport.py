@@ -294,7 +294,7 @@ def _same(a: Any, b: Any) -> bool:
 class ViewportModel:
     """One viewport's state, its VOI choice and current frame, a render cache, and events.
 
-    The frame source is any object with the :class:`medviewer.gui.series.FrameSource` interface
+    The frame source is any object with the :class:`medviewer.workstation.frames.FrameSource` interface
     (``len()``, ``cached(k)``, ``pipeline(k)``, ``spacing(k)``, ``instance(k)``, ``uid``); this module does
     not import it. Pixels are decoded elsewhere (worker threads); the model only reads the source's cache
     and says which frame it waits for (:attr:`frame_wanted`).
