@@ -38,6 +38,7 @@ from medviewer.gui.settings import LAYOUTS, Settings
 from medviewer.gui.viewport import Viewport
 from medviewer.gui.workers import Task
 from medviewer.workstation.ai import AiController
+from medviewer.workstation.audit_trail import AuditTrail
 from medviewer.workstation.session import PredictionEntry, ReadingSession
 
 __all__ = ["MainWindow"]
@@ -66,6 +67,7 @@ class MainWindow(QMainWindow):
     predictionShown = Signal(object)  # Prediction, after the panel updated
     firstImageShown = Signal()
     busyChanged = Signal(bool)
+    auditFailed = Signal(str)  # noqa: N815 - one line, from the audit trail's thread
 
     def __init__(self, settings: Settings | None = None, provider: str | None = None,
                  interactive: bool = True) -> None:
@@ -80,6 +82,9 @@ class MainWindow(QMainWindow):
         self._tasks: set[Task] = set()
         self.reading = ReadingSession()
         self.ai = AiController(self.reading, provider or self.settings.provider)
+        # audit trail: study opened, AI run (observed), results exported / sent (called); UIDs only, off-thread
+        self.auditFailed.connect(self.set_status)
+        self.audit = AuditTrail(self.reading, self.ai, on_error=self.auditFailed.emit)
         self.loader = SeriesLoader(self)
         self.force_auto_run = False  # --demo: run on open for this session without changing the setting
         self.errors: list[str] = []
@@ -393,7 +398,29 @@ class MainWindow(QMainWindow):
             self.error("Export failed", f"{path}: could not write the PNG (check the folder and permissions)")
             return False
         self.set_status(f"Exported {path}")
+        inst = self.active.current_instance()
+        self.audit.exported("png", [getattr(inst, "sop_instance_uid", "")], deidentified=False,
+                            detail={"overlays": bool(overlays), "patient_text": bool(patient and overlays)})
         return True
+
+    def export_results_dialog(self) -> None:
+        """AI > Export results as DICOM…: the active image's result as SR + SC into a folder (optionally
+        de-identified), written off the GUI thread."""
+        self._show_results_dialog(False)
+
+    def save_results_to_pacs(self) -> None:
+        """AI > Save results to PACS…: the active image's result as SR + SC stored on a saved node (optionally
+        de-identified), off the GUI thread, cancellable; a failure is one dialog."""
+        self._show_results_dialog(True)
+
+    def _show_results_dialog(self, to_pacs: bool) -> None:
+        from medviewer.gui.results_dialog import ResultsDialog
+
+        if self.prediction_for(self.active) is None:
+            self.set_status("No AI result for this image: run the model first")
+            return
+        self._results_dialog = ResultsDialog(self, to_pacs)
+        self._results_dialog.show()
 
     # ==== misc ========================================================================================
     def show_shortcuts(self) -> None:
@@ -425,6 +452,7 @@ class MainWindow(QMainWindow):
             t.cancel()
         self.ai.shutdown(timeout_ms / 1000)
         self.io_pool.waitForDone(timeout_ms)
+        self.audit.shutdown()
         self.settings.sync()
 
     def closeEvent(self, e: Any) -> None:  # noqa: N802

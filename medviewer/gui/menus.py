@@ -138,6 +138,9 @@ def build_menus(win: Any) -> None:
         group.addAction(act)
         win.provider_actions[name] = act
     ai.addSeparator()
+    _action(win, "Export results as DICOM…", win.export_results_dialog, ai)
+    _action(win, "Save results to PACS…", win.save_results_to_pacs, ai)
+    ai.addSeparator()
     _action(win, "Import model…", win.import_model_dialog, ai)
     _action(win, "Rescan models", win.load_models, ai)
     _action(win, "About MedViewer", win.show_about, win.menus["Help"])
