@@ -86,7 +86,7 @@ def _file_windows(ds: Dataset, frame: int = 0, notes: list[str] | None = None) -
     explanations = source.get("WindowCenterWidthExplanation", "")
     if isinstance(explanations, str):
         explanations = [explanations] * max(len(centers), 1)
-    function = VoiLutFunction.parse(source.get("VOILUTFunction", ""))
+    function = VoiLutFunction.parse(header.text(source, "VOILUTFunction"))
     windows = []
     for i, (c, w) in enumerate(zip(centers, widths, strict=False)):
         if c is None or w is None:
@@ -201,7 +201,7 @@ class DisplayPipeline:
             notes.append("shown with " + ("the next valid VOI LUT" if vois else "the file's valid window" if windows
                                           else "an automatic window (0.5-99.5th percentile)"))
         inverse = (inst.photometric_interpretation == PhotometricInterpretation.MONOCHROME1
-                   or PresentationLutShape.lookup(ds.get("PresentationLUTShape", "")) == PresentationLutShape.INVERSE)
+                   or PresentationLutShape.lookup(header.text(ds, "PresentationLUTShape")) == PresentationLutShape.INVERSE)
         identity = (not windows and not vois and mlut.is_identity and inst.bits_stored <= 8
                     and not signed and inst.bits_allocated <= 8)
         return cls(modality=inst.modality, modality_lut=mlut, windows=windows, voi_luts=vois,
