@@ -241,6 +241,14 @@ def test_settings_round_trip(qtbot, tmp_path):
     assert t.last_folder == str(tmp_path) and t.recent == ["/a", "/b"]
     with pytest.raises(ValueError):
         t.layout = "3x3"
+    # provider names are validated by the one enum (medviewer.providers.Provider.parse), case-insensitively
+    t.provider = " CUDA "
+    assert t.provider == "cuda"
+    with pytest.raises(ValueError, match="unknown provider 'tensorrt'; use auto, cuda or cpu"):
+        t.provider = "tensorrt"
+    t.q.setValue("ai/provider", "rocm")  # an unreadable saved value reads as auto
+    assert t.provider == "auto"
+    t.provider = "cpu"
     # the window restores them and saves its own changes
     win = _window(qtbot, t)
     assert win.layout_name() == "2x2" and sum(v.isVisibleTo(win) for v in win.viewports) == 4
