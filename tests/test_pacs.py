@@ -565,3 +565,55 @@ def test_infer_send_failure_and_option_errors(env, tmp_path, capsys):
         line = _one_line_error(capsys)
         assert msg in line, line
     assert not (tmp_path / "o2" / "results.json").exists()
+
+
+# -- the workstation's AI > Save results to PACS (Qt, offscreen) ----------------------------------------------
+def test_gui_save_results_to_pacs_and_failure_dialog(env, tmp_path, qtbot, monkeypatch):
+    from PySide6.QtCore import QSettings
+
+    from medviewer import audit
+    from medviewer.gui.main_window import MainWindow
+    from medviewer.gui.results_dialog import ResultsDialog
+    from medviewer.gui.settings import Settings
+
+    monkeypatch.setenv("MEDVIEWER_AUDIT_DIR", str(tmp_path / "audit"))
+    shown: list[str] = []
+    monkeypatch.setattr("medviewer.gui.dialogs.QMessageBox.critical",
+                        lambda parent, title, text: shown.append(f"{title}: {text}"))
+    assert main(["pacs", "add", "orthanc", env.dicomweb_url]) == 0
+    src = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))  # in Orthanc already (the session fixture)
+    win = MainWindow(Settings(QSettings(str(tmp_path / "mv.ini"), QSettings.IniFormat)), provider="cpu")
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.models_ready, timeout=30000)
+    win.panel.auto_run.setChecked(False)
+    win.open_paths([pydicom_test_file("CT_small.dcm")])
+    qtbot.waitUntil(lambda: win.active.has_image() and not win.loader.scanning, timeout=30000)
+    with qtbot.waitSignal(win.predictionShown, timeout=30000):
+        win.run_ai()
+
+    dlg = ResultsDialog(win, to_pacs=True)
+    assert dlg.node.findText("orthanc") >= 0  # the saved nodes are offered
+    dlg.node.setEditText("orthanc")
+    with qtbot.waitSignal(dlg.done_with, timeout=30000) as blocker:
+        assert dlg.start()
+    res = blocker.args[0]
+    qtbot.waitUntil(lambda: not dlg.running, timeout=30000)
+    assert not shown and len(res["stored"]) == 2 and not res["failed"]
+    with connect(env.dimse_url) as client:
+        listed = {r.sop_instance_uid: r.sop_class_uid for r in client.list_instances(str(src.StudyInstanceUID))}
+    sr_uid, sc_uid = res["sop_uids"]  # written in this order
+    assert {uid: listed.get(uid) for uid in res["stored"]} == {sr_uid: pydicom.uid.Comprehensive3DSRStorage,
+                                                               sc_uid: pydicom.uid.SecondaryCaptureImageStorage}
+    win.audit.wait()
+    sent = [r for r in audit.read() if r["action"] == "sent"][-1]
+    assert sent["detail"]["instances"] == 2 and sent["detail"]["destination"].startswith("http://127.0.0.1")
+    assert {"type": "study", "uid": str(src.StudyInstanceUID)} in sent["objects"]
+
+    # a node that does not answer: one dialog with one line, nothing stored, nothing hangs
+    dlg2 = ResultsDialog(win, to_pacs=True)
+    dlg2.node.setEditText(f"dicom://ORTHANCTEST@127.0.0.1:{free_port()}")
+    assert dlg2.start()
+    qtbot.waitUntil(lambda: not dlg2.running, timeout=30000)
+    assert len(shown) == 1 and "connection refused" in shown[0] and "\n" not in shown[0], shown
+    win.close()

@@ -167,7 +167,8 @@ class ResultsDialog(QDialog):
                 if self.to_pacs:
                     report = send_files(node, paths, cancel=lambda: task.cancelled,
                                         progress=lambda d, n: task.emit("progress", d + 1, n + 1))
-                    res.update(stored=report.stored, failed=report.failed, cancelled=report.cancelled)
+                    res.update(stored=report.stored, failed=report.failed, cancelled=report.cancelled,
+                               node=report.destination or node)
                 return res
             finally:
                 if folder is None:

@@ -55,12 +55,13 @@ def write_result_dicom(source: Any, k: int, entry: Any, out_dir: Path, *, deiden
 @dataclass
 class SendReport:
     """What :func:`send_files` did: SOP Instance UIDs stored, ``(file name, reason)`` per failure, the Study
-    Instance UIDs sent, and whether it was cancelled before the end."""
+    Instance UIDs sent, whether it was cancelled before the end, and the node's URL."""
 
     stored: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     study_uids: list[str] = field(default_factory=list)
     cancelled: bool = False
+    destination: str = ""  #: the node's URL (a saved name resolved; never credentials)
 
 
 def send_files(node: Any, paths: list[Path], *, aet: str = "MEDVIEWER", timeout: float = 30.0,
@@ -87,6 +88,7 @@ def send_files(node: Any, paths: list[Path], *, aet: str = "MEDVIEWER", timeout:
         if study and study not in report.study_uids:
             report.study_uids.append(study)
     with connect(node, aet=aet, timeout=timeout) as client:
+        report.destination = client.node.url
         for i, (name, ds) in enumerate(datasets):
             if cancel is not None and cancel():
                 report.cancelled = True
