@@ -493,3 +493,108 @@ def test_card_declaring_a_20k_dynamic_input_is_refused_before_allocating(tmp_pat
         Session(pkg, "cpu")
     with pytest.raises(ModelPackageError, match="exceeds the limit of 1,000"):
         ModelPackage.load(_dynamic_hw_package(tmp_path / "small2", 40))
+
+
+# --------------------------------------------------------------------------- infer memory: images in flight
+def test_score_instances_keeps_images_in_flight_under_the_sample_budget(model_dirs):
+    """With a budget of one image, decoding and postprocessing never overlap two images, and the results
+    are the same as with every image in flight at once."""
+    import threading
+
+    from onnx_models import make_package
+
+    from medviewer.imaging import display_image
+    from medviewer.inference import ModelPackage, open_session, score_instances
+
+    pkg = ModelPackage.load(make_package(model_dirs[1] / "m", height=32, width=32))
+    session = open_session(pkg, "cpu")
+    files = ["CT_small.dcm", "MR_small.dcm", "CT_small.dcm", "MR_small.dcm", "CT_small.dcm"]
+    instances = [read_instance(pydicom_test_file(name)) for name in files]
+    live: set[int] = set()
+    peak = [0]
+    lock = threading.Lock()
+
+    def render(inst):
+        with lock:
+            live.add(id(inst))
+            peak[0] = max(peak[0], len(live))
+        return display_image(inst)
+
+    def done(outcome):
+        with lock:
+            live.discard(id(instances[outcome.index]))
+
+    budget = 128 * 128  # CT_small's samples: one image at a time
+    bounded = score_instances(session, instances, batch_size=2, workers=3, render=render, progress=done,
+                              max_inflight_samples=budget)
+    assert peak[0] == 1 and [o.error for o in bounded] == [None] * 5
+    peak[0] = 0
+    free = score_instances(session, instances, batch_size=2, workers=3, render=render, progress=done)
+    assert peak[0] > 1  # the default budget lets small images overlap
+    assert [o.prediction.scores for o in bounded] == [o.prediction.scores for o in free]
+    assert all(o.prediction.cams.shape == (2, 0, 0) for o in bounded)  # CAMs dropped, as before
+
+
+def test_finish_without_cams_gives_the_same_result_one_map_at_a_time(model_dirs):
+    from onnx_models import make_package
+
+    from medviewer.imaging import display_image
+    from medviewer.inference import ModelPackage, open_session
+    from medviewer.inference.heatmap import normalize_cam
+
+    pkg = ModelPackage.load(make_package(model_dirs[1] / "m", height=32, width=32))
+    session = open_session(pkg, "cpu")
+    image = display_image(read_instance(pydicom_test_file("CT_small.dcm")))
+    prepared = session.prepare(image)
+    logits, cams, _ = session.run_all(prepared.x[None])
+    full = session.finish(prepared, logits[0], cams[0], regions="all")
+    lean = session.finish(prepared, logits[0], cams[0], regions="all", keep_cams=False)
+    raw = prepared.geometry.to_original(cams[0])
+    assert np.array_equal(full.cams, normalize_cam(raw))  # bit for bit what the (K, H, W) stack gave
+    assert full.cam_peaks == lean.cam_peaks == {lab: float(raw[i].max()) for i, lab in enumerate(full.labels)}
+    assert lean.cams.shape == (2, 0, 0) and lean.scores == full.scores
+    assert [(r.label, r.bbox, r.area_px) for r in lean.regions] == [(r.label, r.bbox, r.area_px) for r in full.regions]
+    assert full.regions  # the check compares something
+
+
+@pytest.mark.slow
+def test_infer_on_large_float_images_stays_within_one_image_in_flight(tmp_path):
+    """Four float32 4096 x 4096 images with a frame budget of 4096^2 samples: ``infer`` runs them one after
+    the other with one CAM at a time (peak RSS measured in a child process); before, all four were decoded
+    and postprocessed at once, with two full-size CAM stacks each."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    n = 4096
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(4):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = "1.2.3", "1.2.3.4", k + 1
+        ds.Modality, ds.PatientID = "OT", "FLOAT"
+        ds.Rows = ds.Columns = n
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated = 1, "MONOCHROME2", 32
+        ds.FloatPixelData = (np.sin(xx / n * 3 * (k + 1)) * np.cos(yy / n * 2) * 800 + 1000).astype(np.float32).tobytes()
+        ds.save_as(folder / f"float_{k}.dcm", enforce_file_format=True)
+    out = tmp_path / "out"
+    probe = (
+        "import resource, subprocess, sys, json;"
+        "r = subprocess.run([sys.executable, '-m', 'medviewer', 'infer', sys.argv[1], '--out', sys.argv[2],"
+        " '--quiet'], capture_output=True, text=True, timeout=300);"
+        "print(json.dumps({'rc': r.returncode, 'err': r.stderr[-2000:],"
+        " 'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+    )
+    env = {**os.environ, MAX_FRAME_PIXELS_ENV: str(n * n)}
+    proc = subprocess.run([sys.executable, "-c", probe, str(folder), str(out)], capture_output=True, text=True,
+                          timeout=360, cwd=REPO, env=env)
+    info = json.loads(proc.stdout)
+    assert info["rc"] == 0, info["err"]
+    doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [r["error"] for r in doc["results"]] == [None] * 4
+    # one image in flight: its float decode, its display image and one 4096^2 map at a time
+    assert info["maxrss_kib"] < 600 * 1024, info["maxrss_kib"]  # measured 0.31 GB; 0.85 GB before

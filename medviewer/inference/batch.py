@@ -30,8 +30,14 @@ from medviewer.errors import error_line
 from medviewer.inference.regions import DEFAULT_FRACTION
 from medviewer.inference.session import Prediction, Prepared, Session
 from medviewer.io.scan import Skipped
+from medviewer.limits import get_limits
 
-__all__ = ["FrameRef", "Outcome", "score_instances", "expand_frames"]
+__all__ = ["FrameRef", "Outcome", "score_instances", "expand_frames", "INFLIGHT_FRAMES"]
+
+#: images in flight (decoding, waiting for the network, postprocessing) are kept under this many
+#: maximum-size frames' samples: measured, ``medviewer infer`` on four float 8192 x 8192 images peaked at
+#: 3.5 GB with all four in flight and full-size CAM stacks; one at a time with one map per label, at 0.9 GB
+INFLIGHT_FRAMES = 1
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,15 @@ class Outcome:
         return self.error is None
 
 
+def _declared_samples(item: Any) -> int:
+    """Rows x Columns x Samples per Pixel that ``item`` (an instance or :class:`FrameRef`) declares; 0 unknown."""
+    inst = getattr(item, "instance", item)
+    try:
+        return max(0, int(inst.rows) * int(inst.columns) * max(1, int(getattr(inst, "samples_per_pixel", 1) or 1)))
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
 def _display(item) -> np.ndarray:
     from medviewer.imaging import check_not_blank, display_image
 
@@ -115,6 +130,7 @@ def score_instances(
     on_done: Callable[[Outcome, np.ndarray, Prediction], dict | None] | None = None,
     progress: Callable[[Outcome], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    max_inflight_samples: int | None = None,
 ) -> list[Outcome]:
     """Score ``instances`` (from :func:`medviewer.io.scan`; :class:`medviewer.io.Skipped` entries pass through as errors).
 
@@ -148,6 +164,12 @@ def score_instances(
         Called in the calling thread with each finished :class:`Outcome`, in input order.
     cancel
         Polled between batches; returning True stops the run (finished outcomes are returned).
+    max_inflight_samples
+        Memory bound: the declared samples (Rows x Columns x Samples per Pixel) of the images being
+        decoded, waiting for the network or postprocessed at one time; default :data:`INFLIGHT_FRAMES`
+        times ``max_frame_pixels`` (:mod:`medviewer.limits`, ``MEDVIEWER_MAX_FRAME_PIXELS``). Small images
+        flow as before; 8192 x 8192 ones go one after the other instead of ``workers`` at once. An image
+        is always admitted when nothing else is in flight.
 
     Returns
     -------
@@ -176,7 +198,7 @@ def score_instances(
                feats: np.ndarray | None, share: float, decode_s: float) -> Outcome:
         try:
             pred = session.finish(prepared, logits, cam, net_seconds=share, regions=regions, fraction=fraction,
-                                  min_area_px=min_area_px, features=feats)
+                                  min_area_px=min_area_px, features=feats, keep_cams=keep_cams or on_done is not None)
             if policy is not None:
                 policy(item, img, pred)
             out.seconds = decode_s + pred.seconds
@@ -191,44 +213,64 @@ def score_instances(
             out.error = error_line(exc)
         return out
 
+    budget = max(1, int(max_inflight_samples if max_inflight_samples is not None
+                        else INFLIGHT_FRAMES * get_limits().max_frame_pixels))
+    inflight: dict[int, int] = {}  # index -> declared samples, from admission until its outcome is final
     sources = iter(enumerate(instances))
+    upcoming: list[tuple[int, Any]] = []  # the next source, peeked at while the budget is full
     pending: deque[tuple[int, Any, Future | None]] = deque()
     post: deque[Future] = deque()
     prefetch = batch_size * 2 + workers
 
+    def settle(out: Outcome) -> None:
+        results[out.index] = out
+        inflight.pop(out.index, None)
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medviewer-infer") as pool:
         def refill() -> None:
             while len(pending) < prefetch:
-                try:
-                    i, inst = next(sources)
-                except StopIteration:
-                    return
+                if not upcoming:
+                    try:
+                        upcoming.append(next(sources))
+                    except StopIteration:
+                        return
+                i, inst = upcoming[0]
+                cost = 0 if isinstance(inst, Skipped) else _declared_samples(inst)
+                if inflight and sum(inflight.values()) + cost > budget:
+                    return  # admitted when earlier images are done (one always goes when none is in flight)
+                upcoming.pop()
+                inflight[i] = cost
                 pending.append((i, inst, None if isinstance(inst, Skipped) else pool.submit(load, inst)))
 
         def collect(block: bool) -> None:
             while post and (block or post[0].done()):
-                out = post.popleft().result()
-                results[out.index] = out
+                settle(post.popleft().result())
             emit_ready()
 
         refill()
         batch: list[tuple[Outcome, Any, np.ndarray, Prepared, float]] = []
         cancelled = False
-        while pending:
+        while pending or upcoming:
+            if not pending:  # the budget is held by images being postprocessed: wait for the oldest
+                if post:
+                    settle(post.popleft().result())
+                    emit_ready()
+                refill()
+                continue
             i, inst, fut = pending.popleft()
             refill()
             uid = getattr(inst, "sop_instance_uid", None) or None
             out = Outcome(i, Path(inst.path), uid, getattr(inst, "frame", None))
             if fut is None:
                 out.error = inst.reason
-                results[i] = out
+                settle(out)
             else:
                 try:
                     img, prepared, decode_s = fut.result()
                     batch.append((out, inst, img, prepared, decode_s))
                 except Exception as exc:
                     out.error = error_line(exc)
-                    results[i] = out
+                    settle(out)
             if batch and (len(batch) >= batch_size or not pending):
                 t0 = time.perf_counter()
                 try:
@@ -236,7 +278,7 @@ def score_instances(
                 except Exception as exc:
                     for b in batch:
                         b[0].error = error_line(exc)
-                        results[b[0].index] = b[0]
+                        settle(b[0])
                 else:
                     share = (time.perf_counter() - t0) / len(batch)
                     for k, (o, item, img, prepared, decode_s) in enumerate(batch):
@@ -246,6 +288,7 @@ def score_instances(
                 if cancel is not None and cancel():
                     cancelled = True
             collect(block=False)
+            refill()
             if cancelled:
                 for _, _, f in pending:
                     if f is not None:

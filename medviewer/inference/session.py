@@ -36,7 +36,6 @@ from medviewer.errors import InferenceError
 from medviewer.imaging.preprocess import ResizeGeometry, preprocess
 from medviewer.inference import _ort
 from medviewer.inference.card import ModelCard, Task
-from medviewer.inference.heatmap import normalize_cam
 from medviewer.inference.package import ModelPackage, input_size_problem
 from medviewer.inference.regions import DEFAULT_FRACTION, Region, find_regions
 from medviewer.providers import ExecutionProvider, Provider, short_name
@@ -318,12 +317,14 @@ class Session:
     def finish(self, prepared: Prepared, logits: np.ndarray, cam: np.ndarray, *, net_seconds: float = 0.0,
                regions: str | Sequence[str] = "flagged", fraction: float = DEFAULT_FRACTION,
                min_area_px: int | None = None, max_regions: int = 5,
-               features: np.ndarray | None = None) -> Prediction:
+               features: np.ndarray | None = None, keep_cams: bool = True) -> Prediction:
         """One image's logits ``(K,)``, CAMs ``(K, h, w)`` and features ``(D,)`` (optional) ->
         :class:`Prediction` on the original grid, with the OOD score when the package has a detector.
 
         ``regions``: ``"flagged"`` (default), ``"all"`` (every positive label), ``"none"``, or a list
-        of labels.
+        of labels. ``keep_cams=False`` leaves :attr:`Prediction.cams` empty, ``(K, 0, 0)`` (scores, peaks
+        and regions are the same): the maps are made on the original grid one label at a time and
+        dropped, so a large image costs one map (``H0 * W0 * 4`` bytes) instead of ``2 K`` of them.
 
         Raises
         ------
@@ -346,9 +347,6 @@ class Session:
         probs = probabilities(logits[None, :], self.card.task)[0]
         scores = {lab: float(p) for lab, p in zip(labels, probs, strict=True)}
         flagged = flag(scores, self.card)
-        raw = prepared.geometry.to_original(cam)
-        peaks = {lab: float(raw[i].max()) for i, lab in enumerate(labels)}
-        cams = normalize_cam(raw)
         if isinstance(regions, str):
             if regions == "flagged":
                 want = flagged
@@ -363,10 +361,28 @@ class Session:
             unknown = [w for w in want if w not in labels]
             if unknown:
                 raise ValueError(f"unknown labels {unknown}; the model's labels are {labels}")
-        found: list[Region] = []
-        for lab in want:
-            found += find_regions(cams[labels.index(lab)], lab, prepared.pixel_spacing, fraction=fraction,
-                                  min_area_px=min_area_px, max_regions=max_regions)
+        # one label's map on the original grid at a time (a (K, H0, W0) stack and its normalised copy of an
+        # 8192 x 8192 image were 1.1 GB per image): normalised in place, its regions found, kept or dropped
+        geom = prepared.geometry
+        cams = np.empty((len(labels), geom.orig_h, geom.orig_w), np.float32) if keep_cams else None
+        peaks: dict[str, float] = {}
+        by_label: dict[str, list[Region]] = {}
+        for i, lab in enumerate(labels):
+            if cams is None and lab not in want:
+                peaks[lab] = _raw_peak(geom, cam[i])
+                continue
+            full = geom.to_original(cam[i])
+            peaks[lab] = float(full.max())
+            _normalize_in_place(full)
+            if lab in want:
+                by_label[lab] = find_regions(full, lab, prepared.pixel_spacing, fraction=fraction,
+                                             min_area_px=min_area_px, max_regions=max_regions)
+            if cams is not None:
+                cams[i] = full
+            del full
+        found: list[Region] = [r for lab in want for r in by_label.get(lab, [])]
+        if cams is None:
+            cams = np.zeros((len(labels), 0, 0), np.float32)
         seconds = prepared.seconds + net_seconds + time.perf_counter() - t0
         return Prediction(labels, scores, flagged, cams, peaks, found, seconds, ood_score=ood_score, energy=energy)
 
@@ -412,6 +428,20 @@ class Session:
                                 min_area_px=min_area_px, features=None if feats is None else feats[i])
                     for i, p in enumerate(prepared)]
         return out
+
+
+def _normalize_in_place(full: np.ndarray) -> None:
+    """:func:`~medviewer.inference.heatmap.normalize_cam` of one float32 ``(H, W)`` map, in place (the same
+    float32 arithmetic as its ``(K, h, w)`` path, so the values are identical)."""
+    np.maximum(full, np.float32(0.0), out=full)
+    peak = full.max() if full.size else np.float32(0.0)
+    scale = np.float32(1.0) / np.maximum(peak, np.float32(1e-30)) if peak > 0 else np.float32(0.0)
+    full *= np.float32(scale)
+
+
+def _raw_peak(geom: ResizeGeometry, cam: np.ndarray) -> float:
+    """The maximum of ``cam`` mapped onto the original grid, without keeping that map."""
+    return float(geom.to_original(cam).max())
 
 
 _sessions: dict[tuple, Session] = {}
