@@ -363,8 +363,18 @@ def build_corpus(root: Path, seed: int = 14) -> list[Case]:
         suffix=".png")
     add("jpeg_bomb_65k", "raster", "error", lambda p: p.write_bytes(_jpeg_with_size(65_000, 65_000)), "limit",
         suffix=".jpg")
-    add("png_truncated", "raster", "error", lambda p: p.write_bytes(_png(64, 64)[:40]), suffix=".png",
-        stage="pixels")
+    add("png_truncated", "raster", "error", lambda p: p.write_bytes(_png(64, 64)[:40]), suffix=".png")
+
+    def cut_raster(path: Path, ext: str, fraction: float) -> None:  # a real image, its end cut off
+        import cv2
+
+        ok, buf = cv2.imencode(ext, (np.add.outer(np.arange(300), np.arange(200)) % 251).astype(np.uint8))
+        assert ok
+        path.write_bytes(buf.tobytes()[: int(buf.size * fraction)])
+    add("png_cut_in_idat", "raster", "error", lambda p: cut_raster(p, ".png", 0.7), "truncated", suffix=".png")
+    add("jpeg_cut_in_scan", "raster", "error", lambda p: cut_raster(p, ".jpg", 0.6), "truncated", suffix=".jpg")
+    add("jpeg_cut_before_eoi", "raster", "error", lambda p: cut_raster(p, ".jpg", 0.999), "truncated",
+        suffix=".jpg")
     add("png_no_ihdr", "raster", "error", lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40),
         suffix=".png")
     add("jpeg_only_soi", "raster", "error", lambda p: p.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF"), suffix=".jpg")

@@ -598,3 +598,22 @@ def test_infer_on_large_float_images_stays_within_one_image_in_flight(tmp_path):
     assert [r["error"] for r in doc["results"]] == [None] * 4
     # one image in flight: its float decode, its display image and one 4096^2 map at a time
     assert info["maxrss_kib"] < 600 * 1024, info["maxrss_kib"]  # measured 0.31 GB; 0.85 GB before
+
+
+def test_info_lists_cut_rasters_as_truncated_and_render_refuses_them(tmp_path):
+    import cv2
+
+    image = (np.add.outer(np.arange(300), np.arange(200)) % 251).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "whole.png"), image)
+    for ext, fraction in ((".png", 0.8), (".jpg", 0.5)):
+        ok, buf = cv2.imencode(ext, image)
+        (tmp_path / f"cut{ext}").write_bytes(buf.tobytes()[: int(buf.size * fraction)])
+    code, out, err = run_cli("info", tmp_path, "--json")
+    assert code == 0, err
+    skipped = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in json.loads(out)["skipped"]}
+    assert skipped == {"cut.png": "truncated: no PNG IEND chunk at the end of the file",
+                       "cut.jpg": "truncated: no JPEG end-of-image marker (FFD9) at the end of the file"}
+    for name in ("cut.png", "cut.jpg"):
+        code, _, err = run_cli("render", tmp_path / name, "--out", tmp_path / "x.png")
+        assert code == 1 and err.strip().splitlines() == [
+            f"medviewer: error: {tmp_path / name}: {skipped[name]}"]

@@ -430,10 +430,42 @@ def _raster_header(path: Path, kind: str) -> tuple[int, int, int, int] | None:
                 samples = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}.get(color_type)
                 if samples is None:
                     return None
+                _check_raster_end(path, fp, kind, 33)
                 return height, width, samples, 8 if color_type == 3 else bits
-            return _jpeg_header(fp, os.fstat(fp.fileno()).st_size)
+            header = _jpeg_header(fp, os.fstat(fp.fileno()).st_size)
+            if header is not None:
+                _check_raster_end(path, fp, kind, fp.tell())
+            return header
     except OSError as exc:
         raise ReadError(path, os_error_reason(exc)) from None
+
+
+#: how far from the end of a PNG/JPEG file its end marker is looked for (writers may pad a little)
+_TAIL_BYTES = 4096
+_PNG_IEND = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC (PNG spec 11.2.5)
+_JPEG_EOI = b"\xff\xd9"  # end of image (ITU T.81 B.1.1.3); never inside entropy-coded data (FF is stuffed)
+
+
+def _check_raster_end(path: Path, fp: Any, kind: str, after: int) -> None:
+    """Refuse a PNG without its IEND chunk, or a JPEG without its EOI marker after the SOF, in the last
+    :data:`_TAIL_BYTES`: the file was cut. A cheap check (one read at the end) that lets the header-only
+    readers (``medviewer info``, the folder scan) call a truncated raster truncated; decoders fill the
+    missing rows with grey or black, or refuse only when decoding.
+
+    Raises
+    ------
+    ReadError
+        ``truncated: no PNG IEND chunk at the end`` / ``truncated: no JPEG end-of-image marker (FFD9) ...``.
+    """
+    size = os.fstat(fp.fileno()).st_size
+    start = max(after, size - _TAIL_BYTES)
+    fp.seek(start)
+    tail = fp.read(size - start)
+    if kind == FileKind.PNG:
+        if _PNG_IEND not in tail:
+            raise ReadError(path, "truncated: no PNG IEND chunk at the end of the file")
+    elif _JPEG_EOI not in tail:
+        raise ReadError(path, "truncated: no JPEG end-of-image marker (FFD9) at the end of the file")
 
 
 def _read_raster_instance(path: Path, kind: str) -> Instance:
