@@ -180,7 +180,7 @@ def test_png_and_jpeg_variants(tmp_path):
     assert (inst.rows, inst.columns, inst.samples_per_pixel, inst.modality) == (16, 16, 1, "OT")
     np.testing.assert_array_equal(inst.stored_pixels(), cv2.imread(str(tmp_path / "g.jpg"), cv2.IMREAD_UNCHANGED))
     (tmp_path / "cut.png").write_bytes((tmp_path / "rgb16.png").read_bytes()[:40])
-    with pytest.raises(ReadError, match="corrupt or truncated"):
+    with pytest.raises(ReadError, match="truncated"):
         read_instance(tmp_path / "cut.png").stored_pixels()
 
 
