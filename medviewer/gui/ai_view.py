@@ -16,6 +16,7 @@ from PySide6.QtCore import QObject, Signal
 
 from medviewer.export.overlay import overlay_label
 from medviewer.gui.viewport import AiOverlay
+from medviewer.providers import short_name
 from medviewer.workstation.ai import AiController
 from medviewer.workstation.intended_use import findings_withheld
 from medviewer.workstation.intended_use import show_anyway as override_intended_use
@@ -164,7 +165,7 @@ class AiView(QObject):
 
     def _on_prediction(self, entry: PredictionEntry) -> None:
         win, pred = self.win, entry.prediction
-        win.provider_label.setText(f"AI: {entry.provider.removesuffix('ExecutionProvider')} · {pred.seconds * 1000:.0f} ms")
+        win.provider_label.setText(f"AI: {short_name(entry.provider).upper()} · {pred.seconds * 1000:.0f} ms")
         self.last_result_line = entry.summary()
         win.set_status(self.last_result_line)
         self.sync()
@@ -211,8 +212,9 @@ class AiView(QObject):
         for vp in self.win.viewports:
             entry = self.entry_for(vp)
             if entry is None:
-                if vp.ai is not None:
-                    vp.set_ai(None)
+                sr = self._sr_overlay(vp)  # regions of an AI report (DICOM SR) on this image, if any
+                if sr is not None or vp.ai is not None:
+                    vp.set_ai(sr)
                 continue
             pred = entry.prediction
             silent = findings_withheld(pred.applicability)  # out of scope: no heat map, no regions
@@ -221,6 +223,19 @@ class AiView(QObject):
             vp.set_ai(AiOverlay(vp.frame_uid(), pred, list(pred.labels), list(pred.flagged),
                                 panel.heatmap_on() and not silent, panel.opacity_value(), panel.colormap(), label,
                                 panel.regions_check.isChecked() and not silent))
+
+    def _sr_overlay(self, vp: Any) -> AiOverlay | None:
+        """The regions of the opened AI reports (TID 1500 SR) on ``vp``'s frame as an overlay (outlines and
+        tags, no heat map), or None."""
+        reports = getattr(self.win, "sr_reports", None)
+        uid = vp.frame_uid()
+        if not reports or vp.source is None or uid is None:
+            return None
+        inst, frame = vp.source.frames[vp.state.frame]
+        pred = reports.overlay_prediction(str(getattr(inst, "sop_instance_uid", "") or ""), frame)
+        if pred is None:
+            return None
+        return AiOverlay(uid, pred, pred.labels, pred.flagged, False, 0.0, "jet", 0, True)
 
     def show_anyway(self) -> None:
         """The reader's override for the active image's out-of-scope result: show the withheld findings, heat map

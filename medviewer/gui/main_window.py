@@ -137,6 +137,13 @@ class MainWindow(QMainWindow):
         self.panel.cardRequested.connect(self.show_model_card)
         self.ai_dock = self._dock("AI", "ai", scrollable(self.panel), Qt.RightDockWidgetArea)
         self.resizeDocks([self.browser_dock, self.ai_dock], [230, 340], Qt.Horizontal)
+        from medviewer.gui.sr_view import SrPanel
+        from medviewer.workstation.sr_reports import SrReports
+
+        self.sr_reports = SrReports()  # AI reports (TID 1500 SR) found among the opened files
+        self.sr_panel = SrPanel()
+        self.sr_panel.findingActivated.connect(self.show_sr_finding)
+        self.sr_dock = self._dock("AI reports (SR)", "sr", self.sr_panel, Qt.RightDockWidgetArea)
 
     def _build_status(self) -> None:
         sb = self.statusBar()
@@ -276,8 +283,37 @@ class MainWindow(QMainWindow):
         self._pacs_dialog.show()
 
     def open_paths(self, paths: list[str]) -> None:
-        """Scan files/folders in a worker, add their studies and show the first new series (see :class:`SeriesLoader`)."""
+        """Scan files/folders in a worker, add their studies and show the first new series (see :class:`SeriesLoader`);
+        AI reports (TID 1500 SR) among them are listed in the SR dock and drawn on their images."""
         self.loader.open_paths(paths)
+        self._find_sr_reports(list(paths))
+
+    def _find_sr_reports(self, paths: list[str]) -> None:
+        from medviewer.gui.workers import FnTask
+        from medviewer.workstation.sr_reports import find_sr_reports
+
+        task = FnTask(lambda t: find_sr_reports(paths, cancel=lambda: t.cancelled), "SR reports")
+        task.signals.result.connect(self._on_sr_reports)
+        self.start(task)
+
+    def _on_sr_reports(self, reports: list) -> None:
+        new = self.sr_reports.add(reports)
+        if new:
+            self.sr_panel.add_reports(new)
+            self.set_status(f"{len(new)} AI report{'s' * (len(new) != 1)} (DICOM SR) found")
+            self.ai_view.update_layers()
+
+    def show_sr_finding(self, sop_instance_uid: str, frame: int) -> None:
+        """Show the image a report's finding refers to (frame from 0) in the active viewport."""
+        for key, src in self.reading.sources.items():
+            for k, (inst, f) in enumerate(src.frames):
+                if str(getattr(inst, "sop_instance_uid", "")) == sop_instance_uid and f == max(frame, 0):
+                    if self.active.source_key != key:
+                        self.load_series(key, self.active)
+                    self.active.set_frame(k)
+                    self.ai_view.update_layers()
+                    return
+        self.set_status("The image this finding refers to is not open")
 
     def load_series(self, key: str, vp: Viewport | None = None) -> None:
         """Show series ``key`` in ``vp`` (default: the active viewport) from its first image; prefetch its frames."""
