@@ -29,13 +29,28 @@ from PySide6.QtWidgets import (
 from medviewer.gui import theme
 from medviewer.gui.keybindings import shortcut_table
 
-__all__ = ["show_error", "ModelCardDialog", "TagBrowser", "ShortcutsDialog", "ExportDialog", "card_html"]
+__all__ = ["show_error", "batch_message_box", "ModelCardDialog", "TagBrowser", "ShortcutsDialog", "ExportDialog", "card_html"]
 
 
 def show_error(parent: QWidget | None, title: str, reason: str) -> None:
     """A modal error dialog with a one-line reason (the app goes on afterwards)."""
     line = (reason or "unknown error").strip().splitlines()[0]
     QMessageBox.critical(parent, title, line)
+
+
+def batch_message_box(parent: QWidget | None, title: str, line: str, details: list[str],
+                      warning: bool = False) -> QMessageBox:
+    """One dialog for a batch of failures (a folder with many bad files): a one-line summary and, under
+    "Show Details...", one ``file: reason`` line per failure. Window-modal but not blocking (``open()``):
+    the caller gets the box back (tests read and close it) and the app goes on at once.
+    """
+    box = QMessageBox(QMessageBox.Warning if warning else QMessageBox.Critical, title,
+                      (line or "unknown error").strip().splitlines()[0], QMessageBox.Ok, parent)
+    if details:
+        box.setDetailedText("\n".join(d.strip().splitlines()[0] if d.strip() else d for d in details))
+    box.setAttribute(Qt.WA_DeleteOnClose)
+    box.open()
+    return box
 
 
 def _fmt(v: Any, pct: bool = False) -> str:

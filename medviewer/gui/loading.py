@@ -10,18 +10,33 @@ wanted frame first; thumbnails start once the first image is on screen.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import cv2
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QObject, QTimer
 
+from medviewer.gui.dialogs import batch_message_box
 from medviewer.gui.menus import update_recent_menu
-from medviewer.gui.workers import FnTask, PrefetchTask, Task
+from medviewer.gui.workers import FnTask, PrefetchTask, Task, warm_imports
 from medviewer.workstation.session import series_key
 
-__all__ = ["SeriesLoader"]
+__all__ = ["SeriesLoader", "failure_lines"]
+
+#: decode failures of several series arriving within this many ms are reported in one dialog
+DECODE_FAILURES_COALESCE_MS = 300
+
+
+def failure_lines(skipped: list[Any]) -> list[str]:
+    """``name: reason`` per skipped file (a scan's :class:`~medviewer.io.scan.Skipped`), printable (a
+    non-UTF-8 file name is shown with backslash escapes)."""
+    out = []
+    for s in skipped:
+        name = str(s.path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        out.append(f"{name}: {s.reason}")
+    return out
 
 
 class SeriesLoader(QObject):
@@ -35,10 +50,16 @@ class SeriesLoader(QObject):
         Seconds from the last :meth:`open_paths` to its first image on screen (None until then).
     prefetchers
         The :class:`PrefetchTask` of each series key.
+    batch_dialog
+        The last dialog listing a batch of failures (:func:`~medviewer.gui.dialogs.batch_message_box`), or None.
+    warnings
+        One-line warnings reported (files skipped from an otherwise opened folder).
     """
 
     def __init__(self, win: Any) -> None:
         super().__init__(win)
+        # the window creates its loader before its first worker (the model scan): import what workers use now
+        self.warm_seconds = warm_imports()
         self.win = win
         self.reading = win.reading
         self.prefetchers: dict[str, PrefetchTask] = {}
@@ -48,6 +69,13 @@ class SeriesLoader(QObject):
         self._first_image_pending = False
         self._reported: set[str] = set()
         self._pending_thumbs: list[str] = []
+        self.batch_dialog: Any = None
+        self.warnings: list[str] = []
+        self._decode_failures: list[str] = []
+        self._decode_timer = QTimer(self)
+        self._decode_timer.setSingleShot(True)
+        self._decode_timer.setInterval(DECODE_FAILURES_COALESCE_MS)
+        self._decode_timer.timeout.connect(self._flush_decode_failures)
 
     def open_paths(self, paths: list[str]) -> None:
         """Scan files/folders in a worker, add their studies and show the first new series. A single folder's
@@ -118,8 +146,13 @@ class SeriesLoader(QObject):
         win.progress.setVisible(False)
         studies, skipped = list(result.studies), list(result.skipped)
         if not studies:
-            reason = f"{skipped[0].path}: {skipped[0].reason}" if skipped else "no DICOM, PNG or JPEG image found"
-            win.error("Could not open", reason)
+            if len(skipped) > 1:  # one dialog for the batch, every file listed under its details
+                where = paths[0] if len(paths) == 1 else f"{len(paths)} items"
+                self._report_batch("Could not open", f"{where}: no readable image; {len(skipped)} files could not "
+                                                     f"be opened, e.g. {failure_lines(skipped)[0]}", skipped)
+            else:
+                reason = failure_lines(skipped)[0] if skipped else "no DICOM, PNG or JPEG image found"
+                win.error("Could not open", reason)
             return
         for p in paths:
             win.settings.add_recent(p)
@@ -128,7 +161,10 @@ class SeriesLoader(QObject):
         self._pending_thumbs += new_keys  # started once the first image is on screen
         msg = f"Opened {sum(len(s.series) for s in studies)} series"
         if skipped:
-            msg += f"; skipped {len(skipped)} file(s), e.g. {Path(str(skipped[0].path)).name}: {skipped[0].reason}"
+            first = failure_lines([type(skipped[0])(Path(skipped[0].path.name), skipped[0].reason)])[0]
+            msg += f"; skipped {len(skipped)} file(s), e.g. {first}"
+            self._report_batch("Some files could not be opened", f"{len(skipped)} file(s) could not be opened and "
+                               f"were skipped, e.g. {first}", skipped, warning=True)
         win.set_status(msg)
         keys = new_keys or [series_key(studies[0].series[0])]
         # first series into the active viewport, further ones into the other visible empty viewports
@@ -223,9 +259,39 @@ class SeriesLoader(QObject):
             vp.update()
         if shown and key not in self._reported:
             self._reported.add(key)
-            self.win.error("Could not decode image", reason)
+            self._decode_failures.append(reason)  # several series failing at once: one dialog
+            if not self._decode_timer.isActive():
+                self._decode_timer.start()
         else:
             self.win.set_status(f"Image {k + 1}: {reason}")
+
+    def _flush_decode_failures(self) -> None:
+        failures, self._decode_failures = self._decode_failures, []
+        if len(failures) == 1:
+            self.win.error("Could not decode image", failures[0])
+        elif failures:
+            self._report_batch("Could not decode images", f"{len(failures)} images could not be decoded, e.g. "
+                                                          f"{failures[0]}", failures)
+
+    def _report_batch(self, title: str, line: str, failures: list[Any], warning: bool = False) -> None:
+        """One report for a batch of failures: a dialog with the summary ``line`` and every failure under its
+        details (stderr in non-interactive runs). An error (``warning=False``) is recorded in the window's
+        ``errors`` as :meth:`MainWindow.error` does; a warning (some files of an opened folder) in :attr:`warnings`."""
+        win = self.win
+        details = [f if isinstance(f, str) else failure_lines([f])[0] for f in failures]
+        (self.warnings if warning else win.errors).append(line)
+        win.set_status(f"{title}: {line}")
+        if getattr(win, "interactive", True):
+            if self.batch_dialog is not None:
+                try:
+                    self.batch_dialog.close()  # a newer batch replaces the last one: never a pile of dialogs
+                except RuntimeError:  # already deleted on close
+                    pass
+            self.batch_dialog = batch_message_box(win, title, line, details, warning=warning)
+        else:
+            print(f"medviewer: {'warning' if warning else title}: {line}", file=sys.stderr)
+            for d in details:
+                print(f"  {d}", file=sys.stderr)
 
     def _after_image_shown(self, vp: Any) -> None:
         if self._first_image_pending and vp.has_image():

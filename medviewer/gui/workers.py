@@ -8,6 +8,8 @@ check point and its result is never delivered.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -17,7 +19,57 @@ from PySide6.QtCore import QObject, QRunnable, Signal
 
 from medviewer.errors import MedViewerError, error_line
 
-__all__ = ["TaskSignals", "Task", "FnTask", "PrefetchTask"]
+__all__ = ["TaskSignals", "Task", "FnTask", "PrefetchTask", "WORKER_MODULES", "warm_imports", "DEBUG_ENV"]
+
+#: set to print the traceback of an unexpected error in a worker task (by default: one line on stderr)
+DEBUG_ENV = "MEDVIEWER_DEBUG"
+
+#: what the worker threads use (scan, decoding, thumbnails; the AI controller's model scan, validation,
+#: sessions, scoring, intended use). Imported on the GUI thread before the first worker starts: Python
+#: imports one module at a time per module lock, and two threads importing modules that import each other
+#: can see a partially initialised module (``ImportError: cannot import name 'import_string' from
+#: partially initialized module 'pydantic._internal._validators'`` once showed as "Model not loaded").
+WORKER_MODULES = (
+    "numpy", "numpy.random", "numpy.ma", "cv2", "pydicom", "pydantic", "platformdirs", "pwd",
+    "medviewer.io", "medviewer.io.scan", "medviewer.imaging", "medviewer.workstation.frames",
+    "medviewer.inference.card", "medviewer.inference.ood", "medviewer.inference.package",
+    "medviewer.inference.registry", "medviewer.inference.session", "medviewer.inference.batch",
+    "medviewer.inference.heatmap", "medviewer.inference.regions", "medviewer.workstation.intended_use",
+    "medviewer.export.dicom_ai",  # reading a study's AI results (DICOM SR) from a worker
+)
+_warm_lock = threading.Lock()
+_warmed = False
+
+
+def warm_imports() -> float:
+    """Import :data:`WORKER_MODULES` and onnxruntime (through :mod:`medviewer.inference._ort`, which sets its
+    log level) in the calling thread -- the GUI thread, before any worker starts. Idempotent; returns the
+    seconds it took (about 0.4 s on the first call, 0 afterwards).
+
+    A module that fails to import (e.g. onnxruntime missing) is left for the worker that needs it to
+    report as a one-line error; nothing is raised here.
+    """
+    global _warmed
+    import importlib
+    import time
+
+    t0 = time.perf_counter()
+    with _warm_lock:
+        if _warmed:
+            return 0.0
+        for name in WORKER_MODULES:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # reported by the worker that needs it
+                pass
+        try:
+            from medviewer.inference._ort import _onnxruntime
+
+            _onnxruntime()
+        except ImportError:
+            pass
+        _warmed = True
+    return time.perf_counter() - t0
 
 
 class TaskSignals(QObject):
@@ -73,8 +125,12 @@ class Task(QRunnable):
         except Task.Cancelled:
             pass
         except Exception as exc:  # reported as a one-line reason; the app goes on
-            if not isinstance(exc, MedViewerError):
-                traceback.print_exc()
+            if not isinstance(exc, MedViewerError):  # unexpected: one line on stderr, the trace when debugging
+                if os.environ.get(DEBUG_ENV):
+                    traceback.print_exc()
+                else:
+                    print(f"medviewer: internal error in the {self.name} task: {error_line(exc)} "
+                          f"(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
             if not self.cancelled:
                 self.emit("failed", error_line(exc))
         else:
