@@ -32,11 +32,12 @@ DECODE_FAILURES_COALESCE_MS = 300
 def failure_lines(skipped: list[Any]) -> list[str]:
     """``name: reason`` per skipped file (a scan's :class:`~medviewer.io.scan.Skipped`), printable (a
     non-UTF-8 file name is shown with backslash escapes)."""
-    out = []
-    for s in skipped:
-        name = str(s.path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        out.append(f"{name}: {s.reason}")
-    return out
+    return [f"{_printable(str(s.path))}: {s.reason}" for s in skipped]
+
+
+def _printable(name: str) -> str:
+    """``name`` with the bytes of a non-UTF-8 file name as backslash escapes (Qt and stderr need UTF-8)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class SeriesLoader(QObject):
@@ -161,7 +162,7 @@ class SeriesLoader(QObject):
         self._pending_thumbs += new_keys  # started once the first image is on screen
         msg = f"Opened {sum(len(s.series) for s in studies)} series"
         if skipped:
-            first = failure_lines([type(skipped[0])(Path(skipped[0].path.name), skipped[0].reason)])[0]
+            first = f"{_printable(Path(str(skipped[0].path)).name)}: {skipped[0].reason}"
             msg += f"; skipped {len(skipped)} file(s), e.g. {first}"
             self._report_batch("Some files could not be opened", f"{len(skipped)} file(s) could not be opened and "
                                f"were skipped, e.g. {first}", skipped, warning=True)
