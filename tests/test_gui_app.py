@@ -509,6 +509,7 @@ def test_results_are_kept_per_model(qtbot, settings, model_dir):
     _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
     with qtbot.waitSignal(win.predictionShown, timeout=TIMEOUT):
         win.run_ai()
+    qtbot.waitUntil(win.is_idle, timeout=TIMEOUT)  # the run's `finished` event re-syncs the panel: let it land first
     first = win.prediction_for(win.active)
     assert first.package.card.name == "test-cam"
     combo = win.panel.model_combo
