@@ -317,6 +317,24 @@ def test_reading_session_preview_then_full_series(ct_series_dir, tmp_path):
     assert reading.preview(read_instance(next(ct_series_dir.glob("*.dcm"))))[1] is full
 
 
+def test_more_files_of_an_open_series_join_it_in_slice_order(ct_series_dir):
+    """Opening a file of a series that is already open adds it to that series (ordered by position, decoded
+    pixels kept) instead of showing the open series without it."""
+    reading = ReadingSession()
+    files = sorted(ct_series_dir.glob("*.dcm"))
+    (key,) = reading.add_scan(scan(files[:5]))
+    first = reading.sources[key]
+    first.decode(0)
+    assert reading.add_scan(scan([files[60]])) == [key]
+    merged = reading.sources[key]
+    assert merged is not first and len(merged) == 6
+    assert {i.path.name for i in merged.instances} == {f.name for f in files[:5]} | {files[60].name}
+    z = [float(i.image_position_patient[2]) for i in merged.instances]
+    assert z == sorted(z) or z == sorted(z, reverse=True)  # the new slice sits at its position
+    assert merged.cached(merged.index_of(first.instance(0))) is first.cached(0)
+    assert reading.add_scan(scan([files[60]])) == [] and reading.sources[key] is merged
+
+
 def test_frame_identity_and_adopt_on_multiframe():
     path = pydicom_test_file("emri_small.dcm")  # MR, 10 frames
     a, b = _source(path), _source(path)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FrameSource", "valid_spacing", "frame_identity"]
+__all__ = ["FrameSource", "valid_spacing", "frame_identity", "instance_identity"]
 
 
 def valid_spacing(spacing: Any) -> tuple[float, float] | None:
@@ -119,9 +119,9 @@ class FrameSource:
     def index_of(self, instance: Any, frame: int = 0) -> int | None:
         """Index ``k`` of ``(instance, frame)`` in display order, matched by SOP Instance UID (else by path);
         None when the series does not hold it."""
-        want = _identity(instance)
+        want = instance_identity(instance)
         for k, (inst, f) in enumerate(self.frames):
-            if f == frame and _identity(inst) == want:
+            if f == frame and instance_identity(inst) == want:
                 return k
         return None
 
@@ -146,7 +146,8 @@ class FrameSource:
         return n
 
 
-def _identity(inst: Any) -> str:
+def instance_identity(inst: Any) -> str:
+    """The SOP Instance UID of ``inst`` (``"file:<path>"`` for a PNG/JPEG, which has none)."""
     return str(getattr(inst, "sop_instance_uid", "") or f"file:{getattr(inst, 'path', '')}")
 
 
@@ -155,4 +156,4 @@ def frame_identity(source: FrameSource, k: int) -> tuple[str, int]:
     or a measurement belongs to, whichever series or viewport shows it (a PNG/JPEG has no SOP Instance UID:
     ``"file:<path>"`` stands for it)."""
     inst, f = source.frames[k]
-    return _identity(inst), int(f)
+    return instance_identity(inst), int(f)

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 from psygnal import Signal, SignalGroup
 
-from medviewer.workstation.frames import FrameSource, frame_identity
+from medviewer.workstation.frames import FrameSource, frame_identity, instance_identity
 
 __all__ = ["ReadingSession", "SessionEvents", "Measurements", "MeasurementEvents", "PredictionKey", "PredictionEntry",
            "series_key"]
@@ -223,7 +223,13 @@ class ReadingSession:
                     opened.append(st)
                 for se in st.series:
                     key = series_key(se)
-                    if key in self.sources:
+                    old = self.sources.get(key)
+                    if old is not None:  # more instances of an open series: one series with all of them
+                        merged = self._merged(old, se)
+                        if merged is not None:
+                            self.sources[key] = merged
+                            new.append(key)
+                            added.append((key, merged))
                         continue
                     src = FrameSource(list(se.instances), se)
                     pre = self.previews.pop(key, None)
@@ -237,6 +243,21 @@ class ReadingSession:
         for key, src in added:
             self.events.series_added.emit(key, src)
         return new
+
+    @staticmethod
+    def _merged(old: FrameSource, series: Any) -> FrameSource | None:
+        """``old`` plus the instances of ``series`` it lacks (by SOP Instance UID), re-ordered as a scan orders a
+        series (:func:`medviewer.io.scan.order_instances`), with ``old``'s decoded pixels; None when nothing is new."""
+        from medviewer.io.scan import order_instances
+
+        have = {instance_identity(i) for i in old.instances}
+        extra = [i for i in series.instances if instance_identity(i) not in have]
+        if not extra:
+            return None
+        ordered = order_instances(list(old.instances) + extra)[0]
+        src = FrameSource(ordered, series)
+        src.adopt(old)
+        return src
 
     def source(self, key: str) -> FrameSource | None:
         """The frame source of series ``key`` (the preview while its scan runs), or None."""
