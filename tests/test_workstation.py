@@ -195,6 +195,27 @@ def test_failure_is_one_line_and_the_controller_goes_on(monkeypatch):
     ai.shutdown()
 
 
+def test_a_blank_image_is_refused_not_scored(tmp_path):
+    """A constant (blank white) CR is refused with one line, as ``medviewer infer`` refuses it: never scored."""
+    import pydicom
+
+    ds = pydicom.dcmread(_paediatric())
+    ds.PixelData = b"\xff" * len(ds.PixelData)
+    blank = tmp_path / "blank.dcm"
+    ds.save_as(blank)
+    ai = _ready(AiController(provider="cpu"))
+    seen = _recorder(ai)
+    src = _source(blank)
+    job = ai.run(src, 0)
+    with pytest.raises(MedViewerError):
+        job.future.result(timeout=TIMEOUT)
+    assert seen["failed"] and "constant" in seen["failed"][0][1] and "\n" not in seen["failed"][0][1]
+    assert ai.result(src, 0) is None
+    (outcome,) = ai.score([read_instance(blank)], batch_size=1)
+    assert not outcome.ok and "constant" in outcome.error
+    ai.shutdown()
+
+
 def test_auto_run_gate_from_the_model_card():
     """Run on open: a chest X-ray model is not run on a CT slice by itself; on a CR it is, once per image."""
     ai = _ready(AiController(provider="cpu"))

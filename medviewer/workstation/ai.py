@@ -263,13 +263,16 @@ class AiController:
             self._cancel(previous)
 
         def work() -> PredictionEntry | None:
-            from medviewer.imaging import display_image
+            from medviewer.imaging import check_not_blank, display_image
 
             try:
                 if job.cancelled:
                     return None
                 session = self.session(package)
-                img = display_image(inst, frame=frame, stored=source.decode(k))  # what the reader sees
+                stored = source.decode(k)
+                img = display_image(inst, frame=frame, stored=stored)  # what the reader sees
+                # a constant image is refused, as `medviewer infer` refuses it: never "no finding" on a blank
+                check_not_blank(img, getattr(inst, "path", ""), frame if len(source) > 1 else None, stored)
                 if job.cancelled:
                     return None
                 pred = session.predict([img], [spacing])[0]
