@@ -20,7 +20,7 @@ from PySide6.QtCore import QObject, QTimer
 
 from medviewer.gui.dialogs import batch_message_box
 from medviewer.gui.menus import update_recent_menu
-from medviewer.gui.workers import FnTask, PrefetchTask, Task, warm_imports
+from medviewer.gui.workers import FnTask, PrefetchTask, Task
 from medviewer.workstation.session import series_key
 
 __all__ = ["SeriesLoader", "failure_lines"]
@@ -59,8 +59,6 @@ class SeriesLoader(QObject):
 
     def __init__(self, win: Any) -> None:
         super().__init__(win)
-        # the window creates its loader before its first worker (the model scan): import what workers use now
-        self.warm_seconds = warm_imports()
         self.win = win
         self.reading = win.reading
         self.prefetchers: dict[str, PrefetchTask] = {}

@@ -36,7 +36,7 @@ from medviewer.gui.measure import Shape
 from medviewer.gui.menus import build_menus, update_presets_menu
 from medviewer.gui.settings import LAYOUTS, Settings
 from medviewer.gui.viewport import Viewport
-from medviewer.gui.workers import Task
+from medviewer.gui.workers import Task, warm_imports
 from medviewer.workstation.ai import AiController
 from medviewer.workstation.audit_trail import AuditTrail
 from medviewer.workstation.session import PredictionEntry, ReadingSession
@@ -97,6 +97,7 @@ class MainWindow(QMainWindow):
         self._restore_settings()
         self.set_layout(self.settings.layout)
         self.set_active(self.viewports[0])
+        self.ai.prepare(warm_imports)  # on the model thread, before the model scan; worker tasks wait for it
         self.load_models()
 
     # ==== construction =================================================================================

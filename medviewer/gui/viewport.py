@@ -34,8 +34,6 @@ from PySide6.QtWidgets import QWidget
 from medviewer.gui import theme
 from medviewer.gui.measure import Measurement, Shape, describe
 from medviewer.gui.overlays import corner_text, orientation_labels
-from medviewer.io import header
-from medviewer.io.enum import PixelSpacingSource, RescaleType
 from medviewer.workstation.overlay import AiOverlay
 from medviewer.workstation.session import Measurements
 from medviewer.workstation.viewport import ViewportModel, ViewState, nice_scale_length_mm
@@ -368,12 +366,18 @@ class Viewport(QWidget):
                         tl = 7 if i in (0, 5, 10) else 4
                         p.drawLine(QPointF(tx, y + dx), QPointF(tx, y - tl + dx))
                 label = f"{length_mm:g} mm" if length_mm < 10 or length_mm % 10 else f"{length_mm / 10:g} cm"
+                from medviewer.io.enum import (
+                    PixelSpacingSource,  # medviewer.io (pydicom) loads with the first image
+                )
+
                 if getattr(self.current_instance(), "pixel_spacing_source", None) == PixelSpacingSource.IMAGER_PIXEL_SPACING:
                     label += " (detector)"  # Imager Pixel Spacing: size at the detector, not the patient
                 self._shadow_text(p, x0 - fm.horizontalAdvance(label) - 6, y + fm.ascent() / 2 - 2, label)
         inst = self.current_instance()
         if inst is None:
             return
+        from medviewer.io import header  # pydicom: loaded with the first image, not before the window shows
+
         ds = getattr(inst, "dataset", None)
         frame = self.source.frames[s.frame][1] if self.source is not None and s.frame < len(self.source) else 0
         # the header reader: this frame's Plane Orientation (per-frame over shared), else Patient Orientation
@@ -645,6 +649,8 @@ class Viewport(QWidget):
         v = stored[r, c]
         if stored.ndim == 3:
             return f"x {c}  y {r}   RGB {tuple(int(a) for a in v)}"
+        from medviewer.io.enum import RescaleType
+
         pipe = self.source.pipeline(self.state.frame)
         mv = float(pipe.modality_values(stored[r:r + 1, c:c + 1])[0, 0])
         hu = pipe.units == RescaleType.HU  # the header reader decides (Rescale Type, else CT): one rule

@@ -25,7 +25,8 @@ __all__ = ["TaskSignals", "Task", "FnTask", "PrefetchTask", "WORKER_MODULES", "w
 DEBUG_ENV = "MEDVIEWER_DEBUG"
 
 #: what the worker threads use (scan, decoding, thumbnails; the AI controller's model scan, validation,
-#: sessions, scoring, intended use). Imported on the GUI thread before the first worker starts: Python
+#: sessions, scoring, intended use). Imported by one thread (the AI controller's model thread, first thing
+#: after the window is built) while every worker task waits for it (:meth:`Task.run`): Python
 #: imports one module at a time per module lock, and two threads importing modules that import each other
 #: can see a partially initialised module (``ImportError: cannot import name 'import_string' from
 #: partially initialized module 'pydantic._internal._validators'`` once showed as "Model not loaded").
@@ -43,8 +44,9 @@ _warmed = False
 
 def warm_imports() -> float:
     """Import :data:`WORKER_MODULES` and onnxruntime (through :mod:`medviewer.inference._ort`, which sets its
-    log level) in the calling thread -- the GUI thread, before any worker starts. Idempotent; returns the
-    seconds it took (about 0.4 s on the first call, 0 afterwards).
+    log level) in the calling thread; a second caller waits until the first is done. Idempotent; returns the
+    seconds it took (about 0.4 s on the first call, 0 afterwards). The window runs it on the AI controller's
+    model thread before the model scan (:meth:`AiController.prepare`), so the GUI thread never waits for it.
 
     A module that fails to import (e.g. onnxruntime missing) is left for the worker that needs it to
     report as a one-line error; nothing is raised here.
@@ -121,6 +123,7 @@ class Task(QRunnable):
 
     def run(self) -> None:  # worker thread
         try:
+            warm_imports()  # waits while another thread imports what workers use (returns at once afterwards)
             res = self.work()
         except Task.Cancelled:
             pass

@@ -157,6 +157,11 @@ class AiController:
 
         return self._track(self._loader.submit(work))
 
+    def prepare(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on the model thread before any model scan or import submitted later (e.g. importing
+        what worker threads use, so none of them imports a module another is half-way through)."""
+        return self._loader.submit(fn)
+
     def select(self, package: Any) -> Any:
         """Select ``package`` (a :class:`~medviewer.inference.ModelPackage`, its path as a string, or None); emits
         ``model_changed``. Returns the selected package (None for an unknown path)."""

@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 
 from medviewer.inference.card import Applicability, ModelCard
-from medviewer.io import header
 
 #: modalities a schema-1 card (no stated intended use) is run on automatically: projection radiographs and
 #: secondary captures / other (which PNG/JPEG files read as)
@@ -150,6 +149,8 @@ def _text(ds: Any, keyword: str) -> str | None:
     """The first value of ``keyword`` as stripped text through the header reader
     (:func:`medviewer.io.header.text`), ``None`` when absent, empty or unreadable (a malformed element must
     not break the policy: it is unknown)."""
+    from medviewer.io import header  # on first use: the GUI imports this module before its window shows
+
     first = header.text(ds, keyword).split("\\", 1)[0].strip()
     return first or None
 
