@@ -97,6 +97,7 @@ class MainWindow(QMainWindow):
         self._restore_settings()
         self.set_layout(self.settings.layout)
         self.set_active(self.viewports[0])
+        self.ai_dock.raise_()  # in front of the SR tab, also when a saved window state put that in front
         self.ai.prepare(warm_imports)  # on the model thread, before the model scan; worker tasks wait for it
         self.load_models()
 
@@ -140,11 +141,11 @@ class MainWindow(QMainWindow):
         self.resizeDocks([self.browser_dock, self.ai_dock], [230, 340], Qt.Horizontal)
         from medviewer.gui.sr_view import SrPanel
         from medviewer.workstation.sr_reports import SrReports
-
         self.sr_reports = SrReports()  # AI reports (TID 1500 SR) found among the opened files
         self.sr_panel = SrPanel()
         self.sr_panel.findingActivated.connect(self.show_sr_finding)
         self.sr_dock = self._dock("AI reports (SR)", "sr", self.sr_panel, Qt.RightDockWidgetArea)
+        self.tabifyDockWidget(self.ai_dock, self.sr_dock)  # a tab behind the AI panel, which keeps its height
 
     def _build_status(self) -> None:
         sb = self.statusBar()
