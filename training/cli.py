@@ -137,6 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operating-point", default=None,
                    help="re-choose the operating point on the run's validation predictions with this criterion "
                         "('youden' or 'sensitivity>=0.95'); default: the one chosen by fit")
+    p.add_argument("--transfer", action="store_true",
+                   help="evaluate the exported graph for transfer: fold a validation-fitted temperature into it, "
+                        "choose the operating point (--operating-point, default youden) on shifted validation "
+                        "copies, report patient-level bootstrap CIs, ECE and the CAM-in-thorax rate")
+    p.add_argument("--op-split", choices=["shifted", "validation"], default="shifted",
+                   help="with --transfer: the split the operating point is chosen on")
+    p.add_argument("--no-temperature", action="store_true", help="with --transfer: no temperature scaling")
+    p.add_argument("--shift-severity", type=float, default=None,
+                   help="with --transfer: acquisition-shift severity of the shifted validation (default 1.3)")
+    p.add_argument("--shift-copies", type=int, default=3, help="with --transfer: shifted copies per image")
+    p.add_argument("--previous", default=None,
+                   help="package this one replaces: its metrics go into the card's history; with --transfer it "
+                        "is measured by the same protocol as a comparison row")
 
     p = sub.add_parser("baseline", help="handcrafted features + SVM / random forest / tree / logistic regression")
     _data_args(p)
@@ -256,12 +269,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from training.export import export_package
+    from training.export import SHIFT_SEVERITY, export_package
 
     out, parity = export_package(
         args.checkpoint, args.out, args.name, args.version, args.description, args.intended_use, args.limitations,
         args.comparisons, args.dataset, args.citation, args.data_licence, args.license, args.reproduce or "",
-        args.parity_images, operating_point=args.operating_point)
+        args.parity_images, operating_point=args.operating_point, transfer=args.transfer, op_split=args.op_split,
+        temperature_scaling=not args.no_temperature,
+        shift_severity=args.shift_severity if args.shift_severity is not None else SHIFT_SEVERITY,
+        shift_copies=args.shift_copies, previous=args.previous)
     print(f"wrote {out} (parity on {parity.n_images} images: prob {parity.prob_max_abs:.1e}, "
           f"CAM {parity.cam_max_rel:.1e}, MONAI CAM {parity.monai_max_rel:.1e})")
     return 0

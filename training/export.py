@@ -225,7 +225,13 @@ def render_intended_use(card: ModelCard) -> list[str]:
         lines += [f"- Called out of distribution: {_fmt(v)} of {k}." for k, v in o.detection.items()]
         lines += [""]
     if card.history:
-        lines += ["## History", ""] + [f"- {h.version}: {h.changes}" for h in card.history] + [""]
+        lines += ["## History", ""]
+        for h in card.history:
+            m0 = h.metrics[0] if h.metrics else None
+            nums = (f" ({m0.split}: AUROC {_fmt(m0.auroc, False)}, sensitivity {_fmt(m0.sensitivity)}, "
+                    f"specificity {_fmt(m0.specificity)})" if m0 else "")
+            lines.append(f"- {h.version}: {h.changes}{nums}")
+        lines.append("")
     return lines
 
 
@@ -250,14 +256,20 @@ def render_readme(card: ModelCard, parity: ParityReport, plots: list[str], train
         if op_note:
             lines += [op_note, ""]
     lines += ["## Evaluation", "",
-              "| model | split | n | AUROC (95 % CI) | accuracy | sensitivity | specificity | precision | F1 | Brier |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| model | split | n | AUROC (95 % CI) | accuracy | sensitivity | specificity | precision | F1 | Brier | ECE |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ci(m: Metrics, key: str, pct: bool) -> str:
+        if m.ci95 and key in m.ci95:
+            lo, hi = m.ci95[key]
+            return f" ({lo:.1%}-{hi:.1%})".replace("%", "") if pct else f" ({lo:.3f}-{hi:.3f})"
+        return ""
 
     def row(name: str, m: Metrics) -> str:
-        ci = f" ({m.auroc_ci95[0]:.3f}-{m.auroc_ci95[1]:.3f})" if m.auroc_ci95 else ""
-        return (f"| {name} | {m.split} | {m.n} | {_fmt(m.auroc, False)}{ci} | {_fmt(m.accuracy)} | "
-                f"{_fmt(m.sensitivity)} | {_fmt(m.specificity)} | {_fmt(m.precision)} | {_fmt(m.f1)} | "
-                f"{_fmt(m.brier, False)} |")
+        auc_ci = ci(m, "auroc", False) or (f" ({m.auroc_ci95[0]:.3f}-{m.auroc_ci95[1]:.3f})" if m.auroc_ci95 else "")
+        return (f"| {name} | {m.split} | {m.n} | {_fmt(m.auroc, False)}{auc_ci} | {_fmt(m.accuracy)}{ci(m, 'accuracy', True)} | "
+                f"{_fmt(m.sensitivity)}{ci(m, 'sensitivity', True)} | {_fmt(m.specificity)}{ci(m, 'specificity', True)} | "
+                f"{_fmt(m.precision)} | {_fmt(m.f1)} | {_fmt(m.brier, False)} | {_fmt(m.ece, False)} |")
 
     lines += [row(f"**{card.name}**", m) for m in card.metrics]
     lines += [row(c.name, c.metrics) for c in card.comparisons]
@@ -265,6 +277,13 @@ def render_readme(card: ModelCard, parity: ParityReport, plots: list[str], train
         cm = card.metrics[0].confusion_matrix
         lines += ["", f"Confusion matrix on {card.metrics[0].split} (rows truth, columns predicted; "
                       f"{card.labels}): {cm}"]
+    intervals = sorted({m.ci_method for m in card.metrics if m.ci_method})
+    if intervals:
+        lines += ["", "95 % intervals: " + "; ".join(intervals) + "."]
+    cam = next((m for m in card.metrics if m.cam_in_thorax is not None), None)
+    if cam is not None:
+        lines += ["", f"CAM peak inside the approximate thorax on {cam.split}: {_fmt(cam.cam_in_thorax)} of correctly "
+                      "flagged images (`training.evaluation.thorax_mask`)."]
     if card.comparisons:
         lines += ["", "Baselines: " + "; ".join(f"{c.name}: {c.description}" for c in card.comparisons)]
     lines += ["", f"Export parity on {parity.n_images} real validation images: max |p_onnx - p_torch| = "
