@@ -1,5 +1,8 @@
 """``medviewer-train prepare kermany ARCHIVE_OR_FOLDER --out DIR``: training data from the data set as published.
 
+(``medviewer-train prepare dicom SRC --out DIR``, de-identified images from your own DICOM studies, is
+:mod:`training.prepare_dicom`.)
+
 The pediatric chest X-ray data set of Kermany et al. (2018) is published on Mendeley Data, v2,
 doi:10.17632/rscbjbr9sj.2 (https://data.mendeley.com/datasets/rscbjbr9sj/2), licence CC BY 4.0. Its file
 ``ChestXRay2017.zip`` (about 1.2 GB) holds ``chest_xray/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg``
@@ -281,8 +284,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=f"Build the folder the training commands expect from a data set as published. kermany: "
                     f"{KERMANY['file']} from {KERMANY['url']} (doi:{KERMANY['doi']}, {KERMANY['licence']}).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("dataset", choices=["kermany"], help="which data set")
+    p.add_argument("dataset", choices=["kermany", "dicom"],
+                   help="which data set; dicom: your own DICOM studies in SOURCE/<CLASS>/..., de-identified "
+                        "(training.prepare_dicom)")
     p.add_argument("source", metavar="ARCHIVE_OR_FOLDER", help="the downloaded zip, or the folder it was extracted to")
+    p.add_argument("--pseudonym-key", metavar="FILE", default=None,
+                   help="dicom: key file for reproducible patient/image pseudonyms (default: a random key)")
     p.add_argument("--out", required=True, help="output folder (absent or empty)")
     p.add_argument("--size", type=int, default=0,
                    help="resize to SIZE x SIZE 8-bit greyscale JPEG (224: like ../shared/data/kermany-cxr-224); "
@@ -299,6 +306,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``medviewer-train prepare``; prints a summary, returns 0 (errors are raised)."""
+    if args.dataset == "dicom":
+        from medviewer.deid import load_key
+        from training.prepare_dicom import prepare_dicom
+
+        d = prepare_dicom(args.source, args.out, size=args.size or None,
+                          key=load_key(args.pseudonym_key) if args.pseudonym_key else None, force=args.force,
+                          progress=not args.no_progress)
+        print(f"prepared {d['images']} de-identified images of {d['patients']} patients in {d['seconds']} s -> "
+              f"{args.out} ({', '.join(f'{n} {label}' for label, n in d['counts'].items())}); manifest.csv, "
+              f"prepare.json")
+        for s in d["skipped"]:
+            print(f"medviewer-train prepare: warning: skipped {s['file']}: {s['reason']}", file=sys.stderr)
+        return 0
     info = prepare_kermany(args.source, args.out, size=args.size or None, quality=args.quality,
                            splits=args.splits, workers=args.workers, force=args.force,
                            progress=not args.no_progress)
