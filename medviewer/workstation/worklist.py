@@ -45,7 +45,9 @@ class StudyTriage:
     study_instance_uid, patient_id, patient_name, study_date, study_description
         From the images' headers.
     folder
-        Where the study's files are (to open it).
+        Where the study's (first) files are.
+    paths, modalities
+        The study's image files (to open it) and its modalities, in the order met.
     images, scored, failed
         Images seen, scored, and that could not be scored.
     in_scope, out_of_scope, unknown
@@ -69,6 +71,8 @@ class StudyTriage:
     study_date: str = ""
     study_description: str = ""
     folder: Path | None = None
+    paths: list[Path] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)
     images: int = 0
     scored: int = 0
     failed: int = 0
@@ -131,6 +135,7 @@ class StudyTriage:
             "StudyInstanceUID": self.study_instance_uid, "PatientID": self.patient_id,
             "PatientName": self.patient_name, "StudyDate": self.study_date,
             "StudyDescription": self.study_description, "folder": None if self.folder is None else str(self.folder),
+            "paths": [str(p) for p in self.paths], "ModalitiesInStudy": list(self.modalities),
             "top_probability": None if self.top_probability is None else round(self.top_probability, 4),
             "top_label": self.top_label, "top_sop_instance_uid": self.top_sop_instance_uid,
             "flagged": list(self.flagged), "applicability": self.applicability, "reasons": list(self.reasons),
@@ -222,6 +227,10 @@ class Worklist:
                 e.study_date = e.study_date or str(getattr(inst, "study_date", "") or "")
                 e.study_description = e.study_description or str(getattr(inst, "study_description", "") or "")
                 e.folder = e.folder or Path(inst.path).parent
+                e.paths.append(Path(inst.path))
+                modality = str(getattr(inst, "modality", "") or "")
+                if modality and modality not in e.modalities:
+                    e.modalities.append(modality)
             by_path[str(inst.path)] = e
         done = [0]
 
