@@ -1,5 +1,6 @@
 """The main window's menus and actions: one QAction per key binding of :mod:`medviewer.gui.keybindings`,
-the window presets of the active image's modality, recent folders, the AI menu's extras.
+the window presets of the active image's modality, recent folders, the AI menu's extras (the triage
+worklist dock of :mod:`medviewer.gui.worklist_view`, created on first use).
 
 :func:`build_menus` creates them on a :class:`~medviewer.gui.main_window.MainWindow` and connects each to
 the window's public methods; the window keeps no menu code of its own.
@@ -141,10 +142,19 @@ def build_menus(win: Any) -> None:
     _action(win, "Export results as DICOM…", win.export_results_dialog, ai)
     _action(win, "Save results to PACS…", win.save_results_to_pacs, ai)
     ai.addSeparator()
+    _action(win, "Triage a folder…", lambda: _worklist(win, True), ai)
+    _action(win, "Triage worklist", lambda: _worklist(win, False), ai)
+    ai.addSeparator()
     _action(win, "Import model…", win.import_model_dialog, ai)
     _action(win, "Rescan models", win.load_models, ai)
     _action(win, "About MedViewer", win.show_about, win.menus["Help"])
     update_recent_menu(win)
+
+
+def _worklist(win: Any, ask_folder: bool) -> Any:
+    from medviewer.gui.worklist_view import show_worklist  # on first use: the window starts without it
+
+    return show_worklist(win, ask_folder)
 
 
 def update_recent_menu(win: Any) -> None:
