@@ -429,8 +429,11 @@ def test_pacs_dialog_error_is_one_line(env, qtbot):
     dlg.node.setEditText(f"dicom://WRONG@127.0.0.1:{env.dicom_port}")
     dlg.echo()
     qtbot.waitUntil(lambda: not dlg.busy, timeout=20000)
-    assert dlg.status.text().startswith("Echo failed:") and "association rejected" in dlg.status.text()
-    assert "\n" not in dlg.status.text()
+    # Orthanc rejects the wrong called AE title; right after the cancelled C-GET above it sometimes aborts the
+    # association instead (the earlier one is still being torn down): either way one line, naming the cause
+    text = dlg.status.text()
+    assert text.startswith("Echo failed:") and ("association rejected" in text or "association aborted" in text)
+    assert "\n" not in text
 
 
 def test_triage_pacs_retrieves_and_scores(env, tmp_path):
