@@ -181,6 +181,10 @@ class AiView(QObject):
             self.win.set_status(self.last_result_line)
         self.sync()
 
+    def settled(self) -> bool:
+        """True when no run is shown as under way: its end (a queued event from the worker) has reached the panel."""
+        return self._shown_job is None
+
     def sync(self) -> None:
         """Show the active image's result (if any) in the panel and the AI layers in the viewports."""
         win, panel = self.win, self.panel

@@ -186,7 +186,7 @@ class MainWindow(QMainWindow):
 
     def is_idle(self) -> bool:
         """True when no background task (scan, decoding, inference, model scan) runs and the models are listed."""
-        return not self._tasks and self.models_ready and not self.ai.pending()
+        return not self._tasks and self.models_ready and not self.ai.pending() and self.ai_view.settled()
 
     def error(self, title: str, reason: str) -> None:
         """Report an error: a dialog with a one-line reason (stderr in non-interactive runs)."""
