@@ -365,6 +365,7 @@ def show_worklist(win: Any, ask_folder: bool = False) -> WorklistView:
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable
                          | QDockWidget.DockWidgetFeature.DockWidgetClosable)
         win.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, dock)
+        win.resizeDocks([dock], [260], Qt.Orientation.Vertical)  # the viewports keep most of the height
         win.worklist_view, win.worklist_dock = view, dock
         view.triageFinished.connect(win.set_status)
     win.worklist_dock.show()
