@@ -436,6 +436,42 @@ def test_pacs_dialog_error_is_one_line(env, qtbot):
     assert "\n" not in text
 
 
+def test_pacs_dialog_triage_fills_the_worklist(env, tmp_path, qtbot, monkeypatch):
+    """PACS dialog > Triage these studies: the listed study is retrieved and scored in the worklist dock."""
+    from PySide6.QtCore import QSettings
+
+    from medviewer.gui.main_window import MainWindow
+    from medviewer.gui.settings import Settings
+    from tests.conftest import REPO
+
+    demo = REPO / "resources" / "demo" / "paediatric-cxr-pneumonia.dcm"
+    env.upload([demo])
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # the worklist's read state in tmp
+    win = MainWindow(Settings(QSettings(str(tmp_path / "m.ini"), QSettings.IniFormat)), provider="cpu")
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.models_ready, timeout=60000)
+    from medviewer.gui.pacs_dialog import PacsDialog
+
+    win.show_pacs_dialog()
+    dlg = win.findChild(PacsDialog)
+    dlg.node.setEditText(env.dicomweb_url)
+    dlg.patient_id.setText("KERMANY*")
+    dlg.out_dir.setText(str(tmp_path / "pacs"))
+    dlg.search()
+    qtbot.waitUntil(lambda: not dlg.busy, timeout=20000)
+    study = str(pydicom.dcmread(demo, stop_before_pixels=True).StudyInstanceUID)
+    assert [m["StudyInstanceUID"] for m in dlg.matches] == [study]
+    dlg.triage()
+    view = win.worklist_view
+    qtbot.waitUntil(lambda: not view.busy and view.table.rowCount() == 1 and view.worklist is not None
+                    and view.worklist.sorted()[0].scored >= 1, timeout=60000)
+    (entry,) = view.worklist.sorted()
+    assert entry.study_instance_uid == study and entry.applicability == "in_scope" and entry.flagged
+    assert len(list((tmp_path / "pacs" / study).rglob("*.dcm"))) == 1  # retrieved where the dialog said
+    assert "started in the worklist" in dlg.status.text()
+
+
 def test_triage_pacs_retrieves_and_scores(env, tmp_path):
     from medviewer.inference import open_session
     from medviewer.inference.registry import default_model

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QLabel,
     QMainWindow,
+    QMessageBox,
     QProgressBar,
     QWidget,
 )
@@ -279,9 +280,10 @@ class MainWindow(QMainWindow):
     def show_pacs_dialog(self) -> None:
         """The PACS dialog (query, retrieve off the GUI thread); a retrieved study opens in the browser."""
         from medviewer.gui.pacs_dialog import PacsDialog
-
+        from medviewer.gui.worklist_view import show_worklist
         self._pacs_dialog = PacsDialog(self)
         self._pacs_dialog.studyRetrieved.connect(lambda folder: self.open_paths([str(folder)]))
+        self._pacs_dialog.triageRequested.connect(lambda *a: show_worklist(self).triage_pacs(*a))
         self._pacs_dialog.show()
 
     def open_paths(self, paths: list[str]) -> None:
@@ -466,8 +468,6 @@ class MainWindow(QMainWindow):
         self._shortcuts_dialog.show()
 
     def show_about(self) -> None:
-        from PySide6.QtWidgets import QMessageBox
-
         from medviewer import __version__
 
         QMessageBox.about(self, "About MedViewer",

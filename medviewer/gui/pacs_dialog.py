@@ -66,6 +66,8 @@ class PacsDialog(QDialog):
     """
 
     studyRetrieved = Signal(object)  # noqa: N815 - Qt naming
+    #: (node, our AE title, Study Instance UIDs, destination folder): "Triage these studies" was pressed
+    triageRequested = Signal(str, str, list, str)  # noqa: N815 - Qt naming
 
     def __init__(self, parent: QWidget | None = None, *, pool: QThreadPool | None = None) -> None:
         super().__init__(parent)
@@ -104,6 +106,9 @@ class PacsDialog(QDialog):
         browse = QPushButton("…")
         self.retrieve_button = QPushButton("Retrieve")
         self.cancel_button = QPushButton("Cancel")
+        self.triage_button = QPushButton("Triage these studies")
+        self.triage_button.setToolTip("Retrieve every study listed and score it with the selected model in the "
+                                      "triage worklist (in the background)")
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
@@ -131,6 +136,7 @@ class PacsDialog(QDialog):
         out_row.addWidget(browse)
         out_row.addWidget(self.retrieve_button)
         out_row.addWidget(self.cancel_button)
+        out_row.addWidget(self.triage_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.table, 1)
@@ -141,6 +147,7 @@ class PacsDialog(QDialog):
         self.echo_button.clicked.connect(self.echo)
         self.search_button.clicked.connect(self.search)
         self.retrieve_button.clicked.connect(self.retrieve)
+        self.triage_button.clicked.connect(self.triage)
         self.cancel_button.clicked.connect(self.cancel)
         self.table.itemDoubleClicked.connect(lambda _item: self.retrieve())
         browse.clicked.connect(self._browse)
@@ -243,6 +250,16 @@ class PacsDialog(QDialog):
                 return [m.to_json() for m in client.find_studies(query)]
 
         self._start(work, self._show_matches, "Search")
+
+    def triage(self) -> None:
+        """Hand every listed study to the triage worklist (``triageRequested``): it retrieves and scores them."""
+        uids = [str(m.get("StudyInstanceUID")) for m in self.matches if m.get("StudyInstanceUID")]
+        if not uids:
+            self.status.setText("Search first: the studies listed are the ones triaged")
+            return
+        self.triageRequested.emit(self.node.currentText().strip(), self.aet.text().strip() or "MEDVIEWER", uids,
+                                  self.out_dir.text().strip() or str(default_download_dir()))
+        self.status.setText(f"Triage of {len(uids)} stud{'y' if len(uids) == 1 else 'ies'} started in the worklist")
 
     def _show_matches(self, matches: list[dict[str, Any]]) -> None:
         if self._stale():

@@ -167,14 +167,38 @@ class WorklistView(QWidget):
         """Score every image under ``paths`` (files or folders, recursively) with the selected model in a
         background task, cancelling a triage that runs; the table fills as images are scored. Read state is
         kept from the state file. Returns the task, or None when no model is selected (said in the status)."""
-        from medviewer.workstation.worklist import Worklist, triage_folder
+        from medviewer.workstation.worklist import triage_folder
+
+        self.paths = [str(p) for p in paths]
+        return self._run(lambda session, wl, task: triage_folder(
+            session, self.paths, worklist=wl, cancel=lambda: task.cancelled,
+            progress=lambda done, total: task.emit("progress", done, total)))
+
+    def triage_pacs(self, node: str, aet: str, study_instance_uids: Sequence[str], out: str | Path) -> Task | None:
+        """Retrieve the studies from ``node`` (C-GET / WADO-RS, resuming, into ``out``) and score them, in the
+        background, like :meth:`triage`; a study that cannot be retrieved is listed with its error.
+        Returns the task, or None when no model is selected."""
+        from medviewer.pacs import connect
+        from medviewer.workstation.worklist import triage_pacs
+
+        uids = [str(u) for u in study_instance_uids]
+        self.paths = [str(Path(out) / u) for u in uids]  # "Triage again" re-scores what was retrieved
+
+        def work(session: Any, wl: Any, task: Task) -> Any:
+            with connect(node, aet=aet or "MEDVIEWER", timeout=30.0) as client:
+                return triage_pacs(session, client, uids, Path(out), worklist=wl, cancel=_TaskEvent(task),
+                                   progress=lambda done, total: task.emit("progress", done, total))
+
+        return self._run(work, f"{len(uids)} stud{'y' if len(uids) == 1 else 'ies'} from {node}")
+
+    def _run(self, score: Any, what: str = "") -> Task | None:
+        from medviewer.workstation.worklist import Worklist
 
         package = self.win.ai.package
         if package is None:
             self._set_status("No model selected: choose one in the AI panel first")
             return None
         self.cancel()
-        self.paths = [str(p) for p in paths]
         wl = Worklist(self.state_file)
         self.worklist = wl
         ai = self.win.ai
@@ -182,8 +206,7 @@ class WorklistView(QWidget):
         def work(task: Task) -> Any:
             session = ai.session(package)  # process-wide cache: opened once per model and provider
             task.check()
-            return triage_folder(session, self.paths, worklist=wl, cancel=lambda: task.cancelled,
-                                 progress=lambda done, total: task.emit("progress", done, total))
+            return score(session, wl, task)
 
         task = FnTask(work, "triage")
         self._task = task
@@ -193,7 +216,7 @@ class WorklistView(QWidget):
         task.signals.finished.connect(self._finished)
         self.progress.setRange(0, 0)  # busy until the scan has counted the images
         self._busy(True)
-        self._set_status(f"Triage with {package.card.name} {package.card.version} …")
+        self._set_status(f"Triage{' of ' + what if what else ''} with {package.card.name} {package.card.version} …")
         self.fill()
         self.win.start(task)
         return task
@@ -351,6 +374,16 @@ class WorklistView(QWidget):
         menu.addAction(open_act)
         menu.addAction(toggle)
         menu.exec(self.table.viewport().mapToGlobal(pos))
+
+
+class _TaskEvent:
+    """A :class:`threading.Event`-like view of a task's cancel flag (what :func:`triage_pacs` polls)."""
+
+    def __init__(self, task: Task) -> None:
+        self._task = task
+
+    def is_set(self) -> bool:
+        return self._task.cancelled
 
 
 def show_worklist(win: Any, ask_folder: bool = False) -> WorklistView:
