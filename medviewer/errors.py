@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["MedViewerError", "ReadError", "ModelPackageError", "InferenceError", "error_line", "display_path"]
+__all__ = ["MedViewerError", "ReadError", "ModelPackageError", "InferenceError", "error_line", "display_path",
+           "DEBUG_ENV"]
+
+#: set (to anything) for diagnostics that are hidden by default: the traceback of an unexpected error in a
+#: GUI worker task, and onnxruntime's own log while a session is created (which names a CUDA library it misses)
+DEBUG_ENV = "MEDVIEWER_DEBUG"
 
 
 def display_path(path: str | Path) -> str:

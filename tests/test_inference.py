@@ -33,6 +33,7 @@ def test_cuda_request_reports_what_actually_runs(pkg):
         assert s.provider == CPU
         assert s.fallback_warning.startswith("CUDA was requested but the model runs on the CPU: ")
         assert "\n" not in s.fallback_warning
+        assert "MEDVIEWER_DEBUG=1" in s.fallback_warning  # ORT's own log names the missing library
 
 
 def test_auto_falls_back_quietly_but_says_so_in_notice(pkg):

@@ -17,12 +17,9 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, Signal
 
-from medviewer.errors import MedViewerError, error_line
+from medviewer.errors import DEBUG_ENV, MedViewerError, error_line
 
 __all__ = ["TaskSignals", "Task", "FnTask", "PrefetchTask", "WORKER_MODULES", "warm_imports", "DEBUG_ENV"]
-
-#: set to print the traceback of an unexpected error in a worker task (by default: one line on stderr)
-DEBUG_ENV = "MEDVIEWER_DEBUG"
 
 #: what the worker threads use (scan, decoding, thumbnails; the AI controller's model scan, validation,
 #: sessions, scoring, intended use). Imported by one thread (the AI controller's model thread, first thing

@@ -9,11 +9,12 @@ package) and re-exported here.
 
 from __future__ import annotations
 
-import ctypes
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
+from medviewer.errors import DEBUG_ENV
 from medviewer.providers import PROVIDER_CHOICES, ExecutionProvider, Provider, short_name
 
 __all__ = ["Provider", "ExecutionProvider", "PROVIDER_CHOICES", "short_name", "quiet_session",
@@ -47,14 +48,15 @@ def quiet_session(model: str | bytes | Path, providers: list, *, optimize: bool 
     Raises whatever ORT raises (callers turn it into a one-line error).
     """
     ort = _onnxruntime()
+    load_severity = _RUN_SEVERITY if os.environ.get(DEBUG_ENV) else _LOAD_SEVERITY  # debugging: ORT says why
     so = ort.SessionOptions()
-    so.log_severity_level = _LOAD_SEVERITY
+    so.log_severity_level = load_severity
     if intra_op_threads:
         so.intra_op_num_threads = intra_op_threads
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     with _lock:
-        ort.set_default_logger_severity(_LOAD_SEVERITY)
+        ort.set_default_logger_severity(load_severity)
         try:
             # enable_fallback=0: ORT's own fallback prints "EP Error" banners to stdout; Session falls back
             # itself and reports why (Session.fallback_warning)
@@ -71,14 +73,13 @@ def first_line(exc: BaseException) -> str:
 
 
 def cuda_unavailable_reason() -> str:
-    """One line saying why ORT's CUDA provider did not load here (best effort, never raises)."""
+    """One line saying why ORT's CUDA provider did not load here (best effort, never raises).
+
+    ORT falls back to the CPU without an exception and writes the cause (e.g. the CUDA or cuDNN library it
+    could not open) only to its own log, which :func:`quiet_session` silences; the line says how to see it.
+    """
     ort = _onnxruntime()
     if ExecutionProvider.CUDA.value not in ort.get_available_providers():
         return f"this onnxruntime build ({ort.__version__}, device {ort.get_device()}) has no CUDA provider"
-    lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
-    if lib.is_file():
-        try:
-            ctypes.CDLL(str(lib))
-        except OSError as exc:
-            return f"the CUDA provider library could not be loaded ({exc})"
-    return "no usable CUDA device or CUDA/cuDNN runtime was found"
+    return (f"onnxruntime {ort.__version__} could not use its CUDA provider: no NVIDIA GPU or driver, or a CUDA / "
+            f"cuDNN runtime library it needs is missing (set {DEBUG_ENV}=1 to see onnxruntime's log naming it)")
