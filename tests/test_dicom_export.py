@@ -231,30 +231,10 @@ def test_bad_inputs_are_one_line_errors(session):
 def test_reads_another_vendors_tid1500(tmp_path):
     """A TID 1500 report built with highdicom's own API (a circle on the image and a 3-D point in the frame of
     reference, vendor codes), as another tool would write it: the findings and regions are read back."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
+    from tests.vendor_sr import write_vendor_sr
 
     ct = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
-    src = hd.sr.SourceImageForRegion.from_source_image(ct)
-    algo = hd.sr.AlgorithmIdentification(name="OtherVendorCAD", version="2.1")
-    circle = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=pydicom.uid.generate_uid(), identifier="nodule 1"),
-        referenced_region=hd.sr.ImageRegion(graphic_type="CIRCLE", graphic_data=np.array([[60.0, 50.0], [66.0, 50.0]]),
-                                            source_image=src),
-        finding_type=codes.SCT.Nodule, algorithm_id=algo,
-        measurements=[hd.sr.Measurement(name=codes.SCT.Diameter, value=6.0, unit=codes.UCUM.Millimeter)])
-    point = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=pydicom.uid.generate_uid(), identifier="nodule 2"),
-        referenced_region=hd.sr.ImageRegion3D(graphic_type="POINT", graphic_data=np.array([[10.0, -20.5, 30.25]]),
-                                              frame_of_reference_uid=ct.FrameOfReferenceUID),
-        finding_type=codes.SCT.Nodule, algorithm_id=algo)
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(), procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
-        imaging_measurements=[circle, point])
-    sr = hd.sr.Comprehensive3DSR(evidence=[ct], content=report[0], series_instance_uid=pydicom.uid.generate_uid(),
-                                 series_number=77, sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1,
-                                 manufacturer="Other Vendor")
-    sr.save_as(tmp_path / "vendor.dcm", enforce_file_format=True)
+    write_vendor_sr(ct, tmp_path / "vendor.dcm")
     groups = {g["tracking_identifier"]: g for g in read_sr_findings(pydicom.dcmread(tmp_path / "vendor.dcm"))}
     one, two = groups["nodule 1"], groups["nodule 2"]
     assert one["finding"] == "Nodule" and one["graphic_type"] == "CIRCLE"

@@ -11,32 +11,7 @@ import pytest
 
 from medviewer.workstation.sr_reports import SrReports, find_sr_reports, finding_text
 from tests.conftest import pydicom_test_file
-
-
-def _vendor_sr(ct, path):
-    """A report as another tool writes it (highdicom's API): a CIRCLE on the image, a 3-D point, vendor codes."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    algo = hd.sr.AlgorithmIdentification(name="OtherVendorCAD", version="2.1")
-    circle = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=pydicom.uid.generate_uid(), identifier="nodule 1"),
-        referenced_region=hd.sr.ImageRegion(graphic_type="CIRCLE", graphic_data=np.array([[60.0, 50.0], [66.0, 50.0]]),
-                                            source_image=hd.sr.SourceImageForRegion.from_source_image(ct)),
-        finding_type=codes.SCT.Nodule, algorithm_id=algo,
-        measurements=[hd.sr.Measurement(name=codes.SCT.Diameter, value=6.0, unit=codes.UCUM.Millimeter)])
-    point = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=pydicom.uid.generate_uid(), identifier="nodule 2"),
-        referenced_region=hd.sr.ImageRegion3D(graphic_type="POINT", graphic_data=np.array([[10.0, -20.5, 30.25]]),
-                                              frame_of_reference_uid=ct.FrameOfReferenceUID),
-        finding_type=codes.SCT.Nodule, algorithm_id=algo)
-    report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(),
-                                     procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
-                                     imaging_measurements=[circle, point])
-    sr = hd.sr.Comprehensive3DSR(evidence=[ct], content=report[0], series_instance_uid=pydicom.uid.generate_uid(),
-                                 series_number=77, sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1,
-                                 manufacturer="Other Vendor", series_description="Vendor CAD")
-    sr.save_as(path, enforce_file_format=True)
+from tests.vendor_sr import write_vendor_sr
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +32,7 @@ def study(tmp_path_factory):
     assert pred.regions  # the test needs something to draw
     DicomResultWriter(d / "ours", session.card).write(pydicom.dcmread(src, stop_before_pixels=True), pred)
     ct = pydicom.dcmread(src)
-    _vendor_sr(ct, d / "vendor.dcm")
+    write_vendor_sr(ct, d / "vendor.dcm")
     (d / "notes.txt").write_text("not DICOM")
     return d, ct, pred
 
