@@ -186,7 +186,7 @@ class WorklistView(QWidget):
 
         def work(session: Any, wl: Any, task: Task) -> Any:
             with connect(node, aet=aet or "MEDVIEWER", timeout=30.0) as client:
-                return triage_pacs(session, client, uids, Path(out), worklist=wl, cancel=_TaskEvent(task),
+                return triage_pacs(session, client, uids, Path(out), worklist=wl, cancel=lambda: task.cancelled,
                                    progress=lambda done, total: task.emit("progress", done, total))
 
         return self._run(work, f"{len(uids)} stud{'y' if len(uids) == 1 else 'ies'} from {node}")
@@ -374,16 +374,6 @@ class WorklistView(QWidget):
         menu.addAction(open_act)
         menu.addAction(toggle)
         menu.exec(self.table.viewport().mapToGlobal(pos))
-
-
-class _TaskEvent:
-    """A :class:`threading.Event`-like view of a task's cancel flag (what :func:`triage_pacs` polls)."""
-
-    def __init__(self, task: Task) -> None:
-        self._task = task
-
-    def is_set(self) -> bool:
-        return self._task.cancelled
 
 
 def show_worklist(win: Any, ask_folder: bool = False) -> WorklistView:

@@ -274,29 +274,37 @@ def triage_folder(session: Any, paths: Sequence[str | Path], *, worklist: Workli
     return wl
 
 
+class _Stop:
+    """The ``is_set()`` view of a ``cancel()`` callable that :func:`medviewer.pacs.retrieve_study` polls."""
+
+    def __init__(self, cancel: Callable[[], bool]) -> None:
+        self.is_set = cancel
+
+
 def triage_pacs(session: Any, client: Any, study_instance_uids: Sequence[str], out: Path, *,
-                worklist: Worklist | None = None, cancel: threading.Event | None = None,
+                worklist: Worklist | None = None, cancel: Callable[[], bool] | None = None,
                 progress: Callable[[int, int], None] | None = None) -> Worklist:
     """Retrieve the studies (resuming, into ``out``, see :func:`medviewer.pacs.retrieve_study`), then score them.
 
-    A study that cannot be retrieved gets an entry with its error; the others are scored.
+    A study that cannot be retrieved gets an entry with its error; the others are scored. ``cancel``: polled,
+    as in :func:`triage_folder` (e.g. ``threading.Event().is_set``).
     """
     from medviewer.errors import MedViewerError, error_line
     from medviewer.pacs import retrieve_study
 
     wl = worklist if worklist is not None else Worklist()
     folders = []
+    stop = _Stop(cancel) if cancel is not None else None
     for uid in study_instance_uids:
-        if cancel is not None and cancel.is_set():
+        if cancel is not None and cancel():
             break
         try:
-            res = retrieve_study(client, uid, out, cancel=cancel)
+            res = retrieve_study(client, uid, out, cancel=stop)
         except MedViewerError as exc:
             e = wl.entry(uid)
             e.error = error_line(exc)
             continue
         folders.append(res.study_dir())
     if folders:
-        triage_folder(session, folders, worklist=wl, progress=progress,
-                      cancel=(lambda: cancel.is_set()) if cancel is not None else None)
+        triage_folder(session, folders, worklist=wl, progress=progress, cancel=cancel)
     return wl
