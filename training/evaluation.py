@@ -29,6 +29,7 @@ from medviewer.inference.card import InputSpec, Preprocessing
 __all__ = [
     "patient_bootstrap",
     "fit_temperature",
+    "logit_difference",
     "apply_temperature",
     "expected_calibration_error",
     "acquisition_shift",
@@ -102,6 +103,14 @@ def patient_bootstrap(y_true: np.ndarray, scores: np.ndarray, groups: Sequence[s
 def _log_odds(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
     return np.log(p) - np.log1p(-p)
+
+
+def logit_difference(logits: np.ndarray, positive: int) -> np.ndarray:
+    """``z = l_pos - log(sum_{k != pos} exp(l_k))`` (float64 ``(N,)``) from logits ``(N, K)``: the positive
+    class's log-odds under the softmax, ``p_pos = sigmoid(z)``."""
+    lg = np.asarray(logits, np.float64)
+    neg = [k for k in range(lg.shape[1]) if k != positive]
+    return lg[:, positive] - np.logaddexp.reduce(lg[:, neg], axis=1)
 
 
 def apply_temperature(logit_diff: np.ndarray, temperature: float) -> np.ndarray:
@@ -289,7 +298,7 @@ def cam_in_thorax(images_u8: Sequence[np.ndarray], cams: np.ndarray) -> dict[str
             "mean_mask_fraction": float(np.mean(fracs)) if fracs else float("nan")}
 
 
-def transfer_report(onnx_path: str | Path, spec: Preprocessing, inp: InputSpec, paths: Sequence[str | Path],
+def transfer_report(onnx_path: str | Path, spec: Preprocessing, inp: InputSpec, images: Sequence[np.ndarray],
                     labels: np.ndarray, groups: Sequence[str], positive: int, criterion: str = "youden",
                     op_split: str = "shifted", copies: int = 3, n_boot: int = 2000, seed: int = 0,
                     temperature: float = 1.0, severity: float = 1.0, threshold: float | None = None) -> dict:
@@ -299,9 +308,9 @@ def transfer_report(onnx_path: str | Path, spec: Preprocessing, inp: InputSpec, 
     ----------
     onnx_path, spec, inp
         The package's graph and its card's preprocessing and input spec.
-    paths, labels, groups
-        Validation images (any size, read as the training kit reads them), their class indices ``(N,)``
-        and patient ids.
+    images, labels, groups
+        Validation display images (uint8 ``(H, W)`` or ``(H, W, 3)``, any size, e.g. from
+        :func:`training.data.read_display_u8`), their class indices ``(N,)`` and patient ids.
     positive
         Index of the positive class.
     criterion, op_split
@@ -322,21 +331,18 @@ def transfer_report(onnx_path: str | Path, spec: Preprocessing, inp: InputSpec, 
         threshold plus ``ci95`` by patient, ``ece``); ``z_val`` (logit differences, for temperature
         fitting); ``cam_in_thorax`` (on the correctly flagged validation images).
     """
-    from training.data import read_display_u8
     from training.metrics import binary_metrics, choose_operating_point
     from training.ood import onnx_outputs
 
-    images = [read_display_u8(p) for p in paths]
     gray = [im[..., 0] if im.ndim == 3 else im for im in images]
     y = (np.asarray(labels) == positive).astype(int)
     groups = np.asarray(groups)
     logits, cams = onnx_outputs(onnx_path, gray, spec, inp, names=["logits", "cam"])
-    neg = [k for k in range(logits.shape[1]) if k != positive]
-    z = logits[:, positive] - np.log(np.exp(logits[:, neg]).sum(axis=1))
+    z = logit_difference(logits, positive)
     p = apply_temperature(z, temperature)
     shifted = shifted_copies(gray, copies, seed, severity)
     (logits_s,) = onnx_outputs(onnx_path, shifted, spec, inp, names=["logits"])
-    zs = logits_s[:, positive] - np.log(np.exp(logits_s[:, neg]).sum(axis=1))
+    zs = logit_difference(logits_s, positive)
     ps = apply_temperature(zs, temperature)
     ys, gs = np.repeat(y, copies), np.repeat(groups, copies)
     if op_split not in ("validation", "shifted"):

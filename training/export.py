@@ -405,24 +405,22 @@ def _transfer(model, out: Path, onnx_path: Path, parity: ParityReport, run_dir: 
               inp: InputSpec, classes: list[str], positive: str, criterion: str, op_split: str, temperature: bool,
               severity: float, copies: int, n_boot: int, seed: int, images: np.ndarray):
     """Temperature-scale the exported graph on validation, then measure it (see ``export_package(transfer=)``)."""
-    from training.evaluation import fit_temperature, transfer_report
+    from training.evaluation import fit_temperature, logit_difference, transfer_report
     from training.ood import onnx_outputs
 
     rows = [r for r in _split_rows(run_dir).get("val", []) if Path(r["path"]).is_file()]
     if not rows:
         raise ModelPackageError(run_dir, "no validation images found (split.csv) for the transfer evaluation")
-    paths = [Path(r["path"]) for r in rows]
+    from training.data import read_display_u8
+
+    val_images = [read_display_u8(r["path"]) for r in rows]  # read once: temperature, report, the previous model
     labels = np.array([classes.index(r["label"]) for r in rows])
     groups = [r["patient_id"] for r in rows]
     pos = classes.index(positive)
     t = 1.0
     if temperature:
-        from training.data import read_display_u8
-
-        (logits,) = onnx_outputs(onnx_path, [read_display_u8(p) for p in paths], spec, inp, names=["logits"])
-        neg = [k for k in range(logits.shape[1]) if k != pos]
-        z = logits[:, pos] - np.log(np.exp(logits[:, neg]).sum(axis=1))
-        t = fit_temperature((labels == pos).astype(int), z)
+        (logits,) = onnx_outputs(onnx_path, val_images, spec, inp, names=["logits"])
+        t = fit_temperature((labels == pos).astype(int), logit_difference(logits, pos))
         with torch.no_grad():  # fold 1/T into the classifier: same ranking, same CAM shape, calibrated softmax
             model.classifier.weight.div_(t)
             model.classifier.bias.div_(t)
@@ -430,9 +428,9 @@ def _transfer(model, out: Path, onnx_path: Path, parity: ParityReport, run_dir: 
         parity = check_parity(model, onnx_path, images, spec)
         if not parity.ok:
             raise ModelPackageError(out, f"export parity failed after temperature scaling: {parity}")
-    report = transfer_report(onnx_path, spec, inp, paths, labels, groups, pos, criterion, op_split, copies, n_boot,
+    report = transfer_report(onnx_path, spec, inp, val_images, labels, groups, pos, criterion, op_split, copies, n_boot,
                              seed, severity=severity)
-    report["temperature"] = t
+    report["temperature"], report["images"] = t, val_images
     return model, onnx_path, parity, report
 
 
@@ -443,7 +441,7 @@ def _previous_row(prev: ModelCard, prev_dir: Path, run_dir: Path, spec: Preproce
 
     rows = [r for r in _split_rows(run_dir).get("val", []) if Path(r["path"]).is_file()]
     op = next((o for o in prev.operating_points if o.label == positive), None)
-    rep = transfer_report(prev_dir / "model.onnx", prev.preprocessing, prev.input, [Path(r["path"]) for r in rows],
+    rep = transfer_report(prev_dir / "model.onnx", prev.preprocessing, prev.input, report["images"],
                           np.array([classes.index(r["label"]) for r in rows]), [r["patient_id"] for r in rows],
                           prev.labels.index(positive), report["criterion"], report["op_split"], report["copies"],
                           n_boot, seed, severity=report["severity"], threshold=op.threshold if op else None)

@@ -88,20 +88,11 @@ def choose_operating_point(y_true: np.ndarray, scores: np.ndarray, criterion: st
 
 def bootstrap_auroc_ci(y_true: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the AUROC (resampling cases with replacement; Efron 1979)."""
-    y = np.asarray(y_true).astype(int)
-    s = np.asarray(scores, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    vals = []
-    n = len(y)
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        if y[idx].min() == y[idx].max():
-            continue
-        vals.append(roc_auc_score(y[idx], s[idx]))
-    a = (1 - level) / 2
-    lo, hi = np.quantile(vals, [a, 1 - a])
-    return float(lo), float(hi)
+    """Percentile bootstrap interval of the AUROC, resampling cases with replacement (Efron 1979): the
+    patient-level bootstrap (:func:`training.evaluation.patient_bootstrap`) with each case its own patient."""
+    from training.evaluation import patient_bootstrap
+
+    return patient_bootstrap(y_true, scores, np.arange(len(y_true)), 0.5, n_boot, seed, level)["auroc"]
 
 
 def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float, n_boot: int = 1000,
@@ -128,7 +119,7 @@ def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float, n_b
         "n": int(len(y)),
         "threshold": float(threshold),
         "auroc": float(roc_auc_score(y, s)) if both else None,
-        "auroc_ci95": bootstrap_auroc_ci(y, s, n_boot, seed) if both and n_boot > 0 else None,
+        "auroc_ci95": None,  # from the bootstrap below
         "accuracy": float(accuracy_score(y, pred)),
         "sensitivity": tp / (tp + fn) if tp + fn else None,
         "specificity": tn / (tn + fp) if tn + fp else None,
@@ -141,8 +132,11 @@ def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float, n_b
 
 def _patient_intervals(y: np.ndarray, s: np.ndarray, groups: np.ndarray | None, threshold: float, n_boot: int,
                        seed: int, both: bool) -> dict:
-    if groups is None or not both or n_boot <= 0 or len(np.unique(groups)) < 2:
+    """``auroc_ci95`` by resampling patients (``groups``), else cases; with patients also ``ci95``/``ci_method``."""
+    if not both or n_boot <= 0:
         return {}
+    if groups is None or len(np.unique(groups)) < 2:
+        return {"auroc_ci95": bootstrap_auroc_ci(y, s, n_boot, seed)}
     from training.evaluation import patient_bootstrap
 
     ci = patient_bootstrap(y, s, groups, threshold, n_boot, seed)
