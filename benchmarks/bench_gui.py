@@ -188,11 +188,11 @@ def bench_viewer(ct: Path | None, repeats: int, opens: int = 5) -> None:
 
     def naive_wl(n: int) -> list[float]:
         vp._ensure_display = lambda: naive_ensure_display(vp)  # same widget, same overlays, naive image step
-        vp._image_blit = lambda t: None  # and the painter scales the full-resolution image
+        vp._screen_image = lambda: None  # and the painter scales the full-resolution image
         try:
             return wl_frames(n)
         finally:
-            del vp._ensure_display, vp._image_blit
+            del vp._ensure_display, vp._screen_image
 
     if ct is not None and ct.is_dir():
         bench_open(app, ct, settings, opens)

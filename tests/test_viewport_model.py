@@ -225,3 +225,24 @@ def test_linking_flags_are_checked():
     assert m.links == {"scroll"} and rec.names() == ["links_changed"]
     with pytest.raises(ValueError, match="cannot link 'colour'"):
         m.set_linked("colour", True)
+
+
+def test_screen_layer_is_the_image_at_its_on_screen_size():
+    """An axis-aligned view gets the display layer resampled to the image's on-screen rectangle (copied
+    without scaling); a rotated or strongly magnified view gets None and scales the layer itself."""
+    m, src, _ = _ct_model((100, 90))
+    src.decode(0)
+    m.on_frame_decoded(0)  # fitted into 100 x 90: the 128^2 slice shown at about 0.69x
+    x, y, img = m.screen_layer()
+    mat = m.matrix()
+    x1, y1 = mat[:2] @ np.array([src.frames[0][0].columns, src.frames[0][0].rows, 1.0])
+    assert abs(x - mat[0, 2]) <= 0.5 and abs(y - mat[1, 2]) <= 0.5  # whole pixels, within half a pixel
+    assert abs(x + img.shape[1] - x1) <= 1 and abs(y + img.shape[0] - y1) <= 1
+    assert img.dtype == np.uint8 and m.screen_layer()[2] is img  # cached under the layer's key
+    # the same grey levels as the display layer (a resampling, not another rendering)
+    assert abs(float(img.mean()) - float(m.display_layer().image.mean())) < 2.0
+    m.state.rotation = 90
+    assert m.screen_layer() is None
+    m.state.rotation = 0
+    m.state.zoom *= 4  # magnified: the painter's filtered scaling
+    assert m.screen_layer() is None

@@ -119,7 +119,7 @@ class Viewport(QWidget):
         self._cine.timeout.connect(self._cine_step)
         # the image drawn: (render key, QImage, sx, sy) and its pixels; both follow the model's keyed cache
         self._small: tuple[tuple, QImage | None, float, float] | None = None
-        self._blit: tuple[tuple, QImage] | None = None  # the shown image at its on-screen size (_image_blit)
+        self._blit: tuple[np.ndarray, QImage] | None = None  # the model's screen layer as a QImage
         self._display: np.ndarray | None = None
         self._overlay_q: tuple[np.ndarray, QImage] | None = None  # (the model's RGBA layer, its QImage)
         self._drag: dict[str, Any] | None = None
@@ -241,28 +241,16 @@ class Viewport(QWidget):
             self._small = (layer.key, None, layer.scale_x, layer.scale_y)
         self._display = layer.image
 
-    def _image_blit(self, t: QTransform) -> tuple[int, int, QImage] | None:
-        """``(x, y, image)``: the shown image resampled (OpenCV) to its exact on-screen size at whole-pixel
-        position ``(x, y)``, when the view is axis-aligned, not mirrored and not magnified more than 1.25x; None
-        otherwise (the painter then scales it). A scaled ``drawImage`` costs about 3 ms per frame at 1k x 1k
-        on this class of machine; a resize plus an unscaled copy about 1 ms, which keeps a W/L drag fluid.
-        The image edge moves by at most half a screen pixel."""
-        key, _, sx, sy = self._small
-        m = QTransform.fromScale(sx, sy) * t
-        if abs(m.m12()) > 1e-9 or abs(m.m21()) > 1e-9 or m.m11() <= 0 or m.m22() <= 0:
+    def _screen_image(self) -> tuple[int, int, QImage] | None:
+        """The model's :meth:`~medviewer.workstation.viewport.ViewportModel.screen_layer` as a QImage (made once
+        per layer), or None when the painter must scale the display layer."""
+        layer = self.model.screen_layer()
+        if layer is None:
             return None
-        arr = self._display
-        h, w = arr.shape[:2]
-        x0, y0 = round(m.dx()), round(m.dy())
-        tw, th = round(m.dx() + w * m.m11()) - x0, round(m.dy() + h * m.m22()) - y0
-        if tw <= 0 or th <= 0 or tw > 1.25 * w or th > 1.25 * h:
-            return None
-        bkey = (key, tw, th)
-        if self._blit is None or self._blit[0] != bkey:
-            # bilinear: the model's render cache already area-averaged to within a quarter octave of this size
-            img = arr if (tw, th) == (w, h) else cv2.resize(arr, (tw, th), interpolation=cv2.INTER_LINEAR)
-            self._blit = (bkey, rgb32_qimage(np.ascontiguousarray(img)))
-        return x0, y0, self._blit[1]
+        x, y, arr = layer
+        if self._blit is None or self._blit[0] is not arr:
+            self._blit = (arr, rgb32_qimage(np.ascontiguousarray(arr)))
+        return x, y, self._blit[1]
 
     def _overlay_image(self, regions: bool) -> QImage | None:
         """The model's AI overlay layer at the view's geometry as a QImage (made once per layer)."""
@@ -292,7 +280,7 @@ class Viewport(QWidget):
         self._ensure_display()
         if self._display is not None and self._small is not None:
             _, qimg, sx, sy = self._small
-            blit = self._image_blit(t)
+            blit = self._screen_image()
             p.save()
             if blit is not None:  # axis-aligned: the image at its on-screen size, copied without scaling
                 p.resetTransform()
