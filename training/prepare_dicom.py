@@ -41,10 +41,10 @@ import numpy as np
 __all__ = ["prepare_dicom"]
 
 
-def _image_name(patient: str, sop_uid: str, frame: int, key: bytes) -> str:
+def _image_name(patient: str, sop_uid: str, key: bytes) -> str:
     import hmac
 
-    mac = hmac.new(key, f"image:{sop_uid}:{frame}".encode(), hashlib.sha256).hexdigest()[:16]
+    mac = hmac.new(key, f"image:{sop_uid}:0".encode(), hashlib.sha256).hexdigest()[:16]  # the first frame
     return f"{patient}_{mac}.png"
 
 
@@ -128,7 +128,7 @@ def prepare_dicom(source: str | Path, out: str | Path, *, size: int | None = Non
             if size:
                 img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
             pid = pseudonym(str(ds.get("PatientID", "") or inst.sop_instance_uid), key, prefix="P")
-            rel = Path(label) / _image_name(pid, str(inst.sop_instance_uid), 0, key)
+            rel = Path(label) / _image_name(pid, str(inst.sop_instance_uid), key)
             path = dst / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
