@@ -333,7 +333,8 @@ def load_card(path: str | Path) -> ModelCard:
     Raises
     ------
     ModelPackageError
-        Missing file, invalid JSON, or a schema violation; the message names the first offending field.
+        Missing file, invalid JSON (including JSON nested too deeply for the parser), or a schema
+        violation; the message names the first offending field.
     """
     path = Path(path)
     if path.is_dir():
@@ -344,6 +345,8 @@ def load_card(path: str | Path) -> ModelCard:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelPackageError(path, f"not valid JSON ({exc})") from None
+    except RecursionError:  # e.g. 100,000 nested brackets: the C scanner gives up, say so in one line
+        raise ModelPackageError(path, "not valid JSON (nested too deeply to read)") from None
     if not isinstance(data, dict):
         raise ModelPackageError(path, "invalid model card: the JSON document is not an object")
     if data.get("schema_version") not in (None, *SUPPORTED_SCHEMAS):
