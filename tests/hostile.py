@@ -159,6 +159,17 @@ def build_corpus(root: Path, seed: int = 14) -> list[Case]:
         add(f"ct_cut_{int(frac * 100)}", "truncation", "error",
             lambda p, f=frac: p.write_bytes(ct_bytes[: int(len(ct_bytes) * f)]), "truncated")
     add("ct_cut_header", "truncation", "error", lambda p: p.write_bytes(ct_bytes[:300]))
+    # the last byte cut: CT_small and MR_small_RLE end with Data Set Trailing Padding (FFFC,FFFC) after the
+    # (native / encapsulated) pixels, so only the element after them is short -- still an incomplete file
+    add("ct_cut_last_byte", "truncation", "error", lambda p: p.write_bytes(ct_bytes[:-1]), "truncated")
+    add("rle_cut_last_byte", "truncation", "error",
+        lambda p: p.write_bytes(_src("rle").read_bytes()[:-1]), "truncated")
+
+    def ct_pixels_one_byte_short(path: Path) -> None:  # no padding: the Pixel Data itself is one byte short
+        ds = _load("ct")
+        del ds[0xFFFCFFFC]
+        path.write_bytes(_save(ds, path).read_bytes()[:-1])
+    add("ct_pixels_one_byte_short", "truncation", "error", ct_pixels_one_byte_short, "truncated")
     add("empty", "truncation", "error", lambda p: p.write_bytes(b""), "empty")
     for key in ("j2k", "jpeg_ll", "rle"):
         data = _src(key).read_bytes()

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from medviewer.errors import MedViewerError, ReadError, error_line
 from medviewer.io import header
 from medviewer.io.encapsulation import EncapsulationProblem, check_encapsulated
+from medviewer.io.encapsulation import _items as _encapsulated_items
 from medviewer.io.enum import RASTER_MODALITY, PhotometricInterpretation, PixelSpacingSource, RescaleType
 from medviewer.io.files import check_regular, open_regular, os_error_reason
 from medviewer.io.header import MAX_MODALITY_MAGNITUDE, HeaderError, PixelSpacing, Rescale, rescale_problem
@@ -52,6 +53,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PIXEL_TAGS = {0x7FE00010: "Pixel Data", 0x7FE00008: "Float Pixel Data", 0x7FE00009: "Double Float Pixel Data"}
 _UNDEFINED = 0xFFFFFFFF
+_LONG_LENGTH_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
 
 
 class FileKind(str, Enum):
@@ -522,6 +524,53 @@ def _probe_pixel_element(fp: Any, ds: Dataset, file_size: int) -> tuple[int, int
     return tag, length, value_start
 
 
+def _check_elements_after_pixels(path: Path, fp: Any, ds: Dataset, end: int, file_size: int) -> None:
+    """Refuse a file cut inside the elements that follow the pixel element (typically Data Set Trailing
+    Padding (FFFC,FFFC), PS3.10 7.2): the pixels may be whole, but the file is incomplete like any other
+    truncation. `end` is the offset just past the pixel element. Bytes that do not parse as a later element
+    (some writers append junk) are left alone.
+
+    Raises
+    ------
+    ReadError
+        ``... is truncated: ... declares N bytes, M present; the file is incomplete``.
+    """
+    try:
+        implicit, little = ds.original_encoding
+    except Exception:
+        implicit, little = True, True
+    order = "<" if little in (True, None) else ">"
+    pos = end
+    for _ in range(16):  # a handful of trailing elements at most; never a walk over junk
+        if pos >= file_size:
+            return
+        fp.seek(pos)
+        head = fp.read(12)
+        if len(head) < 4:
+            return
+        group, elem = struct.unpack(order + "HH", head[:4])
+        tag = (group << 16) | elem
+        if tag <= 0x7FE00010 or group == 0xFFFE:  # not an element after Pixel Data (PS3.5 7.1: ascending)
+            return
+        known = pydicom.datadict.dictionary_has_tag(tag)
+        name = f"{pydicom.datadict.dictionary_description(tag) if known else 'element'} ({group:04X},{elem:04X})"
+        explicit_long = not implicit and head[4:6] in _LONG_LENGTH_VRS
+        header_len = 12 if explicit_long else 8
+        if len(head) < header_len:
+            raise ReadError(path, f"truncated: the file ends inside the header of {name} after the Pixel Data; "
+                                  f"the file is incomplete")
+        if implicit or explicit_long:
+            (length,) = struct.unpack(order + "I", head[header_len - 4:header_len])
+        else:
+            (length,) = struct.unpack(order + "H", head[6:8])
+        if length == _UNDEFINED:
+            return  # an undefined-length sequence after the pixels: not ours to walk
+        if pos + header_len + length > file_size:
+            raise ReadError(path, f"truncated: {name} after the Pixel Data declares {length} bytes, "
+                                  f"{file_size - pos - header_len} present; the file is incomplete")
+        pos += header_len + length
+
+
 def _expected_native_bytes(inst: Instance) -> int:
     bits = inst.bits_allocated
     pixels = inst.rows * inst.columns * max(1, inst.number_of_frames) * inst.samples_per_pixel
@@ -621,6 +670,15 @@ def _checked_dicom_instance(path: Path, fp: Any, file_size: int, ds: Dataset,
                                       f"({expected} expected)")
             if tag == 0x7FE00010 and inst.photometric_interpretation != PhotometricInterpretation.YBR_FULL_422:
                 object.__setattr__(inst, "_pixel_offset", offset)
+        try:  # a cut in what follows the pixels (Data Set Trailing Padding) is a truncation too
+            if length == _UNDEFINED:
+                *_, (last, last_len) = _encapsulated_items(fp, offset, file_size)
+                end = last + last_len + 8  # past the Sequence Delimitation Item
+            else:
+                end = offset + length
+            _check_elements_after_pixels(path, fp, ds, end, file_size)
+        except OSError as exc:
+            raise ReadError(path, os_error_reason(exc)) from None
     return inst
 
 
