@@ -616,3 +616,29 @@ def test_info_lists_cut_rasters_as_truncated_and_render_refuses_them(tmp_path):
         code, _, err = run_cli("render", tmp_path / name, "--out", tmp_path / "x.png")
         assert code == 1 and err.strip().splitlines() == [
             f"medviewer: error: {tmp_path / name}: {skipped[name]}"]
+
+
+# --------------------------------------------------------------------------- hostile model packages
+def test_model_card_nested_100000_deep_is_one_line_in_every_command(tmp_path, monkeypatch):
+    """A model.json of 100,000 nested brackets (json.loads raises RecursionError) is refused in one line by
+    ``models validate``, ``models import`` and ``infer --model``, never a traceback."""
+    import shutil
+
+    from medviewer.inference import registry
+
+    package = tmp_path / "deep"
+    shutil.copytree(registry.builtin_models_dir() / registry.DEFAULT_MODEL_NAME, package)
+    (package / "model.json").write_text('{"name": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # import writes into an empty user folder
+    monkeypatch.delenv(registry.MODEL_PATH_ENV, raising=False)
+    expected = f"medviewer: error: {package / 'model.json'}: not valid JSON (nested too deeply to read)"
+    runs = {
+        "models validate": (("models", "validate", package), ("models",)),
+        "models import": (("models", "import", package), ("models",)),
+        "infer --model": (("infer", pydicom_test_file("CT_small.dcm"), "--model", package,
+                           "--out", tmp_path / "out", "--quiet"), ("infer",)),
+    }
+    for what, (argv, subcommands) in runs.items():
+        code, _out, err = run_cli(*argv, subcommands=subcommands)
+        assert code == 1 and err.strip().splitlines() == [expected], (what, code, err)
+    assert not (tmp_path / "xdg").exists() or not any((tmp_path / "xdg").rglob("model.json"))  # nothing imported
