@@ -67,16 +67,50 @@ def test_wheel_carries_models_icon_and_demo(wheel):
     assert "medviewer/resources.py" in names and "medviewer/py.typed" in names
 
 
+def _base_site_packages() -> list[str]:
+    """The site-packages folders of the base interpreter under this venv (what system_site_packages adds)."""
+    import sysconfig
+
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+    return sorted({sysconfig.get_path(k, vars=base) for k in ("purelib", "platlib")})
+
+
+def _fresh_venv_with_this_environments_dependencies(env_dir: Path) -> Path:
+    """A new venv that sees the dependencies installed in *this* environment (the project's .venv, made by
+    ``make test``) and nothing of the base Python: no system site packages, and a ``.pth`` file naming this
+    environment's site-packages. Such a path is appended after the venv's own site-packages and its own
+    ``.pth`` files are not run, so the editable install of this checkout stays invisible and a wheel
+    installed into the venv wins. Works offline, whatever the base Python holds (issue 22: with
+    ``system_site_packages=True`` the test passed only where the base Python happened to hold platformdirs)."""
+    import sysconfig
+
+    venv.EnvBuilder(system_site_packages=False, with_pip=True).create(env_dir)
+    ours = sorted({sysconfig.get_path(k) for k in ("purelib", "platlib")})
+    assert not {Path(p) for p in ours} & {Path(p) for p in _base_site_packages()}, "run the tests from a venv"
+    proc = subprocess.run([env_dir / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True)
+    (Path(proc.stdout.strip()) / "_project_environment.pth").write_text("\n".join(ours) + "\n")
+    return env_dir
+
+
 @pytest.mark.slow
 def test_installed_wheel_finds_its_model_outside_the_source_tree(wheel, tmp_path):
     """Installed (not editable) into a fresh venv and run from elsewhere: the built-in model, the icon and
     ``infer`` without --model come from the install, not from this checkout."""
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)  # dependencies from this Python
+    env_dir = _fresh_venv_with_this_environments_dependencies(tmp_path / "venv")
     py = env_dir / "bin" / "python"
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", registry.MODEL_PATH_ENV)}
     env["XDG_DATA_HOME"] = str(tmp_path / "xdg")  # an empty user model folder
+    env["PYTHONNOUSERSITE"] = "1"  # nor ~/.local
+    paths = json.loads(subprocess.run(
+        [py, "-c", "import json, sys, medviewer, platformdirs; print(json.dumps([sys.path, medviewer.__file__, "
+                   "platformdirs.__file__]))"], capture_output=True, text=True, cwd=tmp_path, env=env,
+        check=True).stdout)
+    base_sites = {Path(p) for p in _base_site_packages()}
+    assert [p for p in paths[0] if p and Path(p) in base_sites] == []  # nothing from the base Python
+    assert Path(paths[1]).is_relative_to(env_dir)  # the wheel, not this checkout
+    assert Path(paths[2]).is_relative_to(sys.prefix)  # dependencies: this (the project's) environment
     site = subprocess.run([py, "-c", "import medviewer.resources as r; print(r.resources_root()); "
                            "print(r.icon_path().is_file())"], capture_output=True, text=True, cwd=tmp_path,
                           env=env, check=True).stdout.split()
