@@ -229,3 +229,12 @@ def test_small_real_volume_builds(ct_series, tmp_path):
     coronal = vol.plane("coronal")
     assert vol.shape == (12, 512, 512) and coronal.size == (round(12 * 3 / 1.07421875), 512)
     assert np.array_equal(vol.stored, build_volume(ct_series).stored[60:72])
+
+
+def test_sagittal_slabs_match_numpy(volume):
+    sagittal = volume.plane("sagittal")
+    first, stop = volume.slab_range(sagittal, 250, 20.0)
+    ref = volume.stored[:, :, first:stop]
+    assert np.array_equal(volume.slab(sagittal, 250, 20.0, "mip"), ref.max(axis=2))
+    assert np.array_equal(volume.slab(sagittal, 250, 20.0, "minip"), ref.min(axis=2))
+    assert np.abs(volume.slab(sagittal, 250, 20.0, "mean").astype(float) - ref.mean(axis=2)).max() <= 0.5
