@@ -642,3 +642,24 @@ def test_model_card_nested_100000_deep_is_one_line_in_every_command(tmp_path, mo
         code, _out, err = run_cli(*argv, subcommands=subcommands)
         assert code == 1 and err.strip().splitlines() == [expected], (what, code, err)
     assert not (tmp_path / "xdg").exists() or not any((tmp_path / "xdg").rglob("model.json"))  # nothing imported
+
+
+def test_gui_model_that_cannot_be_loaded_is_said_on_screen_and_no_other_model_runs(tmp_path):
+    """``medviewer --demo --model nosuch --screenshot``: the window's status bar (a dialog when interactive)
+    says the model was not loaded, the default model is not run in its place, and the demo, which then
+    cannot show what it promises, exits 3 (the ``--screenshot`` exit codes are in ``medviewer --help``)."""
+    pytest.importorskip("PySide6")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(QT_QPA_PLATFORM="offscreen", XDG_CONFIG_HOME=str(tmp_path / "config"),
+               XDG_DATA_HOME=str(tmp_path / "data"))
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([sys.executable, "-m", "medviewer", "--demo", "--model", "nosuch", "--screenshot", shot],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 3, proc.stderr
+    assert lines[0].startswith("medviewer: Model not loaded: --model: nosuch: no model named 'nosuch'"), lines
+    assert lines[-1] == "medviewer: error: the demo cannot show what it promises: no model is available for the demo"
+    assert shot.stat().st_size > 0 and "Traceback" not in proc.stderr
+    help_text = subprocess.run([sys.executable, "-m", "medviewer", "--help"], capture_output=True, text=True,
+                               env=env, check=True).stdout
+    assert "4 the window reported an error" in " ".join(help_text.split())

@@ -62,9 +62,15 @@ def gui_parser() -> argparse.ArgumentParser:
     parser.add_argument("--provider", choices=PROVIDER_CHOICES, default=None,
                         help="ONNX Runtime execution provider (default: saved setting, else auto)")
     parser.add_argument("--demo", action="store_true",
-                        help="open the demo chest radiograph (RG1_UNCR.dcm) with the default model")
+                        help="open the two demo chest radiographs side by side (a paediatric CR within the "
+                             "default model's intended use, the adult RG1_UNCR.dcm outside it) and run the "
+                             "model on both")
     parser.add_argument("--screenshot", metavar="FILE",
-                        help="wait until loading and inference finish, save the window to FILE, exit")
+                        help="wait until loading and inference finish, save the window to FILE (PNG), exit "
+                             "with 0 saved, 1 FILE not written, 2 timed out after 180 s (saved anyway), "
+                             "3 --demo cannot show what it promises (no model, a study or a result missing), "
+                             "4 the window reported an error (a file that cannot be opened or decoded, a "
+                             "--model that cannot be loaded)")
     return parser
 
 

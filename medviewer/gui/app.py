@@ -146,6 +146,46 @@ class ScreenshotWhenIdle:
             QApplication.instance().exit(self.code)
 
 
+def _model_problem(model: str) -> str | None:
+    """Why ``--model`` `model` (a name or package path) cannot be loaded, in one line, or None."""
+    from medviewer.errors import MedViewerError, error_line
+    from medviewer.inference import resolve_model
+
+    try:
+        resolve_model(model)
+    except MedViewerError as exc:
+        return error_line(exc)
+    return None
+
+
+def _refuse_requested_model(win: MainWindow, reason: str) -> None:
+    """``--model`` named a model that cannot be loaded: the window says so (a dialog; in a ``--screenshot`` run
+    the status bar and stderr, exit 4) and runs no model -- not the default one in its place, which would
+    look like what was asked for. The reader can still pick a model in the AI panel."""
+    win.force_auto_run = False
+    auto = win.panel.auto_run
+    was_on = auto.isChecked()
+    auto.blockSignals(True)  # for this start only: the saved setting is not touched
+    auto.setChecked(False)
+    auto.blockSignals(False)
+
+    def once_models_listed() -> None:
+        if not win.models_ready:
+            QTimer.singleShot(50, once_models_listed)
+            return
+        win.ai.select(None)
+        combo = win.panel.model_combo  # empty, not showing a model that is not selected
+        combo.blockSignals(True)
+        combo.setCurrentIndex(-1)
+        combo.blockSignals(False)
+        auto.blockSignals(True)
+        auto.setChecked(was_on)
+        auto.blockSignals(False)
+        win.error("Model not loaded", f"--model: {reason}")
+
+    QTimer.singleShot(0, once_models_listed)
+
+
 def run_app(args: argparse.Namespace) -> int:
     """Run the workstation with ``args`` from :func:`medviewer.cli.gui_parser`; returns the exit code."""
     t0 = time.perf_counter()
@@ -185,7 +225,10 @@ def run_app(args: argparse.Namespace) -> int:
 
         win.predictionShown.connect(_focus_out_of_scope)
     model = getattr(args, "model", None)
-    if model:
+    model_error = _model_problem(model) if model else None
+    if model_error:
+        _refuse_requested_model(win, model_error)
+    elif model:
         win.load_models(model)
     win.show()
     if paths:
