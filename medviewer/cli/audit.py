@@ -16,13 +16,23 @@ from medviewer.errors import MedViewerError
 
 __all__ = ["add_parser", "run", "parse_since"]
 
+_EPILOG = """examples:
+  medviewer audit                                # every record, one line each
+  medviewer audit --since 2026-01-31             # from that day (UTC) on
+  medviewer audit --since 2026-01-31T08:00+01:00 --json > audit.json
+  medviewer audit --verify                       # recompute the hash chain
+
+Reading the log is itself recorded (audit-log-used, DCM 110101).
+Exit status: 0 ok, 1 an unreadable log or (with --verify) a broken hash chain."""
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``audit`` on the ``medviewer`` subcommand parser."""
     p = subparsers.add_parser(
         "audit", help="show or verify the audit trail (who did what to which study, with which model)",
         description="Show the audit trail (IHE ATNA / DICOM PS3.15 A.5 events: study opened, AI run, results "
-                    "exported, de-identified, sent, model imported) or verify its hash chain.")
+                    "exported, de-identified, sent, model imported) or verify its hash chain.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--since", metavar="DATE", default=None,
                    help="only records at or after DATE (YYYY-MM-DD or ISO 8601 date-time, UTC unless an offset is given)")
     p.add_argument("--json", action="store_true", help="print the records as JSON")

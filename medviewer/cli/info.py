@@ -38,13 +38,23 @@ from medviewer.io.scan import ScanResult, Series, Study, scan
 
 __all__ = ["add_parser", "run", "result_to_json", "format_tree"]
 
+_EPILOG = """examples:
+  medviewer info image.dcm                      # one file: its patient, study and series
+  medviewer info STUDY_FOLDER                   # every file below it, grouped; unreadable ones under 'Skipped'
+  medviewer info STUDY_FOLDER --json > tree.json
+  medviewer info a.dcm b.png CT_FOLDER          # files and folders mixed
+
+Nothing is decoded (fast on large folders); 'render' and 'infer' find what only the pixels show.
+Exit status: 0 when at least one image was read, 1 otherwise (one error line on stderr)."""
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``info`` on the ``medviewer`` subcommand parser."""
     p = subparsers.add_parser(
         "info", help="print the patient/study/series tree of DICOM/PNG/JPEG files and folders",
         description="Print the patient/study/series tree (modality, size, pixel spacing, transfer syntax, "
-                    "instance counts) of files and folders. Unreadable files are listed under 'skipped'.")
+                    "instance counts) of files and folders. Unreadable files are listed under 'skipped'.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (searched recursively)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the text tree")
     p.set_defaults(run=run)

@@ -8,7 +8,14 @@ import sys
 
 __all__ = ["add_parser", "run"]
 
-_EPILOG = """\
+_EPILOG = """examples:
+  medviewer models list                          # '*' marks the default model
+  medviewer models show pneumonia-cxr            # intended use, labels, operating points, metrics
+  medviewer models show pneumonia-cxr --json     # the validated model.json
+  medviewer models validate runs/export/my-model # card schema, SHA-256 of model.onnx, graph vs card
+  medviewer models import runs/export/my-model   # validate, then copy into the user's model folder
+  medviewer infer STUDY_FOLDER --model my-model  # then use it by name
+
 Packages are found among MedViewer's built-in models (installed with it), in the user's data folder
 (where 'import' copies them), and in the folders of MEDVIEWER_MODEL_PATH; the first package of a name
 wins. '*' marks the default model (pneumonia-cxr), used when no --model is given.
