@@ -62,8 +62,8 @@ def test_bad_json_and_missing_file_are_one_line(tmp_path):
 
 def test_future_schema_version_is_refused(tmp_path):
     data = json.loads(card_for(SHA).model_dump_json())
-    data["schema_version"] = 3
-    with pytest.raises(ModelPackageError, match="schema_version 3 is not supported"):
+    data["schema_version"] = 4
+    with pytest.raises(ModelPackageError, match="schema_version 4 is not supported"):
         load_card(_write(tmp_path, data))
 
 

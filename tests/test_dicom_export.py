@@ -245,3 +245,87 @@ def test_reads_another_vendors_tid1500(tmp_path):
     assert two["coordinates_3d"].tolist() == [[10.0, -20.5, 30.25]]
     with pytest.raises(ValueError, match="not a Comprehensive 3D"):
         read_sr_findings(ct)
+
+
+def _dciodvfy_warnings(path: Path) -> list[str]:
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools, or bash .ci/system-packages.sh)")
+    run = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    return [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith(("Error", "Warning"))]
+
+
+def _demo_variant(tmp_path: Path, name: str, **changes) -> Path:
+    """The shipped paediatric demo DICOM with attributes set (value) or removed (None), a new SOP Instance UID."""
+    from pydicom.uid import generate_uid
+
+    from medviewer.resources import demo_dir
+
+    ds = pydicom.dcmread(demo_dir() / "paediatric-cxr-pneumonia.dcm")
+    for kw, value in changes.items():
+        if value is None:
+            if kw in ds:
+                delattr(ds, kw)
+        else:
+            setattr(ds, kw, value)
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    out = tmp_path / name
+    ds.save_as(out)
+    return out
+
+
+def test_out_of_scope_findings_are_not_assessed_with_their_reasons(tmp_path):
+    """The issue's reproduction: the paediatric demo with Patient's Age 064Y scores pneumonia far above the
+    operating point; its SR must assert the finding neither present nor absent, and say why, per finding."""
+    from medviewer.cli import main
+
+    src = _demo_variant(tmp_path, "adult.dcm", PatientAge="064Y")
+    assert main(["infer", str(src), "--dicom", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    (sr_path,) = (tmp_path / "out" / "dicom").glob("SR_*.dcm")
+    ds = pydicom.dcmread(sr_path)
+    groups = {g["tracking_identifier"]: g for g in read_sr_findings(ds)}
+    pneu = groups["pneumonia score"]
+    assert pneu["measurements"]["Probability"] > pneu["measurements"]["Operating point threshold"]
+    assert pneu["evaluations"] == {"Flagged at operating point": "Not assessed: outside intended use"}
+    assert groups["applicability"]["evaluations"] == {"Model applicability": "Out of scope"}
+    codes = {(i.ConceptCodeSequence[0].CodeValue, i.ConceptCodeSequence[0].CodingSchemeDesignator)
+             for i in content_items(ds) if "ConceptCodeSequence" in i}
+    assert ("272519000", "SCT") not in codes and ("52101004", "SCT") not in codes  # neither absent nor present
+    texts = [str(i.TextValue) for i in content_items(ds) if i.get("ValueType") == "TEXT"]
+    assert sum("patient age 64 y" in t for t in texts) >= 2  # in the finding's group and the applicability group
+    assert [d.CodingSchemeDesignator for d in ds.CodingSchemeIdentificationSequence] == [SCHEME]
+    assert dciodvfy_errors(sr_path) == []
+    # the only warnings left: dciodvfy does not read (0008,0110) declarations of private schemes
+    assert all("99MEDVIEWER" in w for w in _dciodvfy_warnings(sr_path))
+
+
+def test_source_without_type2_attributes_still_gets_results(tmp_path):
+    """Converted and de-identified files lack Type 2 attributes: the SR/SC write them empty."""
+    import json
+
+    from medviewer.cli import main
+
+    missing = ("PatientBirthDate", "AccessionNumber", "PatientSex", "ReferringPhysicianName", "StudyID",
+               "PatientName", "PatientID", "StudyDate", "StudyTime")
+    src = _demo_variant(tmp_path, "bare.dcm", **dict.fromkeys(missing))
+    assert main(["infer", str(src), "--dicom", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    (entry,) = doc["results"]
+    assert not entry.get("error") and len(entry["dicom"]) == 2, entry
+    for rel in entry["dicom"]:
+        ds = pydicom.dcmread(tmp_path / "out" / rel)
+        assert all(kw in ds and not ds[kw].value for kw in missing)
+        assert dciodvfy_errors(tmp_path / "out" / rel) == []
+
+
+def test_sc_of_chest_film_has_no_laterality_warning(session, tmp_path):
+    """A chest (unpaired) source: the SC carries Body Part Examined and no empty Laterality (dciodvfy clean)."""
+    src = _demo_variant(tmp_path, "demo.dcm")
+    header = pydicom.dcmread(src, stop_before_pixels=True)
+    assert str(header.BodyPartExamined) == "CHEST"
+    _, pred, overlay = predict(session, "RG1_UNCR.dcm")
+    sc = build_overlay_sc(header, overlay, session.card)
+    assert "Laterality" not in sc and sc.BodyPartExamined == "CHEST"
+    sc.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
+    assert _dciodvfy_warnings(tmp_path / "sc.dcm") == []

@@ -20,6 +20,10 @@ findings and their regions). Per scored image:
     pixel, so pixel centres are at ``+0.5``), its area in mm² when the pixel spacing is known, and the
     peak of the class activation map in it.
 
+The private scheme is declared in the SR's Coding Scheme Identification Sequence (0008,0110) (PS3.3
+C.12.1.1.2). Type 2 attributes of the Patient and General Study modules that the source lacks (as
+converted and de-identified files often do) are written empty, as PS3.5 7.4 allows (:func:`with_type2`).
+
 * **Secondary Capture** (:func:`build_overlay_sc`): SC Image Storage of the RGB overlay as the reader saw
   it (Burned In Annotation ``YES``), in the same study, its own series, referencing the source image.
 
@@ -52,6 +56,8 @@ __all__ = [
     "MANUFACTURER",
     "DicomExportError",
     "label_code",
+    "with_type2",
+    "coding_scheme_identification",
     "build_sr",
     "build_overlay_sc",
     "DicomResultWriter",
@@ -100,6 +106,7 @@ def _codes():
         "ood_threshold": CodedConcept("OOD_THRESHOLD", SCHEME, "Out-of-distribution threshold"),
         "overridden": CodedConcept("OVERRIDDEN", SCHEME, "Intended use overridden"),
         "reason": CodedConcept("APPL_REASON", SCHEME, "Applicability reason"),
+        "not_assessed": CodedConcept("NOT_ASSESSED", SCHEME, "Not assessed: outside intended use"),
         "procedure": CodedConcept("363679005", "SCT", "Imaging procedure"),
     }
 
@@ -111,6 +118,39 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         yield
+
+
+#: Type 2 attributes of the Patient (PS3.3 C.7.1.1) and General Study (C.7.2.1) modules that highdicom copies
+#: from the source onto the SR and SC
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def with_type2(source: Dataset) -> Dataset:
+    """``source`` itself when it has every Type 2 attribute the results copy, else a shallow copy with the
+    missing ones present and empty (zero length, PS3.5 7.4: "known to be unknown") -- converted and
+    de-identified files often lack Patient's Birth Date or Accession Number."""
+    missing = [kw for kw in _TYPE2 if kw not in source]
+    if not missing:
+        return source
+    out = Dataset()
+    for elem in source:
+        if elem.tag != 0x7FE00010:  # the header is enough to reference the image
+            out.add(elem)
+    out.file_meta = getattr(source, "file_meta", Dataset())
+    for kw in missing:
+        setattr(out, kw, "")
+    return out
+
+
+def coding_scheme_identification() -> list[Dataset]:
+    """Coding Scheme Identification Sequence (0008,0110) items (PS3.3 C.12.1.1.2.1) declaring :data:`SCHEME`."""
+    item = Dataset()
+    item.CodingSchemeDesignator = SCHEME
+    item.CodingSchemeName = "MedViewer AI result codes"
+    item.CodingSchemeResponsibleOrganization = MANUFACTURER
+    item.CodingSchemeVersion = "1"
+    return [item]
 
 
 def _check_source(source: Dataset) -> None:
@@ -225,10 +265,12 @@ def build_sr(source: Dataset, prediction: Any, card: Any, *, applicability: Mapp
     from pydicom.sr.codedict import codes
 
     _check_source(source)
+    source = with_type2(source)
     c = _codes()
     if applicability is None:
         applicability = getattr(prediction, "applicability", None)
     app = _applicability(applicability)
+    withheld = app is not None and app.status == "out_of_scope" and not app.overridden
     rows, cols = int(source.get("Rows", 0) or 0), int(source.get("Columns", 0) or 0)
     frames = _frame_number(source, frame)
 
@@ -256,13 +298,21 @@ def build_sr(source: Dataset, prediction: Any, card: Any, *, applicability: Mapp
                                                   unit=c["no_units"]))
         evaluations = []
         if label in positive:
-            flagged = label in prediction.flagged
-            evaluations.append(hd.sr.QualitativeEvaluation(
-                name=c["flag"], value=codes.SCT.Present if flagged else codes.SCT.Absent))
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            if withheld:  # outside intended use: neither present nor absent
+                value = c["not_assessed"]
+            else:
+                value = codes.SCT.Present if label in prediction.flagged else codes.SCT.Absent
+            evaluations.append(hd.sr.QualitativeEvaluation(name=c["flag"], value=value))
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{label} score"),
             finding_type=label_code(label), algorithm_id=algo, measurements=measurements,
-            qualitative_evaluations=evaluations or None, source_images=[src_group]))
+            qualitative_evaluations=evaluations or None, source_images=[src_group])
+        if withheld and label in positive:
+            for reason in app.reasons:  # type: ignore[union-attr]
+                group[0].ContentSequence.append(hd.sr.TextContentItem(
+                    name=c["reason"], value=_ascii_punctuation(reason)[:1024],
+                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        groups.append(group)
     if app is not None:
         measurements = [hd.sr.Measurement(name=c[key], value=value, unit=c["no_units"])
                         for key, value in (("ood_score", app.ood_score), ("ood_threshold", app.ood_threshold))
@@ -303,6 +353,7 @@ def build_sr(source: Dataset, prediction: Any, card: Any, *, applicability: Mapp
             is_verified=False, series_description=f"AI results {card.name} {card.version}"[:64],
             institution_name=source.get("InstitutionName") or None)
     sr.SoftwareVersions = f"medviewer {__version__}"
+    sr.CodingSchemeIdentificationSequence = coding_scheme_identification()
     return sr
 
 
@@ -356,6 +407,7 @@ def build_overlay_sc(source: Dataset, overlay_rgb: np.ndarray, card: Any, *, ser
     import highdicom as hd
 
     _check_source(source)
+    source = with_type2(source)
     rgb = np.asarray(overlay_rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise DicomExportError(f"overlay must be uint8 (H, W, 3) RGB, got {rgb.dtype} {rgb.shape}")
@@ -373,8 +425,18 @@ def build_overlay_sc(source: Dataset, overlay_rgb: np.ndarray, card: Any, *, ser
         sc.PatientOrientation = None
     # General Series Laterality (Type 2C, PS3.3 C.7.3.1): the source's, else its Image Laterality, else
     # empty (unknown) -- dciodvfy requires it whenever Image Laterality is absent, which it is in SC
+    # -- unless the source names an unpaired body part (copied as Body Part Examined), where it is absent
     lat = str(source.get("Laterality", "") or source.get("ImageLaterality", "") or "")
-    sc.Laterality = lat if lat in ("R", "L") else ""
+    body = str(source.get("BodyPartExamined", "") or "").upper()
+    if body:
+        sc.BodyPartExamined = body
+    if lat in ("R", "L"):
+        sc.Laterality = lat
+    elif body in _UNPAIRED:
+        if "Laterality" in sc:
+            del sc.Laterality
+    else:
+        sc.Laterality = ""
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.DerivationDescription = f"class activation map and flagged regions of {card.name} {card.version}"[:1024]
@@ -387,6 +449,12 @@ def build_overlay_sc(source: Dataset, overlay_rgb: np.ndarray, card: Any, *, ser
     sc.SourceImageSequence = [ref]
     sc.SoftwareVersions = f"medviewer {__version__}"
     return sc
+
+
+#: Body Part Examined defined terms (PS3.16 Annex L) of unpaired structures: no Laterality (PS3.3 C.7.3.1)
+_UNPAIRED = frozenset({"CHEST", "ABDOMEN", "PELVIS", "HEAD", "BRAIN", "NECK", "SKULL", "CSPINE", "TSPINE", "LSPINE",
+                       "SSPINE", "SPINE", "COCCYX", "SACRUM", "HEART", "THORAX", "ABDOMENPELVIS", "CHESTABDOMEN",
+                       "CHESTABDPELVIS", "HEADNECK", "WHOLEBODY", "STERNUM", "LIVER", "PANCREAS", "SPLEEN"})
 
 
 @dataclass

@@ -157,9 +157,9 @@ def score_instances(
         Item -> uint8 display image; default :func:`medviewer.imaging.display_image` (of the
         :class:`FrameRef`'s frame; frame 0 of an instance).
     on_done
-        Called in a worker thread as ``on_done(outcome, display_u8, prediction)`` for each success, before
-        the CAMs are dropped; a returned dict is stored in ``outcome.extra`` (an exception becomes the
-        outcome's error).
+        Called in a worker thread as ``on_done(outcome, display_u8, prediction)`` for each success (an
+        exception it raises is recorded as ``outcome.extra["export_error"]``; the image stays scored), before
+        the CAMs are dropped; a returned dict is stored in ``outcome.extra``.
     progress
         Called in the calling thread with each finished :class:`Outcome`, in input order.
     cancel
@@ -203,7 +203,10 @@ def score_instances(
                 policy(item, img, pred)
             out.seconds = decode_s + pred.seconds
             if on_done is not None:
-                extra = on_done(out, img, pred)
+                try:
+                    extra = on_done(out, img, pred)
+                except Exception as exc:  # an export (overlay, SR/SC) that fails never unscores the image
+                    extra = {"export_error": error_line(exc)}
                 if extra:
                     out.extra.update(extra)
             if not keep_cams:

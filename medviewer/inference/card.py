@@ -9,6 +9,7 @@ This module is the single definition of the contract between ``training`` (which
                    # (v2, optional) card.outputs.features (N, D), pooled features for out-of-distribution scoring
     model.json     # this card
     ood.npz        # (v2, optional) the statistics that score card.outputs.features (see OODSpec)
+    gate.onnx      # (v3, optional) the applicability gate: what the image is (see GateSpec)
     README.md      # optional human-readable card
     plots/*.png    # optional evaluation plots
 
@@ -17,6 +18,11 @@ Schema 2 adds what the app needs to decide whether the model applies to an image
 :class:`OODSpec` (image-based out-of-distribution detection, for files without tags and tags that lie),
 ``files`` (the SHA-256 of every file of the package, checked on load) and ``history``.
 A schema-1 card loads with ``applicability = None`` and no OOD detector ("unknown" applicability).
+
+Schema 3 adds :class:`GateSpec`: a second, small ONNX classifier shipped in the package that says what an
+image *is* (e.g. paediatric chest / adult chest / other radiograph / not a radiograph), trained with real
+out-of-scope images (outlier exposure), so the app can say "looks like an adult chest film (0.97)" from the
+pixels alone. Schema 1 and 2 cards load unchanged (no gate).
 
 The input tensor and preprocessing parameters (:class:`InputSpec`, :class:`Preprocessing`,
 :class:`ResizeMode`) are defined in the leaf module :mod:`medviewer.spec`, which
@@ -58,6 +64,7 @@ __all__ = [
     "Applicability",
     "OODLayer",
     "OODSpec",
+    "GateSpec",
     "HistoryEntry",
     "SUPPORTED_SCHEMAS",
     "sha256_file",
@@ -65,9 +72,9 @@ __all__ = [
     "save_card",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: schema versions this app reads
-SUPPORTED_SCHEMAS = (1, 2)
+SUPPORTED_SCHEMAS = (1, 2, 3)
 
 
 class Task(str, Enum):
@@ -167,6 +174,54 @@ class OODSpec(_Strict):
         default_factory=dict, description="measured detection rates / AUROC on named out-of-scope sets")
 
 
+class GateSpec(_Strict):
+    """The applicability gate (schema 3): a small classifier that says what an image is, from pixels alone.
+
+    ``file`` (hashed in the card's ``files``) is an ONNX graph with input ``input.name`` float32
+    ``(N, C, H, W)``, fed by :func:`medviewer.imaging.preprocess.preprocess` with ``preprocessing`` from the
+    same display image the model sees, and output ``output`` float32 ``(N, K)``: softmax probabilities over
+    ``classes``. The image is within the model's intended use by appearance when the probability of
+    ``in_scope_class`` is at least ``threshold``; otherwise the reason names the most probable other class
+    with its probability, in the words of ``phrases`` ("looks like an adult chest film (0.97)").
+
+    The rule that combines the gate with the header checks and the Mahalanobis score (:class:`OODSpec`) is
+    :func:`medviewer.workstation.intended_use.assess`: out of scope when any present tag contradicts the
+    card, OR the gate's in-scope probability is below ``threshold``, OR the OOD score exceeds its threshold.
+
+    Reference: Hendrycks, Mazeika & Dietterich (2019), "Deep Anomaly Detection with Outlier Exposure", ICLR.
+    """
+
+    file: str = "gate.onnx"
+    version: str = Field("1.0.0", min_length=1)
+    input: InputSpec
+    preprocessing: Preprocessing
+    output: str = "probabilities"
+    classes: list[str] = Field(min_length=2)
+    in_scope_class: str
+    phrases: dict[str, str] = Field(
+        default_factory=dict, description="class -> what the image looks like, e.g. 'an adult chest film'")
+    threshold: float = Field(ge=0.0, le=1.0)
+    calibration: str = Field(description="how the threshold was chosen, and on which images")
+    training: str = Field("", description="data, sources, command")
+    validation: list[dict[str, float | str | int]] = Field(
+        default_factory=list, description="measured rates per held-out set (see the package README)")
+
+    @model_validator(mode="after")
+    def _classes(self) -> GateSpec:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("gate classes must be unique")
+        if self.in_scope_class not in self.classes:
+            raise ValueError(f"gate in_scope_class {self.in_scope_class!r} is not one of {self.classes}")
+        unknown = sorted(set(self.phrases) - set(self.classes))
+        if unknown:
+            raise ValueError(f"gate phrases for unknown classes {unknown}")
+        return self
+
+    def phrase(self, cls: str) -> str:
+        """What an image of class ``cls`` looks like, in words ("an adult chest film")."""
+        return self.phrases.get(cls, cls.replace("_", " "))
+
+
 class HistoryEntry(_Strict):
     """An earlier version of the model, so users see what changed."""
 
@@ -239,7 +294,7 @@ class Producer(_Strict):
 class ModelCard(_Strict):
     """``model.json``: everything the app needs to run, explain and present a model honestly."""
 
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     version: str = Field(min_length=1)
     description: str
@@ -264,6 +319,7 @@ class ModelCard(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     applicability: Applicability | None = None
     ood: OODSpec | None = None
+    gate: GateSpec | None = None
     files: dict[str, str] = Field(
         default_factory=dict, description="package-relative path -> SHA-256 of every file but model.json (schema 2)")
     history: list[HistoryEntry] = Field(default_factory=list)
@@ -296,6 +352,11 @@ class ModelCard(_Strict):
         if self.schema_version < 2:
             if self.applicability is not None or self.ood is not None or self.outputs.features is not None:
                 raise ValueError("applicability, ood and outputs.features need schema_version 2")
+        if self.gate is not None:
+            if self.schema_version < 3:
+                raise ValueError("gate needs schema_version 3")
+            if self.gate.file not in self.files:
+                raise ValueError(f"gate.file {self.gate.file!r} is not hashed in files")
         if self.ood is not None:
             if self.outputs.features is None:
                 raise ValueError("ood needs outputs.features (the graph output it scores)")

@@ -144,6 +144,10 @@ class ModelPackage:
         ood = None
         if card.ood is not None:
             ood = OODDetector.load(p, card.ood, feature_dim)
+        if card.gate is not None:
+            from medviewer.inference.gate import check_gate_graph  # imports this module
+
+            check_gate_graph(p, card.gate)
         readme = p / "README.md"
         pkg = cls(path=p, card=card, onnx_path=onnx_path, source=source, feature_shape=feature_shape,
                   readme_path=readme if readme.is_file() else None,

@@ -36,6 +36,7 @@ from medviewer.errors import InferenceError
 from medviewer.imaging.preprocess import ResizeGeometry, preprocess
 from medviewer.inference import _ort
 from medviewer.inference.card import ModelCard, Task
+from medviewer.inference.gate import Gate
 from medviewer.inference.package import ModelPackage, input_size_problem
 from medviewer.inference.regions import DEFAULT_FRACTION, Region, find_regions
 from medviewer.providers import ExecutionProvider, Provider, short_name
@@ -118,6 +119,9 @@ class Prediction:
         Set by the intended-use policy (:mod:`medviewer.workstation.intended_use`): a dict with ``status``
         (``"in_scope"``, ``"out_of_scope"`` or ``"unknown"``), ``reasons``, ``checks``, ``ood_score``,
         ``ood_threshold``, ``overridden``; None until the policy ran.
+    gate
+        The applicability gate's class probabilities (card schema 3, :mod:`medviewer.inference.gate`):
+        class -> probability; None when the package has no gate.
     suppressed_flags, suppressed_regions
         What the policy withheld from an out-of-scope image (the labels that would have been flagged and
         their regions), so a reader can still "show anyway", visibly labelled.
@@ -135,6 +139,7 @@ class Prediction:
     applicability: dict | None = None
     suppressed_flags: list[str] = field(default_factory=list)
     suppressed_regions: list[Region] = field(default_factory=list)
+    gate: dict[str, float] | None = None
 
     def cam(self, label: str) -> np.ndarray:
         """float32 ``(H0, W0)`` normalised CAM of ``label``."""
@@ -154,6 +159,7 @@ class Prepared:
     geometry: ResizeGeometry
     pixel_spacing: tuple[float, float] | None
     seconds: float
+    gate_x: np.ndarray | None = None  #: float32 ``(C, h, w)`` input of the package's gate, if it has one
 
 
 class Session:
@@ -225,6 +231,9 @@ class Session:
         if self.card.outputs.features:
             self._outputs.append(self.card.outputs.features)
         self._switch_lock = threading.Lock()
+        self.gate: Gate | None = None
+        if self.card.gate is not None:  # tiny: runs on the CPU beside whatever runs the model
+            self.gate = Gate(package.path, self.card.gate)
 
     def _cpu_session(self):
         try:
@@ -262,8 +271,9 @@ class Session:
             x, geom = preprocess(image_u8, self.card.preprocessing, self.card.input)
         except ValueError as exc:
             raise InferenceError(f"cannot prepare the image for {self.card.name}: {exc}") from None
+        gate_x = None if self.gate is None else self.gate.prepare(image_u8)
         spacing = None if pixel_spacing is None else (float(pixel_spacing[0]), float(pixel_spacing[1]))
-        return Prepared(x, geom, spacing, time.perf_counter() - t0)
+        return Prepared(x, geom, spacing, time.perf_counter() - t0, gate_x)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the network on float32 ``(N, C, H, W)``; returns logits ``(N, K)`` and CAMs ``(N, K, h, w)``.
@@ -342,6 +352,12 @@ class Session:
         ood_score = None
         if features is not None and self.package.ood is not None:
             ood_score = float(self.package.ood.score(np.asarray(features)[None, :])[0])
+        gate = None
+        if self.gate is not None and prepared.gate_x is not None:
+            probs = self.gate.probabilities(prepared.gate_x[None])[0]
+            if not np.all(np.isfinite(probs)):
+                raise InferenceError(f"{self.card.name}: the applicability gate returned non-finite values")
+            gate = {c: float(v) for c, v in zip(self.gate.spec.classes, probs, strict=True)}
         z = np.asarray(logits, np.float64)
         energy = float(-(z.max() + np.log(np.exp(z - z.max()).sum())))
         probs = probabilities(logits[None, :], self.card.task)[0]
@@ -384,7 +400,8 @@ class Session:
         if cams is None:
             cams = np.zeros((len(labels), 0, 0), np.float32)
         seconds = prepared.seconds + net_seconds + time.perf_counter() - t0
-        return Prediction(labels, scores, flagged, cams, peaks, found, seconds, ood_score=ood_score, energy=energy)
+        return Prediction(labels, scores, flagged, cams, peaks, found, seconds, ood_score=ood_score, energy=energy,
+                          gate=gate)
 
     def predict(self, images_u8: Sequence[np.ndarray],
                 pixel_spacings: Sequence[tuple[float, float] | None] | None = None, *, batch_size: int = 16,

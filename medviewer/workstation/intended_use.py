@@ -6,8 +6,10 @@ interpretation) and carries an image-based out-of-distribution detector
 (:class:`medviewer.inference.ood.OODDetector`). :class:`IntendedUsePolicy` checks both for every scored
 image and decides:
 
-* ``in_scope``: every header check passed or was unknown, and the OOD score is within the threshold;
-* ``out_of_scope``: a present tag contradicts the card, or the pixels are out of distribution. Then
+* ``in_scope``: every header check passed or was unknown, the applicability gate (card schema 3) says
+  the image looks like what the model was made for, and the OOD score is within the threshold;
+* ``out_of_scope``: a present tag contradicts the card, or the gate's in-scope probability is below its
+  threshold ("looks like an adult chest film (0.97)"), or the pixels are out of distribution. Then
   nothing is flagged and no region is drawn (the scores stay, for research); the reasons are one line
   each, in words a radiologist reads ("patient age 64 y; model: 1-5 y");
 * ``unknown``: the card states no intended use and has no detector (schema 1): results are shown as the
@@ -104,6 +106,7 @@ class Assessment:
     ood_score: float | None = None
     ood_threshold: float | None = None
     overridden: bool = False
+    gate: dict | None = None  #: :meth:`medviewer.inference.gate.GateVerdict.to_dict` when the card has a gate
 
     @property
     def in_scope(self) -> bool:
@@ -128,6 +131,7 @@ class Assessment:
             if np.isfinite(self.ood_score) else "inf",
             "ood_threshold": None if self.ood_threshold is None else round(float(self.ood_threshold), 4),
             "overridden": self.overridden,
+            **({"gate": self.gate} if self.gate is not None else {}),
         }
 
 
@@ -310,11 +314,32 @@ def check_header(app: Applicability | None, facts: HeaderFacts) -> dict[str, Che
 
 
 def assess(card: ModelCard, facts: HeaderFacts, ood_score: float | None, ood_threshold: float | None = None, *,
-           ignore_intended_use: bool = False) -> Assessment:
-    """The decision for one image from its header facts and OOD score (see the module docstring)."""
+           ignore_intended_use: bool = False, gate: dict[str, float] | None = None) -> Assessment:
+    """The decision for one image from its header facts, gate probabilities and OOD score -- the one rule
+    (see the module docstring): out of scope when any present tag contradicts the card, OR the gate's
+    in-scope probability is below ``card.gate.threshold``, OR ``ood_score`` exceeds the OOD threshold.
+
+    ``gate`` is :attr:`medviewer.inference.session.Prediction.gate` (class -> probability); with a gate in
+    the card but no probabilities (``None``) the appearance check is "unknown".
+    """
+    from medviewer.inference.gate import verdict  # the GUI imports this module before its window shows
+
     checks = check_header(card.applicability, facts)
     thr = ood_threshold if ood_threshold is not None else (card.ood.threshold if card.ood is not None else None)
     reasons = [c.reason for c in checks.values() if c.status == CheckStatus.FAIL and c.reason]
+    gate_dict = None
+    if card.gate is not None:
+        expected = f"{card.gate.phrase(card.gate.in_scope_class)} >= {card.gate.threshold:.2f}"
+        if gate is None:
+            checks["appearance"] = Check("appearance", CheckStatus.UNKNOWN, None, expected)
+        else:
+            v = verdict(card.gate, gate)
+            gate_dict = v.to_dict()
+            shown = f"{v.looks_like.replace('_', ' ')} {v.looks_like_probability:.2f}"
+            checks["appearance"] = Check("appearance", CheckStatus.PASS if v.in_scope else CheckStatus.FAIL,
+                                         shown, expected, v.reason)
+            if v.reason:
+                reasons.append(v.reason)
     if thr is not None:
         if ood_score is None:
             checks["image"] = Check("image", CheckStatus.UNKNOWN, None, f"OOD score <= {thr:.3g}")
@@ -327,11 +352,12 @@ def assess(card: ModelCard, facts: HeaderFacts, ood_score: float | None, ood_thr
             checks["image"] = Check("image", CheckStatus.PASS, f"{ood_score:.3g}", f"<= {thr:.3g}")
     if reasons:
         status = Status.OUT_OF_SCOPE
-    elif card.applicability is None and card.ood is None:
+    elif card.applicability is None and card.ood is None and card.gate is None:
         status = Status.UNKNOWN
     else:
         status = Status.IN_SCOPE
-    return Assessment(status, reasons, checks, ood_score, thr, overridden=ignore_intended_use and bool(reasons))
+    return Assessment(status, reasons, checks, ood_score, thr, overridden=ignore_intended_use and bool(reasons),
+                      gate=gate_dict)
 
 
 class IntendedUsePolicy:
@@ -358,7 +384,8 @@ class IntendedUsePolicy:
         ``regions`` move to ``suppressed_flags`` / ``suppressed_regions``; the scores are kept."""
         inst = getattr(instance, "instance", instance)  # a batch FrameRef wraps its instance
         facts = header_facts(inst, image_u8)
-        a = assess(self.card, facts, prediction.ood_score, ignore_intended_use=self.ignore_intended_use)
+        a = assess(self.card, facts, prediction.ood_score, ignore_intended_use=self.ignore_intended_use,
+                   gate=getattr(prediction, "gate", None))
         if a.status == Status.OUT_OF_SCOPE and not self.ignore_intended_use and prediction.flagged is not None:
             prediction.suppressed_flags = list(prediction.flagged)
             prediction.suppressed_regions = list(prediction.regions)
