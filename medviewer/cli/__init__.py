@@ -34,6 +34,7 @@ SUBCOMMANDS = {
     "pacs": "medviewer.cli.pacs",
     "anonymize": "medviewer.cli.anonymize",
     "audit": "medviewer.cli.audit",
+    "serve": "medviewer.cli.serve",
 }
 
 
@@ -71,6 +72,9 @@ def gui_parser() -> argparse.ArgumentParser:
                              "3 --demo cannot show what it promises (no model, a study or a result missing), "
                              "4 the window reported an error (a file that cannot be opened or decoded, a "
                              "--model that cannot be loaded)")
+    parser.add_argument("--layout", choices=("1x1", "1x2", "2x2", "mpr"),
+                        help="viewport layout; mpr: axial, coronal and sagittal planes of the first series "
+                             "(a CT/MR volume) with a linked crosshair")
     return parser
 
 
