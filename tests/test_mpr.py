@@ -238,3 +238,52 @@ def test_sagittal_slabs_match_numpy(volume):
     assert np.array_equal(volume.slab(sagittal, 250, 20.0, "mip"), ref.max(axis=2))
     assert np.array_equal(volume.slab(sagittal, 250, 20.0, "minip"), ref.min(axis=2))
     assert np.abs(volume.slab(sagittal, 250, 20.0, "mean").astype(float) - ref.mean(axis=2)).max() <= 0.5
+
+
+# ------------------------------------------------------------------ the Qt-free MPR model (crosshair, window, slab)
+def test_mpr_model_linked_crosshair(volume):
+    from medviewer.workstation.mpr import MprModel
+
+    m = MprModel(volume)
+    seen = []
+    m.changed.connect(seen.append)
+    assert (m.index("axial"), m.index("coronal"), m.index("sagittal")) == (66, 255, 255)
+    # a click on the coronal plane moves the point within it: axial and sagittal follow, coronal stays
+    coronal = m.planes["coronal"]
+    m.click("coronal", 100.5, 187.0)
+    assert m.index("coronal") == 255 and m.index("sagittal") == 100
+    assert m.index("axial") == int(round(187.0 * 134 / coronal.size[0] - 0.5))
+    assert seen == ["crosshair"]
+    assert m.crosshair_display("coronal") == pytest.approx((100.5, (m.index("axial") + 0.5) * coronal.size[0] / 134))
+    # the other planes appear as lines through the crosshair: sagittal vertical, axial horizontal
+    lines = dict((o, (k, pos)) for o, k, pos in m.reference_lines("coronal"))
+    assert lines["sagittal"][0] == "v" and lines["axial"][0] == "h"
+    assert lines["sagittal"][1] == pytest.approx(100.5)
+    # scrolling the axial plane moves the point along z by one slice spacing (towards the feet)
+    k = m.index("axial")
+    m.step("axial", 1)
+    assert m.index("axial") == k + 1 and m.crosshair[2] == pytest.approx(484.91 - 3.0 * (k + 1))
+    m.step("axial", 1)
+    assert m.crosshair[2] == pytest.approx(484.91 - 3.0 * (k + 2))
+    m.step("axial", 10_000)
+    assert m.index("axial") == 133  # clipped into the volume
+    assert m.value_at_crosshair() == float(volume.stored[133, 255, 100]) - 1000.0
+
+
+def test_mpr_model_images_window_and_slab(volume):
+    from medviewer.workstation.mpr import MprModel
+
+    m = MprModel(volume)
+    img = m.image("sagittal")
+    assert img is m.image("sagittal")  # cached until something it depends on changes
+    assert np.array_equal(img, volume.render(volume.plane("sagittal"), m.index("sagittal")))
+    m.set_window(400, 1800)  # shared by the three planes
+    for name in ("axial", "coronal", "sagittal"):
+        assert np.array_equal(m.image(name), volume.render(volume.plane(name), m.index(name), Window(400, 1800)))
+    single = m.image("coronal").astype(int)
+    m.set_slab(20.0, "mip")
+    assert (m.image("coronal").astype(int) >= single).all() and "MIP 20.4 mm" in m.caption("coronal")
+    with pytest.raises(ValueError):
+        m.set_slab(-1.0)
+    assert m.distance_mm("coronal", (10, 10), (10, 110)) == pytest.approx(100 * 1.07421875)
+    assert m.labels("sagittal") == {"left": "A", "right": "P", "top": "S", "bottom": "I"}

@@ -230,9 +230,14 @@ def run_app(args: argparse.Namespace) -> int:
         _refuse_requested_model(win, model_error)
     elif model:
         win.load_models(model)
+    layout = getattr(args, "layout", None)
+    if layout and layout != "mpr":
+        win.set_layout(layout)
     win.show()
     if paths:
         win.open_paths(paths)
+    if layout == "mpr":  # waits for the scan, then builds the volume of the first series
+        win.set_layout("mpr")
     shooter = ScreenshotWhenIdle(win, screenshot, started=t0, check=demo_problem if demo else None) if screenshot else None
     code = app.exec()
     win.shutdown()

@@ -49,6 +49,7 @@ class Command(str, Enum):
     LAYOUT_1X1 = "layout_1x1"
     LAYOUT_1X2 = "layout_1x2"
     LAYOUT_2X2 = "layout_2x2"
+    LAYOUT_MPR = "layout_mpr"
     NEXT_VIEWPORT = "next_viewport"
     TAGS = "tags"
     RUN_AI = "run_ai"
@@ -102,6 +103,7 @@ KEYS: tuple[Binding, ...] = (
     Binding(Command.LAYOUT_1X1, "Ctrl+1", "View", "Layout 1×1"),
     Binding(Command.LAYOUT_1X2, "Ctrl+2", "View", "Layout 1×2"),
     Binding(Command.LAYOUT_2X2, "Ctrl+4", "View", "Layout 2×2"),
+    Binding(Command.LAYOUT_MPR, "Ctrl+3", "View", "Layout MPR (axial, coronal, sagittal of a CT/MR series)"),
     Binding(Command.NEXT_VIEWPORT, "Tab", "View", "Next viewport"),
     Binding(Command.FULLSCREEN, "F11", "View", "Full screen"),
     Binding(Command.TOOL_WINDOW, "W", "Tools", "Window/level tool (left drag)"),

@@ -325,7 +325,14 @@ class MainWindow(QMainWindow):
 
     # ==== viewports ===================================================================================
     def set_layout(self, name: str) -> None:
-        """Show ``name`` ("1x1", "1x2" or "2x2") viewports and save it."""
+        """Show ``name`` ("1x1", "1x2" or "2x2") viewports and save it; "mpr": the active series as axial,
+        coronal and sagittal planes (:func:`medviewer.gui.mpr_view.show_mpr`, not saved)."""
+        from medviewer.gui.mpr_view import hide_mpr, show_mpr
+
+        if name == "mpr":
+            show_mpr(self)
+            return
+        hide_mpr(self)
         rows, cols = LAYOUTS.get(name, (1, 1))
         for i, vp in enumerate(self.viewports):
             vp.setVisible(i // 2 < rows and i % 2 < cols)

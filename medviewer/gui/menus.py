@@ -60,6 +60,7 @@ def _handlers(win: Any) -> dict[Command, Callable[[], Any]]:
         Command.LAYOUT_1X1: lambda: win.set_layout("1x1"),
         Command.LAYOUT_1X2: lambda: win.set_layout("1x2"),
         Command.LAYOUT_2X2: lambda: win.set_layout("2x2"),
+        Command.LAYOUT_MPR: lambda: win.set_layout("mpr"),
         Command.NEXT_VIEWPORT: win.next_viewport,
         Command.FULLSCREEN: lambda: win.showNormal() if win.isFullScreen() else win.showFullScreen(),
         Command.DELETE_MEASUREMENTS: lambda: vp().delete_measurements(),

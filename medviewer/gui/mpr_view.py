@@ -1,0 +1,278 @@
+"""The MPR layout: axial, coronal and sagittal planes of a CT/MR series with a linked crosshair (thin Qt view).
+
+All state lives in :class:`medviewer.workstation.mpr.MprModel` (crosshair in patient mm, shared window, slab);
+this module only paints its images and forwards the mouse:
+
+- left click / drag: move the crosshair there (the other two planes follow);
+- wheel: scroll the plane under the cursor (Shift: 5 planes);
+- right drag: window/level, shared by the three planes; double click: the default window;
+- the toolbar above the planes: slab thickness in mm and projection (MIP/MinIP/mean).
+
+:func:`show_mpr` opens it from the main window (View > Layout MPR, Ctrl+3, ``medviewer PATH --layout mpr``):
+the volume of the active viewport's series is built in a worker task, reusing the frames already decoded;
+a series that is not one volume gives a dialog with the one-line reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
+from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
+from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from medviewer.imaging import Window
+from medviewer.imaging.mpr import PLANES
+from medviewer.workstation.mpr import PLANE_COLOURS, MprModel
+
+__all__ = ["MprPlaneView", "MprView", "show_mpr", "hide_mpr"]
+
+
+class MprPlaneView(QWidget):
+    """One plane of an :class:`MprModel`: image fitted with its aspect in mm, labels, reference lines."""
+
+    def __init__(self, model: MprModel, name: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model, self.name = model, name
+        self.setMinimumSize(120, 120)
+        self.setMouseTracking(True)
+        self.setFocusPolicy(Qt.ClickFocus)
+        self._drag: tuple[Any, QPointF] | None = None
+        self._qimage: QImage | None = None
+        self._shown: np.ndarray | None = None
+
+    # ---------------------------------------------------------------- geometry
+    def image_rect(self) -> QRectF:
+        """Where the image is drawn: fitted into the widget, square pixels, centred."""
+        h, w = self.model.planes[self.name].size
+        s = min(self.width() / w, self.height() / h) * 0.98
+        return QRectF((self.width() - w * s) / 2, (self.height() - h * s) / 2, w * s, h * s)
+
+    def to_image(self, pos: QPointF) -> tuple[float, float]:
+        """Widget point -> display point of the plane's image."""
+        r = self.image_rect()
+        h, w = self.model.planes[self.name].size
+        return (pos.x() - r.x()) * w / r.width(), (pos.y() - r.y()) * h / r.height()
+
+    def to_widget(self, x: float, y: float) -> QPointF:
+        """Display point of the plane's image -> widget point."""
+        r = self.image_rect()
+        h, w = self.model.planes[self.name].size
+        return QPointF(r.x() + x * r.width() / w, r.y() + y * r.height() / h)
+
+    # ---------------------------------------------------------------- painting
+    def paintEvent(self, _e: Any) -> None:  # noqa: N802
+        p = QPainter(self)
+        p.fillRect(self.rect(), Qt.black)
+        img = self.model.image(self.name)
+        if img is not self._shown:
+            self._shown = img
+            self._qimage = QImage(img.data, img.shape[1], img.shape[0], img.strides[0], QImage.Format_Grayscale8)
+        r = self.image_rect()
+        p.setRenderHint(QPainter.SmoothPixmapTransform, True)
+        p.drawImage(r, self._qimage)
+        cx, cy = self.model.crosshair_display(self.name)
+        c = self.to_widget(cx, cy)
+        c = QPointF(int(c.x()) + 0.5, int(c.y()) + 0.5)  # crisp one-pixel lines
+        gap = 12.0  # the lines stop short of the point itself so the anatomy under it stays visible
+        for other, kind, _pos in self.model.reference_lines(self.name):
+            p.setPen(QPen(QColor(*PLANE_COLOURS[other]), 1))
+            if kind == "v":
+                p.drawLine(QPointF(c.x(), r.top()), QPointF(c.x(), c.y() - gap))
+                p.drawLine(QPointF(c.x(), c.y() + gap), QPointF(c.x(), r.bottom()))
+            else:
+                p.drawLine(QPointF(r.left(), c.y()), QPointF(c.x() - gap, c.y()))
+                p.drawLine(QPointF(c.x() + gap, c.y()), QPointF(r.right(), c.y()))
+        p.setPen(QPen(QColor(*PLANE_COLOURS[self.name]), 2))
+        p.drawRect(self.rect().adjusted(1, 1, -1, -1))
+        font = QFont(self.font())
+        font.setPointSize(11)
+        font.setBold(True)
+        p.setFont(font)
+        p.setPen(QColor(255, 210, 80))
+        labels = self.model.labels(self.name)
+        m = 6
+        fm = p.fontMetrics()
+        p.drawText(QPointF(r.left() + m, r.center().y() + fm.ascent() / 2), labels["left"])
+        p.drawText(QPointF(r.right() - m - fm.horizontalAdvance(labels["right"]), r.center().y() + fm.ascent() / 2),
+                   labels["right"])
+        p.drawText(QPointF(r.center().x() - fm.horizontalAdvance(labels["top"]) / 2, r.top() + m + fm.ascent()),
+                   labels["top"])
+        p.drawText(QPointF(r.center().x() - fm.horizontalAdvance(labels["bottom"]) / 2, r.bottom() - m),
+                   labels["bottom"])
+        font.setBold(False)
+        font.setPointSize(9)
+        p.setFont(font)
+        p.setPen(QColor(*PLANE_COLOURS[self.name]))
+        p.drawText(QPointF(8, 8 + p.fontMetrics().ascent()), self.model.caption(self.name))
+        p.setPen(QColor(220, 220, 220))
+        w = self.model.window
+        if w is not None:
+            p.drawText(QPointF(8, self.height() - 8), f"W {w.width:.0f} / L {w.center:.0f}")
+        p.end()
+
+    # ---------------------------------------------------------------- mouse
+    def mousePressEvent(self, e: Any) -> None:  # noqa: N802
+        pos = e.position()
+        self._drag = (e.button(), pos)
+        if e.button() == Qt.LeftButton:
+            self.model.click(self.name, *self.to_image(pos))
+
+    def mouseMoveEvent(self, e: Any) -> None:  # noqa: N802
+        if self._drag is None:
+            return
+        button, last = self._drag
+        pos = e.position()
+        if button == Qt.LeftButton:
+            self.model.click(self.name, *self.to_image(pos))
+        elif button == Qt.RightButton:
+            self.model.drag_window(pos.x() - last.x(), pos.y() - last.y())
+        self._drag = (button, pos)
+
+    def mouseReleaseEvent(self, _e: Any) -> None:  # noqa: N802
+        self._drag = None
+
+    def mouseDoubleClickEvent(self, e: Any) -> None:  # noqa: N802
+        w = self.model.volume.default_window
+        if w is not None and e.button() == Qt.RightButton:
+            self.model.set_window(w.center, w.width)
+
+    def wheelEvent(self, e: Any) -> None:  # noqa: N802
+        steps = e.angleDelta().y() // 120 or (1 if e.angleDelta().y() > 0 else -1 if e.angleDelta().y() < 0 else 0)
+        if steps:
+            self.model.step(self.name, -int(steps) * (5 if e.modifiers() & Qt.ShiftModifier else 1))
+
+
+class MprView(QWidget):
+    """The MPR layout: a slab toolbar over three :class:`MprPlaneView` side by side (axial, coronal, sagittal)."""
+
+    def __init__(self, model: MprModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = model
+        self.setStyleSheet("background: #000; color: #ddd;")
+        bar = QHBoxLayout()
+        bar.setContentsMargins(6, 2, 6, 2)
+        bar.addWidget(QLabel("Slab"))
+        self.slab = QDoubleSpinBox()
+        self.slab.setRange(0.0, 200.0)
+        self.slab.setSingleStep(5.0)
+        self.slab.setSuffix(" mm")
+        self.slab.setValue(model.slab_mm)
+        self.projection = QComboBox()
+        self.projection.addItems(["MIP", "MinIP", "Mean"])
+        bar.addWidget(self.slab)
+        bar.addWidget(self.projection)
+        self.info = QLabel("")
+        bar.addWidget(self.info, 1)
+        self.slab.valueChanged.connect(self._slab_changed)
+        self.projection.currentIndexChanged.connect(self._slab_changed)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(2)
+        self.planes = {name: MprPlaneView(model, name) for name in PLANES}
+        for name in PLANES:
+            row.addWidget(self.planes[name], 1)
+        col = QVBoxLayout(self)
+        col.setContentsMargins(0, 0, 0, 0)
+        col.setSpacing(0)
+        col.addLayout(bar)
+        col.addLayout(row, 1)
+        model.changed.connect(self._on_changed)
+        self._on_changed("crosshair")
+
+    def _slab_changed(self, *_: Any) -> None:
+        self.model.set_slab(self.slab.value(), ("mip", "minip", "mean")[self.projection.currentIndex()])
+
+    def _on_changed(self, _what: str) -> None:
+        m = self.model
+        x, y, z = m.crosshair
+        units = m.volume.pipeline.units.label or ""
+        self.info.setText(f"crosshair x {x:.1f}  y {y:.1f}  z {z:.1f} mm   value {m.value_at_crosshair():.0f} {units}")
+        for v in self.planes.values():
+            v.update()
+
+    def closeEvent(self, e: Any) -> None:  # noqa: N802
+        self.model.changed.disconnect(self._on_changed)
+        super().closeEvent(e)
+
+
+# ---------------------------------------------------------------------- main window glue
+def hide_mpr(win: Any) -> None:
+    """Leave the MPR layout (the viewports come back through ``win.set_layout``)."""
+    view = getattr(win, "mpr_view", None)
+    if view is not None:
+        view.hide()
+    timer = getattr(win, "_mpr_wait", None)
+    if timer is not None:
+        timer.stop()
+
+
+def show_mpr(win: Any, wait_ms: int = 120_000) -> None:
+    """Show the active viewport's series as MPR in ``win`` (a :class:`~medviewer.gui.main_window.MainWindow`).
+
+    While a folder is still being scanned (``medviewer PATH --layout mpr``) it waits for the full series. The
+    volume is built in a worker task from the series' frames (the decoded ones are reused); a series that is
+    not one volume is reported with :meth:`MainWindow.error` (a dialog, or stderr for ``--screenshot``).
+    """
+    from medviewer.gui.workers import FnTask
+    from medviewer.imaging.mpr import build_volume
+
+    hide_mpr(win)
+    src, key = win.active.source, win.active.source_key
+    full = src is not None and win.reading.sources.get(key) is src and not win.loader.scanning
+    if not full:
+        if src is None and not win.loader.scanning and not win._tasks:
+            win.set_status("MPR: open a CT or MR series first")
+            return
+        waited = [0]
+        timer = QTimer(win)
+        win._mpr_wait = timer
+
+        def again() -> None:
+            waited[0] += 100
+            s = win.active.source
+            if (s is not None and win.reading.sources.get(win.active.source_key) is s and not win.loader.scanning) \
+                    or waited[0] > wait_ms:
+                timer.stop()
+                show_mpr(win, 0)
+
+        timer.timeout.connect(again)
+        timer.start(100)
+        return
+    win.set_status(f"MPR: building the volume of {len(src)} images…")
+
+    def built(volume: Any) -> None:
+        if win.active.source is not src:
+            return  # another series was opened meanwhile
+        old = getattr(win, "mpr_view", None)
+        if old is not None:
+            win.grid.removeWidget(old)
+            old.close()
+            old.deleteLater()
+        model = MprModel(volume)
+        vp = win.active
+        if vp.state.width_w is not None and volume.default_window is not None:  # the reader's window
+            model.window = Window(vp.state.center_w, max(1.0, vp.state.width_w), volume.pipeline.voi_function)
+        win.mpr_view = MprView(model)
+        for v in win.viewports:
+            v.setVisible(False)
+        win.grid.addWidget(win.mpr_view, 0, 0, 2, 2)
+        win.mpr_view.show()
+        act = win.actions.get(_mpr_command())
+        if act is not None:
+            act.setChecked(True)
+        sp = volume.spacing
+        win.set_status(f"MPR: {volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]} voxels, "
+                       f"{sp[0]:.2f} x {sp[1]:.3f} x {sp[2]:.3f} mm")
+
+    task = FnTask(lambda t: build_volume(src), "MPR volume")
+    task.signals.result.connect(built)
+    task.signals.failed.connect(lambda reason: win.error("Cannot show MPR", reason))
+    win.start(task)
+
+
+def _mpr_command() -> Any:
+    from medviewer.gui.keybindings import Command
+
+    return getattr(Command, "LAYOUT_MPR", None)
