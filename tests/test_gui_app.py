@@ -326,8 +326,8 @@ def test_tag_browser_search_and_dialogs(qtbot, settings, model_dir):
 
 
 def test_run_app_demo_screenshot(qtbot, tmp_path, monkeypatch):
-    """The demo with the shipped model: the paediatric CR is flagged with a heat map, RG1 (an adult) is
-    outside the intended use with its reasons in the panel; the screenshot run exits 0."""
+    """The demo with the shipped model: the paediatric CR (active) is flagged with a heat map, RG1 (an adult) is
+    outside the intended use with its reasons on its own viewport; the screenshot run exits 0."""
     import argparse
 
     from medviewer.gui.app import demo_paths, run_app
@@ -353,9 +353,12 @@ def test_run_app_demo_screenshot(qtbot, tmp_path, monkeypatch):
     assert status["9RG1"][0] == "out_of_scope" and status["9RG1"][1] == [] and not status["9RG1"][2]
     paed = next(k for k in status if k.startswith("KERMANY"))
     assert status[paed] == ("in_scope", ["pneumonia"], True)
-    # the panel shows the active (out-of-scope) image's reasons in plain words
-    assert win.active.current_instance().patient_id == "9RG1"
-    assert "patient age 64 y" in " ".join(lab.text() for lab in win.panel.findChildren(QLabel))
+    # the paediatric film stays active; each viewport says its own verdict, the status bar the active one's
+    assert win.active.current_instance().patient_id == paed
+    verdicts = {v.current_instance().patient_id: v.ai.verdict for v in win.viewports if v.isVisible() and v.source}
+    assert "flagged pneumonia (P=" in verdicts[paed]
+    assert "outside intended use" in verdicts["9RG1"] and "patient age 64 y" in verdicts["9RG1"]
+    assert win.status_msg.text() == win.prediction_for(win.active).summary()
 
 
 def test_demo_screenshot_fails_when_no_model(qtbot, tmp_path, monkeypatch, model_dirs):

@@ -38,7 +38,8 @@ def _scale(shape: tuple[int, ...]) -> float:
 
 
 def draw_regions(rgb: np.ndarray, regions: Sequence[Region], color: tuple[int, int, int] = REGION_COLOR,
-                 thickness: int | None = None, boxes: bool = False, captions: bool = True) -> np.ndarray:
+                 thickness: int | None = None, boxes: bool = False, captions: bool = True,
+                 scores: dict[str, float] | None = None) -> np.ndarray:
     """Draw region outlines (and optionally bounding boxes) on a copy of ``rgb``, as the viewport does.
 
     Parameters
@@ -52,7 +53,9 @@ def draw_regions(rgb: np.ndarray, regions: Sequence[Region], color: tuple[int, i
     boxes
         Also draw each bounding box.
     captions
-        Write each region's tag ``"n label peak"`` next to it.
+        Write each region's tag ``"n label P=probability"`` next to it.
+    scores
+        label -> the model's probability (``Prediction.scores``) for the tags; without it a tag is ``"n label"``.
 
     Returns
     -------
@@ -62,7 +65,7 @@ def draw_regions(rgb: np.ndarray, regions: Sequence[Region], color: tuple[int, i
     out = to_rgb(rgb)
     h, w = out.shape[:2]
     layer = overlay_layer((w, h), np.eye(3), regions=regions, region_color=color, line_width=thickness or 2,
-                          boxes=boxes, region_tags=captions)
+                          boxes=boxes, region_tags=captions, scores=scores)
     return composite(out, layer)
 
 

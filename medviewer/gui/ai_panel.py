@@ -465,7 +465,9 @@ class AiPanel(QWidget):
             sz = r.size_mm if hasattr(r, "size_mm") else None
             if sz is not None:
                 size = f" · {sz[0]:.0f}×{sz[1]:.0f} mm"
-            it = QListWidgetItem(f"{i + 1}  {r.label}  peak {r.peak:.2f} · {area}{size}")
+            prob = pred.scores.get(r.label)
+            prob_text = "" if prob is None else f"P={prob:.2f} · "
+            it = QListWidgetItem(f"{i + 1}  {r.label}  {prob_text}{area}{size}")
             it.setData(Qt.UserRole, i)
             it.setForeground(QColor(theme.REGION))
             self.regions.addItem(it)

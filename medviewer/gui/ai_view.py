@@ -166,8 +166,10 @@ class AiView(QObject):
     def _on_prediction(self, entry: PredictionEntry) -> None:
         win, pred = self.win, entry.prediction
         win.provider_label.setText(f"AI: {short_name(entry.provider).upper()} · {pred.seconds * 1000:.0f} ms")
-        self.last_result_line = entry.summary()
-        win.set_status(self.last_result_line)
+        active = self.entry_for(win.active)
+        if active is not None:  # the status bar follows the active viewport, not the last result to arrive
+            self.last_result_line = active.summary()
+            win.set_status(self.last_result_line)
         self.sync()
         win.predictionShown.emit(pred)
 
@@ -226,7 +228,7 @@ class AiView(QObject):
                      else pred.labels.index(overlay_label(pred, negative_label=entry.package.card.negative_label)))
             vp.set_ai(AiOverlay(vp.frame_uid(), pred, list(pred.labels), list(pred.flagged),
                                 panel.heatmap_on() and not silent, panel.opacity_value(), panel.colormap(), label,
-                                panel.regions_check.isChecked() and not silent))
+                                panel.regions_check.isChecked() and not silent, verdict=entry.summary()))
 
     def _sr_overlay(self, vp: Any) -> AiOverlay | None:
         """The regions of the opened AI reports (TID 1500 SR) on ``vp``'s frame as an overlay (outlines and
@@ -259,7 +261,9 @@ class AiView(QObject):
             return
         r = entry.prediction.regions[i]
         self.win.active.centre_on(tuple(float(v) for v in r.bbox))
-        self.win.set_status(f"Region {i + 1}: {r.label}, peak {r.peak:.2f}")
+        p = entry.prediction.scores.get(r.label)
+        prob = "" if p is None else f", P={p:.2f}"
+        self.win.set_status(f"Region {i + 1}: {r.label}{prob} (class activation peak {r.peak:.2f})")
 
     def import_model_from(self, path: str) -> None:
         """Validate and install a model package in a worker; a refused package gives an error with the reason."""

@@ -212,18 +212,7 @@ def run_app(args: argparse.Namespace) -> int:
         paths[:0] = [str(p) for p in found]
         win.set_layout("1x2")
         win.panel.set_heatmap_on(True)
-        win.force_auto_run = True
-
-        def _focus_out_of_scope(_pred: Any) -> None:
-            # once both demo images have results, make the out-of-scope one active so the AI panel shows
-            # its reasons while the paediatric image keeps its heat map
-            for v in win.viewports:
-                entry = win.prediction_for(v)
-                if (len(win.reading.predictions()) >= 2 and entry is not None and v is not win.active
-                        and (entry.prediction.applicability or {}).get("status") == "out_of_scope"):
-                    win.set_active(v)
-
-        win.predictionShown.connect(_focus_out_of_scope)
+        win.force_auto_run = True  # the paediatric film (left) stays active; each viewport says its own verdict
     model = getattr(args, "model", None)
     model_error = _model_problem(model) if model else None
     if model_error:

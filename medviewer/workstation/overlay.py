@@ -5,7 +5,8 @@ Everything a reader sees of an AI result on the image is drawn here, Qt-free (nu
 * the class activation map, coloured by :func:`medviewer.inference.heatmap.heat_rgba` -- transparent
   below 0.15 of the label's peak evidence, opacity ramping to full at 0.5 (the rule the viewport always
   used, :data:`~medviewer.inference.heatmap.HEAT_FLOOR`, :data:`~medviewer.inference.heatmap.HEAT_RAMP`);
-* each flagged region's outline (2 px, anti-aliased) and its tag ``"1 PNEUMONIA 0.93"``;
+* each flagged region's outline (2 px, anti-aliased) and its tag ``"1 pneumonia P=0.93"``: the finding and
+  the model's probability for it (never the CAM peak, which is 1.00 by construction and reads as one);
 * the line that says an image is outside the model's intended use (or was shown anyway),
   :func:`medviewer.workstation.intended_use.scope_label`, centred near the bottom.
 
@@ -68,6 +69,9 @@ class AiOverlay:
         Index of the label whose CAM is drawn.
     show_regions
         Draw the flagged regions.
+    verdict
+        One line drawn centred at the bottom of the view, so each viewport of a 1x2 / 2x2 layout says its
+        own result without a click (and a PNG export carries it).
     """
 
     frame_uid: tuple[str, int]
@@ -79,6 +83,7 @@ class AiOverlay:
     colormap: str = "jet"
     cam_label: int = 0
     show_regions: bool = True
+    verdict: str | None = None  #: the image's one-line AI verdict (``PredictionEntry.summary()``), drawn at the bottom
 
 
 def text_scale_for(size: tuple[int, int]) -> float:
@@ -148,7 +153,8 @@ def overlay_layer(size: tuple[int, int], matrix: np.ndarray, *, cam: np.ndarray 
                   colormap: str = "jet", opacity: float = 0.45, regions: Sequence[Any] = (),
                   scope_text: str | None = None, text_scale: float | None = None,
                   region_color: tuple[int, int, int] = REGION_COLOR, line_width: int = 2, boxes: bool = False,
-                  region_tags: bool = True, heat: np.ndarray | None = None) -> np.ndarray:
+                  region_tags: bool = True, heat: np.ndarray | None = None,
+                  scores: dict[str, float] | None = None, verdict: str | None = None) -> np.ndarray:
     """Heat map, region outlines and labels as one RGBA layer at a given geometry.
 
     Parameters
@@ -171,7 +177,11 @@ def overlay_layer(size: tuple[int, int], matrix: np.ndarray, *, cam: np.ndarray 
         Text size factor; default :func:`text_scale_for` of ``size``.
     region_color, line_width, boxes, region_tags
         Outline colour (RGB) and width in output pixels; also draw each bounding box; write each region's
-        tag ``"{n} {label} {peak:.2f}"``.
+        tag ``"{n} {label} P={probability:.2f}"`` (just ``"{n} {label}"`` when ``scores`` lacks the label).
+    scores
+        label -> the model's probability (:attr:`medviewer.inference.session.Prediction.scores`), for the tags.
+    verdict
+        One line centred at the bottom (below ``scope_text``), shortened with "..." to fit the width.
     heat
         The CAM already coloured, uint8 ``(H, W, 4)`` from :func:`~medviewer.inference.heatmap.heat_rgba`
         (used instead of ``cam``; lets a caller cache it).
@@ -229,7 +239,8 @@ def overlay_layer(size: tuple[int, int], matrix: np.ndarray, *, cam: np.ndarray 
                 x0, y0, x1, y1 = r.bbox
                 corners = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], np.float64) @ m[:2, :2].T + m[:2, 2]
                 top = min(corners.tolist(), key=lambda q: (q[1], q[0]))
-                text = f"{i + 1} {r.label} {float(r.peak):.2f}"
+                p = (scores or {}).get(r.label)
+                text = f"{i + 1} {r.label}" + ("" if p is None else f" P={float(p):.2f}")
                 tw, asc, _ = _text_box(text, scale)
                 tx = min(max(top[0], 8.0), w - tw - 8.0)
                 ty = top[1] - 6 * scale
@@ -239,7 +250,24 @@ def overlay_layer(size: tuple[int, int], matrix: np.ndarray, *, cam: np.ndarray 
     if scope_text:
         tw, _, lh = _text_box(scope_text, scale * 1.1)
         _text(layer, scope_text, ((w - tw) / 2.0, h - 3.6 * lh), scale * 1.1, SCOPE_COLOR)
+    if verdict:
+        text = _ascii(verdict)
+        tw, _, lh = _text_box(text, scale)
+        while tw > 0.96 * w and len(text) > 8:
+            text = text[: max(8, int(len(text) * 0.96 * w / tw) - 3)].rstrip() + "..."
+            tw, _, lh = _text_box(text, scale)
+        colour = SCOPE_COLOR if scope_text else REGION_COLOR
+        _text(layer, text, ((w - tw) / 2.0, h - 2.2 * lh), scale, colour)
     return layer
+
+
+_ASCII = str.maketrans({"\u2013": "-", "\u2014": "-", "\u2265": ">=", "\u2264": "<=", "\u00d7": "x", "\u2026": "...",
+                        "\u00b2": "2", "\u00b7": "-"})
+
+
+def _ascii(text: str) -> str:
+    """OpenCV's Hershey fonts draw ASCII only: typographic characters as ASCII, anything else as '?'."""
+    return text.translate(_ASCII).encode("ascii", "replace").decode("ascii")
 
 
 def _cam_index(ai: AiOverlay) -> int | None:
@@ -264,8 +292,9 @@ def overlay_key(ai: AiOverlay, regions: bool = True) -> tuple:
     Holds ``id(prediction)``: a cache using it must keep the prediction alive with the entry."""
     li, regs, scope = _shown(ai, regions)
     return (ai.frame_uid, id(ai.prediction), li, ai.colormap if li is not None else None,
-            round(float(ai.opacity), 6) if li is not None else None, scope,
-            tuple((r.label, tuple(r.bbox), round(float(r.peak), 6)) for r in regs))
+            round(float(ai.opacity), 6) if li is not None else None, scope, ai.verdict,
+            tuple((r.label, tuple(r.bbox), round(float(r.peak), 6),
+                   round(float((getattr(ai.prediction, "scores", None) or {}).get(r.label, -1.0)), 4)) for r in regs))
 
 
 def ai_overlay_layer(ai: AiOverlay, size: tuple[int, int], matrix: np.ndarray, *, regions: bool = True,
@@ -292,4 +321,5 @@ def ai_overlay_layer(ai: AiOverlay, size: tuple[int, int], matrix: np.ndarray, *
 
         key = (id(ai.prediction), li, ai.colormap, float(ai.opacity))
         heat = (cache.get("heat", key, colour) if cache is not None else colour())[1]
-    return overlay_layer(size, matrix, heat=heat, regions=regs, scope_text=scope, text_scale=text_scale)
+    return overlay_layer(size, matrix, heat=heat, regions=regs, scope_text=scope, text_scale=text_scale,
+                         scores=getattr(ai.prediction, "scores", None), verdict=ai.verdict)

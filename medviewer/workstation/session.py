@@ -85,13 +85,21 @@ class PredictionEntry:
     package: Any
 
     def summary(self) -> str:
-        """The one-line result for a status bar: ``"<model>: flagged <labels>"``, ``"<model>: no finding at the
-        operating point"`` or ``"<model>: outside intended use: <reasons>"``."""
-        pred, name = self.prediction, self.package.card.name
+        """The one-line verdict on the image, for its viewport and the status bar, with the model's probability:
+        ``"<model>: flagged pneumonia (P=0.99)"``, ``"<model>: no finding at the operating point (pneumonia
+        P=0.12)"`` or ``"<model>: outside intended use: <reasons>"`` (no probability is shown then)."""
+        pred, card = self.prediction, self.package.card
+        name = card.name
         app = pred.applicability or {}
         if app.get("status") == "out_of_scope" and not app.get("overridden"):
             return f"{name}: outside intended use: " + "; ".join(app.get("reasons", []))
-        return f"{name}: " + (f"flagged {', '.join(pred.flagged)}" if pred.flagged else "no finding at the operating point")
+        scores = getattr(pred, "scores", {}) or {}
+        if pred.flagged:
+            return f"{name}: flagged " + ", ".join(
+                f"{lab} (P={scores[lab]:.2f})" if lab in scores else lab for lab in pred.flagged)
+        positive = [lab for lab in card.positive_labels if lab in scores]
+        top = max(positive, key=scores.__getitem__) if positive else None
+        return f"{name}: no finding at the operating point" + ("" if top is None else f" ({top} P={scores[top]:.2f})")
 
 
 class SessionEvents(SignalGroup):
