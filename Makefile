@@ -22,7 +22,7 @@ APP_STAMP := $(VENV)/.medviewer-app.stamp
 DEV_STAMP := $(VENV)/.medviewer-dev.stamp
 BUNDLE_STAMP := $(VENV)/.medviewer-bundle.stamp
 
-.PHONY: install install-dev demo test lint system-packages wheel bundle bench clean distclean
+.PHONY: install install-dev demo test lint system-packages wheel bundle bench clean distclean screenshots docs
 
 $(PY):
 	@echo "creating the virtual environment $(VENV) (none is active)"
@@ -73,6 +73,16 @@ bundle: $(BUNDLE_STAMP)
 	$(PY) -m PyInstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller packaging/medviewer.spec
 	install -m 755 packaging/install-desktop.sh dist/medviewer/install-desktop.sh
 	install -m 644 packaging/medviewer.desktop dist/medviewer/medviewer.desktop
+
+# docs/screenshots/*.png from the current code (tools/screenshots.py all): the demo window exactly as
+# `medviewer --demo --screenshot` shows it, the CT measurements (needs ../shared/data) and the model card,
+# with empty settings and no user models. Without a display it runs under Xvfb (as root:
+# `make system-packages` installs it); `make test` fails when docs/screenshots/demo.png no longer matches.
+XVFB_RUN := xvfb-run -a -s "-screen 0 1920x1200x24"
+screenshots: $(APP_STAMP)
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then $(PY) tools/screenshots.py all docs/screenshots; \
+	elif command -v xvfb-run >/dev/null; then $(XVFB_RUN) $(PY) tools/screenshots.py all docs/screenshots; \
+	else echo "make screenshots: no display and no xvfb-run (as root: make system-packages)" >&2; exit 1; fi
 
 bench: $(DEV_STAMP)
 	$(PY) benchmarks/bench_display.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -130,3 +131,55 @@ def test_installed_wheel_finds_its_model_outside_the_source_tree(wheel, tmp_path
     doc = json.loads((out / "results.json").read_text())
     assert Path(doc["model"]["path"]).is_relative_to(env_dir)
     assert set(doc["results"][0]["scores"]) == set(doc["labels"])
+
+
+def _screenshot_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_screenshots", REPO / "tools" / "screenshots.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return sys.modules[spec.name]
+
+
+def test_screenshot_comparison_tolerates_antialiasing_and_catches_a_changed_region(tmp_path):
+    """tools/screenshots.py's perceptual comparison on the docs' own demo screenshot: the same image with
+    its text re-antialiased (every glyph edge moved by a grey level of 40 %) matches; the same image with a
+    panel-sized region changed (a 300x200 px box, 3.75 % of the window) does not; a resized one does not."""
+    import cv2
+    import numpy as np
+
+    tool = _screenshot_tool()
+    ref = cv2.imread(str(tool.DEMO_SCREENSHOT))
+    assert ref is not None and ref.shape[:2] == (1000, 1600)
+    gray = cv2.cvtColor(ref, cv2.COLOR_BGR2GRAY)
+    edges = cv2.dilate(cv2.Canny(gray, 60, 180), np.ones((2, 2), np.uint8)) > 0
+    rerendered = ref.astype(np.int16)
+    rerendered[edges] = (rerendered[edges] * 0.6 + 0.4 * cv2.blur(ref, (3, 3))[edges]).astype(np.int16)
+    cv2.imwrite(str(tmp_path / "aa.png"), rerendered.clip(0, 255).astype(np.uint8))
+    changed = ref.copy()
+    changed[600:800, 1280:1580] = (40, 140, 230)  # an orange box where there was none
+    cv2.imwrite(str(tmp_path / "box.png"), changed)
+    cv2.imwrite(str(tmp_path / "small.png"), cv2.resize(ref, (1400, 875)))
+    assert tool.compare(tool.DEMO_SCREENSHOT, tmp_path / "aa.png").matches
+    box = tool.compare(tool.DEMO_SCREENSHOT, tmp_path / "box.png", diff_out=tmp_path / "diff.png")
+    assert not box.matches and 0.02 < box.changed < 0.05, box.describe()
+    assert cv2.imread(str(tmp_path / "diff.png")).shape == ref.shape
+    assert not tool.compare(tool.DEMO_SCREENSHOT, tmp_path / "small.png").matches
+
+
+def test_docs_demo_screenshot_shows_what_the_demo_shows_now():
+    """docs/screenshots/demo.png (the README's hero image) matches a fresh ``medviewer --demo --screenshot``
+    perceptually; when the demo changes, ``make screenshots`` regenerates it (CI runs the same check)."""
+    fc = subprocess.run(["fc-match", "-f", "%{family}", "sans-serif"], capture_output=True, text=True) \
+        if shutil.which("fc-match") else None
+    family = fc.stdout.split(",")[0] if fc is not None and fc.returncode == 0 else "unknown (no fc-match)"
+    if family != "DejaVu Sans":
+        pytest.skip(f"the docs' screenshots use DejaVu Sans; this machine's sans-serif font is {family} "
+                    f"(Debian/Ubuntu: apt-get install fonts-dejavu-core)")
+    tool = _screenshot_tool()
+    result = tool.check(diff_out=REPO / "build" / "screenshot-diff.png")
+    assert result.matches, (f"docs/screenshots/demo.png no longer shows what `medviewer --demo --screenshot` "
+                            f"shows ({result.describe()}; changed pixels in red: build/screenshot-diff.png): "
+                            f"run `make screenshots` and commit docs/screenshots")
