@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QPoint, QPointF, QSettings, Qt  # noqa: E402
-from PySide6.QtGui import QWheelEvent  # noqa: E402
+from PySide6.QtGui import QImage, QWheelEvent  # noqa: E402
 
 from medviewer.gui.keybindings import Command  # noqa: E402
 from medviewer.gui.main_window import MainWindow  # noqa: E402
@@ -51,9 +51,11 @@ def _mpr(qtbot, win: MainWindow, folder: Path) -> None:
 
 
 def _grab(widget) -> np.ndarray:
-    img = widget.grab().toImage().convertToFormat(widget.grab().toImage().Format.Format_RGB888)
+    """The widget as painted: ``(H, W, 3)`` uint8 RGB, a copy (the QImage's buffer does not outlive it)."""
+    img = widget.grab().toImage().convertToFormat(QImage.Format_RGB888)
     arr = np.frombuffer(img.constBits(), np.uint8, img.bytesPerLine() * img.height())
-    return arr.reshape(img.height(), img.bytesPerLine())[:, : img.width() * 3].reshape(img.height(), img.width(), 3)
+    rows = arr.reshape(img.height(), img.bytesPerLine())[:, : img.width() * 3]
+    return rows.reshape(img.height(), img.width(), 3).copy()
 
 
 def _has_colour(rgb: np.ndarray, colour: tuple[int, int, int], at_least: int = 50) -> bool:
@@ -111,6 +113,26 @@ def test_mpr_layout_linked_crosshair_and_window(qtbot, settings, errors, ct_seri
     # slab toolbar
     view.slab.setValue(20.0)
     assert model.slab_mm == 20.0 and "MIP" in model.caption("coronal")
+    # measurements: the Distance tool on the coronal plane, an ellipse ROI on the axial plane
+    view.tool.setCurrentIndex(1)
+    a, b = coronal.to_widget(100, 50).toPoint(), coronal.to_widget(100, 250).toPoint()
+    qtbot.mousePress(coronal, Qt.LeftButton, pos=a)
+    qtbot.mouseMove(coronal, b)
+    qtbot.mouseRelease(coronal, Qt.LeftButton, pos=b)
+    (d,) = model.measurements
+    expected = model.distance_mm("coronal", coronal.to_image(QPointF(a)), coronal.to_image(QPointF(b)))
+    assert d.kind == "distance" and d.length_mm == pytest.approx(expected) and 200 < d.length_mm < 230
+    rgb = _grab(coronal).astype(int)
+    assert ((rgb[..., 2] - rgb[..., 0]) > 80).sum() > 100  # the cyan line (grey image, other lines not blue)
+    view.tool.setCurrentIndex(2)
+    a, b = axial.to_widget(10, 10).toPoint(), axial.to_widget(60, 60).toPoint()
+    qtbot.mousePress(axial, Qt.LeftButton, pos=a)
+    qtbot.mouseMove(axial, b)
+    qtbot.mouseRelease(axial, Qt.LeftButton, pos=b)
+    roi = model.measurements[-1]
+    assert roi.kind == "ellipse" and roi.stats["mean"] < -900  # air, in HU
+    view.clear.click()
+    assert model.measurements == []
     # back to the viewports
     win.set_layout("1x1")
     assert not view.isVisible() and win.viewports[0].isVisible()

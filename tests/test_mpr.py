@@ -285,5 +285,67 @@ def test_mpr_model_images_window_and_slab(volume):
     assert (m.image("coronal").astype(int) >= single).all() and "MIP 20.4 mm" in m.caption("coronal")
     with pytest.raises(ValueError):
         m.set_slab(-1.0)
-    assert m.distance_mm("coronal", (10, 10), (10, 110)) == pytest.approx(100 * 1.07421875)
+    assert m.distance_mm("coronal", (10, 10), (110, 10)) == pytest.approx(100 * 1.07421875)
+    assert m.distance_mm("coronal", (10, 10), (10, 110)) == pytest.approx(100 * 134 * 3 / 374)
     assert m.labels("sagittal") == {"left": "A", "right": "P", "top": "S", "bottom": "I"}
+
+
+def test_sagittal_acquisition_is_reoriented(ct_series, tmp_path):
+    """Real slices relabelled as a sagittal acquisition (rows run anterior->posterior, columns head->feet,
+    slices left->right): the axial plane is then a reformat, still shown from the feet with anterior up."""
+    def sagittal(k, ds):
+        ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+        ds.ImagePositionPatient = [-50.0 + 3.0 * (k - 60), -100.0, 200.0]
+    vol = build_volume(scan(_copy(ct_series, tmp_path, edit=sagittal)).series[0])
+    assert vol.directions == pytest.approx(np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]]))
+    planes = {n: vol.plane(n) for n in ("axial", "coronal", "sagittal")}
+    assert planes["sagittal"].axis == 0 and planes["sagittal"].labels == {"left": "A", "right": "P", "top": "S",
+                                                                           "bottom": "I"}
+    axial = planes["axial"]
+    assert axial.axis == 1 and axial.labels == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
+    assert axial.shape == (512, 12) and axial.size == (512, round(12 * 3 / 1.07421875))
+    # screen right = patient left (+x = slice order), screen down = posterior (+y = column order)
+    assert np.array_equal(vol.view(axial, 100), vol.stored[:, 100, :].T)
+    coronal = planes["coronal"]
+    assert coronal.axis == 2 and coronal.labels == {"left": "R", "right": "L", "top": "S", "bottom": "I"}
+    assert np.array_equal(vol.view(coronal, 30), vol.stored[:, :, 30].T)
+    # display <-> patient round trip on a reformatted plane
+    p = vol.to_patient(axial.to_voxel(7.5, 300.5, 100))
+    assert axial.to_display(vol.to_voxel(p)) == pytest.approx((7.5, 300.5))
+    assert vol.index_at(axial, vol.position_of(axial, 100)) == 100
+
+
+def test_mpr_measurements_in_mm_and_hu(volume, ct_series):
+    from medviewer.workstation.mpr import MprModel
+
+    m = MprModel(volume)
+    # 100 display pixels, vertical: 134 slices x 3 mm over 374 display rows (1.0749 mm each)
+    d = m.add_distance("coronal", (100.0, 50.0), (100.0, 150.0))
+    assert d.length_mm == pytest.approx(100 * 134 * 3 / 374) and d.label() == "107.5 mm"
+    assert d.p0[1] == pytest.approx(d.p1[1])  # both on the coronal plane shown (same y)
+    s = m.add_distance("sagittal", (0.0, 0.0), (300.0, 400.0))
+    assert s.length_mm == pytest.approx(math.hypot(300 * 1.07421875, 400 * 134 * 3 / 374))
+    assert m.display_of("sagittal", s.p1) == pytest.approx((300.0, 400.0))
+    # shown on the plane it was drawn on, not on the next one
+    assert m.measurements_on("coronal") == [d]
+    m.step("coronal", 1)
+    assert m.measurements_on("coronal") == []
+    m.step("coronal", -1)
+    # an ellipse ROI on the acquired plane: the statistics of exactly the voxels whose centres are inside,
+    # checked against pydicom's pixels of that file
+    k = m.index("axial")
+    roi = m.add_ellipse("axial", (10.0, 10.0), (60.0, 60.0))
+    hu = pydicom.dcmread(ct_series.instances[k].path).pixel_array.astype(float) - 1000.0
+    yy, xx = np.mgrid[0:512, 0:512] + 0.5
+    inside = ((xx - 35) / 25) ** 2 + ((yy - 35) / 25) ** 2 <= 1
+    assert roi.stats["n"] == inside.sum() and roi.stats["mean"] == pytest.approx(hu[inside].mean())
+    assert roi.stats["sd"] == pytest.approx(hu[inside].std()) and roi.stats["mean"] < -900  # air outside the body
+    assert roi.stats["area_mm2"] == pytest.approx(inside.sum() * 1.07421875 ** 2)
+    # on the coronal reformat, voxels are 3 mm tall: the area counts them so
+    c = m.add_ellipse("coronal", (200.0, 150.0), (300.0, 250.0))
+    assert c.stats["area_mm2"] == pytest.approx(c.stats["n"] * 3.0 * 1.07421875)
+    assert c.stats["area_mm2"] == pytest.approx(math.pi * 50 * 50 * 1.07421875 ** 2, rel=0.05)
+    with pytest.raises(ValueError):
+        m.add_ellipse("axial", (10.0, 10.0), (10.0, 30.0))
+    m.clear_measurements()
+    assert m.measurements == []

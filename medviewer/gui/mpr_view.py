@@ -3,7 +3,9 @@
 All state lives in :class:`medviewer.workstation.mpr.MprModel` (crosshair in patient mm, shared window, slab);
 this module only paints its images and forwards the mouse:
 
-- left click / drag: move the crosshair there (the other two planes follow);
+- left click / drag: move the crosshair there (the other two planes follow); with the toolbar's Distance or
+  Ellipse ROI tool (or Shift held for a distance), draw a measurement instead: lengths in mm, ROI statistics
+  in HU, kept in patient coordinates;
 - wheel: scroll the plane under the cursor (Shift: 5 planes);
 - right drag: window/level, shared by the three planes; double click: the default window;
 - the toolbar above the planes: slab thickness in mm and projection (MIP/MinIP/mean).
@@ -20,7 +22,15 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
-from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from medviewer.imaging import Window
 from medviewer.imaging.mpr import PLANES
@@ -39,6 +49,9 @@ class MprPlaneView(QWidget):
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.ClickFocus)
         self._drag: tuple[Any, QPointF] | None = None
+        self._drawing: tuple[str, tuple[float, float], tuple[float, float]] | None = None
+        #: the tool of the left button: "crosshair", "distance" or "ellipse" (set by :class:`MprView`)
+        self.tool = "crosshair"
         self._qimage: QImage | None = None
         self._shown: np.ndarray | None = None
 
@@ -84,6 +97,7 @@ class MprPlaneView(QWidget):
             else:
                 p.drawLine(QPointF(r.left(), c.y()), QPointF(c.x() - gap, c.y()))
                 p.drawLine(QPointF(c.x() + gap, c.y()), QPointF(r.right(), c.y()))
+        self._paint_measurements(p)
         p.setPen(QPen(QColor(*PLANE_COLOURS[self.name]), 2))
         p.drawRect(self.rect().adjusted(1, 1, -1, -1))
         font = QFont(self.font())
@@ -112,26 +126,73 @@ class MprPlaneView(QWidget):
             p.drawText(QPointF(8, self.height() - 8), f"W {w.width:.0f} / L {w.center:.0f}")
         p.end()
 
+    def _paint_measurements(self, p: QPainter) -> None:
+        p.setRenderHint(QPainter.Antialiasing, True)
+        pen = QPen(QColor(80, 230, 255), 1.5)
+        font = QFont(self.font())
+        font.setPointSize(9)
+        p.setFont(font)
+        shapes = [(m.kind, self.model.display_of(self.name, m.p0), self.model.display_of(self.name, m.p1), m.label())
+                  for m in self.model.measurements_on(self.name)]
+        if self._drawing is not None:
+            kind, a, b = self._drawing
+            shapes.append((kind, a, b, ""))
+        for kind, a, b, text in shapes:
+            pa, pb = self.to_widget(*a), self.to_widget(*b)
+            p.setPen(pen)
+            if kind == "distance":
+                p.drawLine(pa, pb)
+            else:
+                p.drawEllipse(QRectF(pa, pb).normalized())
+            if text:  # right of the shape, or left of it where the text would leave the widget
+                p.setPen(QColor(255, 255, 255))
+                x = max(pa.x(), pb.x()) + 6
+                if x + p.fontMetrics().horizontalAdvance(text) > self.width() - 4:
+                    x = min(pa.x(), pb.x()) - 6 - p.fontMetrics().horizontalAdvance(text)
+                p.drawText(QPointF(max(4.0, x), max(pa.y(), pb.y())), text)
+        p.setRenderHint(QPainter.Antialiasing, False)
+
     # ---------------------------------------------------------------- mouse
     def mousePressEvent(self, e: Any) -> None:  # noqa: N802
         pos = e.position()
         self._drag = (e.button(), pos)
-        if e.button() == Qt.LeftButton:
+        if e.button() != Qt.LeftButton:
+            return
+        tool = "distance" if e.modifiers() & Qt.ShiftModifier else self.tool
+        if tool == "crosshair":
             self.model.click(self.name, *self.to_image(pos))
+        else:
+            a = self.to_image(pos)
+            self._drawing = (tool, a, a)
 
     def mouseMoveEvent(self, e: Any) -> None:  # noqa: N802
         if self._drag is None:
             return
         button, last = self._drag
         pos = e.position()
-        if button == Qt.LeftButton:
+        if button == Qt.LeftButton and self._drawing is not None:
+            self._drawing = (self._drawing[0], self._drawing[1], self.to_image(pos))
+            self.update()
+        elif button == Qt.LeftButton:
             self.model.click(self.name, *self.to_image(pos))
         elif button == Qt.RightButton:
             self.model.drag_window(pos.x() - last.x(), pos.y() - last.y())
         self._drag = (button, pos)
 
-    def mouseReleaseEvent(self, _e: Any) -> None:  # noqa: N802
+    def mouseReleaseEvent(self, e: Any) -> None:  # noqa: N802
         self._drag = None
+        drawing, self._drawing = self._drawing, None
+        if drawing is None:
+            return
+        kind, a, _ = drawing
+        b = self.to_image(e.position())
+        if abs(b[0] - a[0]) + abs(b[1] - a[1]) < 2:  # a click, not a drawing
+            self.update()
+            return
+        try:
+            (self.model.add_distance if kind == "distance" else self.model.add_ellipse)(self.name, a, b)
+        except ValueError:
+            self.update()
 
     def mouseDoubleClickEvent(self, e: Any) -> None:  # noqa: N802
         w = self.model.volume.default_window
@@ -163,6 +224,16 @@ class MprView(QWidget):
         self.projection.addItems(["MIP", "MinIP", "Mean"])
         bar.addWidget(self.slab)
         bar.addWidget(self.projection)
+        bar.addSpacing(12)
+        bar.addWidget(QLabel("Left button"))
+        self.tool = QComboBox()
+        self.tool.addItems(["Crosshair", "Distance", "Ellipse ROI"])
+        self.tool.currentIndexChanged.connect(self._tool_changed)
+        bar.addWidget(self.tool)
+        self.clear = QPushButton("Clear measurements")
+        self.clear.clicked.connect(model.clear_measurements)
+        bar.addWidget(self.clear)
+        bar.addSpacing(12)
         self.info = QLabel("")
         bar.addWidget(self.info, 1)
         self.slab.valueChanged.connect(self._slab_changed)
@@ -180,6 +251,10 @@ class MprView(QWidget):
         col.addLayout(row, 1)
         model.changed.connect(self._on_changed)
         self._on_changed("crosshair")
+
+    def _tool_changed(self, i: int) -> None:
+        for v in self.planes.values():
+            v.tool = ("crosshair", "distance", "ellipse")[i]
 
     def _slab_changed(self, *_: Any) -> None:
         self.model.set_slab(self.slab.value(), ("mip", "minip", "mean")[self.projection.currentIndex()])

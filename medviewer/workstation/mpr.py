@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,11 +25,51 @@ from psygnal import Signal
 from medviewer.imaging.mpr import PLANES, Plane, Projection, Volume
 from medviewer.imaging.window import Window
 
-__all__ = ["MprModel", "PLANE_COLOURS"]
+__all__ = ["MprModel", "MprMeasurement", "PLANE_COLOURS"]
 
 #: colour of each plane's frame and of its reference line on the others (3D Slicer's convention), RGB
 PLANE_COLOURS = {"axial": (230, 70, 70), "coronal": (90, 200, 90), "sagittal": (235, 200, 60)}
 _CACHE = 6  # rendered images kept (three planes, a few windows while dragging)
+
+
+@dataclass
+class MprMeasurement:
+    """A measurement drawn on a reformatted plane, kept in patient coordinates (mm, LPS).
+
+    Attributes
+    ----------
+    kind
+        ``"distance"`` (a line from `p0` to `p1`) or ``"ellipse"`` (the ellipse inscribed in the in-plane
+        rectangle with corners `p0` and `p1`).
+    plane, index
+        The plane it was drawn on and its index (it is shown there only).
+    p0, p1
+        ``(3,)`` float64 patient positions of the two points, in mm.
+    stats
+        For an ellipse: ``mean``, ``sd``, ``min``, ``max`` of the modality values (HU on CT) of the voxels
+        shown whose centres lie inside it (a slab's projected values when a slab is shown), ``n`` voxels and
+        ``area_mm2``; empty for a distance.
+    """
+
+    kind: str
+    plane: str
+    index: int
+    p0: np.ndarray
+    p1: np.ndarray
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def length_mm(self) -> float:
+        """Distance between the two points in mm (exact in 3-D patient space)."""
+        return float(np.linalg.norm(np.asarray(self.p1) - np.asarray(self.p0)))
+
+    def label(self) -> str:
+        """The text shown next to it."""
+        if self.kind == "distance":
+            return f"{self.length_mm:.1f} mm"
+        s = self.stats
+        return (f"{s['mean']:.0f} ± {s['sd']:.0f} (min {s['min']:.0f}, max {s['max']:.0f}), "
+                f"{s['area_mm2'] / 100:.2f} cm²")
 
 
 class MprModel:
@@ -50,7 +91,9 @@ class MprModel:
     invert
         Show the grey scale inverted.
     changed
-        psygnal ``Signal(str)``: ``"crosshair"``, ``"window"`` or ``"slab"`` after a change.
+        psygnal ``Signal(str)``: ``"crosshair"``, ``"window"``, ``"slab"`` or ``"measurements"`` after a change.
+    measurements
+        :class:`MprMeasurement` s drawn on the planes (patient mm), each shown on the plane it was drawn on.
     """
 
     changed = Signal(str)
@@ -63,6 +106,7 @@ class MprModel:
         self.slab_mm = 0.0
         self.projection = Projection.MIP
         self.invert = False
+        self.measurements: list[MprMeasurement] = []
         self._images: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
     # ------------------------------------------------------------------ where the planes are
@@ -170,9 +214,67 @@ class MprModel:
         """Modality value (HU on CT) of the voxel at the crosshair."""
         return self.volume.hu_at(self.voxel())
 
+    # ------------------------------------------------------------------ measurements
+    def patient_at(self, name: str, x: float, y: float) -> np.ndarray:
+        """Patient position (mm) of display point ``(x, y)`` on the plane `name` shown."""
+        return self.volume.to_patient(self.planes[name].to_voxel(x, y, self.index(name)))
+
+    def display_of(self, name: str, point: Any) -> tuple[float, float]:
+        """Display point ``(x, y)`` of a patient position on plane `name`."""
+        return self.planes[name].to_display(self.volume.to_voxel(point))
+
+    def add_distance(self, name: str, a: tuple[float, float], b: tuple[float, float]) -> MprMeasurement:
+        """A distance between display points `a` and `b` of plane `name` (kept in patient mm)."""
+        m = MprMeasurement("distance", name, self.index(name), self.patient_at(name, *a), self.patient_at(name, *b))
+        self.measurements.append(m)
+        self.changed.emit("measurements")
+        return m
+
+    def add_ellipse(self, name: str, a: tuple[float, float], b: tuple[float, float]) -> MprMeasurement:
+        """An elliptical ROI inscribed in the display rectangle with corners `a`, `b` on plane `name`, with the
+        statistics of the modality values (HU on CT) shown there (see :class:`MprMeasurement`).
+
+        Raises
+        ------
+        ValueError
+            The ellipse holds no voxel centre.
+        """
+        plane = self.planes[name]
+        idx = self.index(name)
+        values = self.volume.pipeline.modality_values(self.volume.slab(plane, idx, self.slab_mm, self.projection))
+        h, w = plane.shape
+        sy, sx = plane.size[0] / h, plane.size[1] / w  # display pixels per voxel
+        cx, cy = (a[0] + b[0]) / 2, (a[1] + b[1]) / 2
+        rx, ry = abs(b[0] - a[0]) / 2, abs(b[1] - a[1]) / 2
+        if rx <= 0 or ry <= 0:
+            raise ValueError("the ellipse has no area")
+        cols = (np.arange(w) + 0.5) * sx
+        rows = (np.arange(h) + 0.5) * sy
+        inside = ((cols[None, :] - cx) / rx) ** 2 + ((rows[:, None] - cy) / ry) ** 2 <= 1.0
+        if not inside.any():
+            raise ValueError("the ellipse holds no voxel centre; draw it larger")
+        v = values[inside].astype(np.float64)
+        stats = {"mean": float(v.mean()), "sd": float(v.std()), "min": float(v.min()), "max": float(v.max()),
+                 "n": float(v.size), "area_mm2": float(inside.sum() * plane.pixel_mm[0] * plane.pixel_mm[1])}
+        m = MprMeasurement("ellipse", name, idx, self.patient_at(name, *a), self.patient_at(name, *b), stats)
+        self.measurements.append(m)
+        self.changed.emit("measurements")
+        return m
+
+    def measurements_on(self, name: str) -> list[MprMeasurement]:
+        """Measurements drawn on the plane `name` shows now."""
+        idx = self.index(name)
+        return [m for m in self.measurements if m.plane == name and m.index == idx]
+
+    def clear_measurements(self) -> None:
+        """Delete every measurement."""
+        self.measurements.clear()
+        self.changed.emit("measurements")
+
     def distance_mm(self, name: str, p0: tuple[float, float], p1: tuple[float, float]) -> float:
-        """Distance in mm between two display points of plane `name` (square pixels of ``display_mm``)."""
-        return float(math.hypot(p1[0] - p0[0], p1[1] - p0[1]) * self.planes[name].display_mm)
+        """Distance in mm between two display points of plane `name`, in patient space (exact: display pixels
+        are square only to within the rounding of the image size)."""
+        return float(np.linalg.norm(self.patient_at(name, *p1) - self.patient_at(name, *p0)))
 
     def caption(self, name: str) -> str:
         """One line for the plane's corner: name, index, position in mm and the slab."""
