@@ -145,11 +145,14 @@ class MprPlaneView(QWidget):
             else:
                 p.drawEllipse(QRectF(pa, pb).normalized())
             if text:  # right of the shape, or left of it where the text would leave the widget
-                p.setPen(QColor(255, 255, 255))
                 x = max(pa.x(), pb.x()) + 6
                 if x + p.fontMetrics().horizontalAdvance(text) > self.width() - 4:
                     x = min(pa.x(), pb.x()) - 6 - p.fontMetrics().horizontalAdvance(text)
-                p.drawText(QPointF(max(4.0, x), max(pa.y(), pb.y())), text)
+                at = QPointF(max(4.0, x), max(pa.y(), pb.y()))
+                p.setPen(QColor(0, 0, 0))
+                p.drawText(at + QPointF(1, 1), text)  # a shadow: legible on bone and on air
+                p.setPen(QColor(255, 255, 255))
+                p.drawText(at, text)
         p.setRenderHint(QPainter.Antialiasing, False)
 
     # ---------------------------------------------------------------- mouse

@@ -57,6 +57,7 @@ class MprMeasurement:
     p0: np.ndarray
     p1: np.ndarray
     stats: dict[str, float] = field(default_factory=dict)
+    units: str = ""  #: units of the ROI statistics ("HU" on CT)
 
     @property
     def length_mm(self) -> float:
@@ -68,8 +69,8 @@ class MprMeasurement:
         if self.kind == "distance":
             return f"{self.length_mm:.1f} mm"
         s = self.stats
-        return (f"{s['mean']:.0f} ± {s['sd']:.0f} (min {s['min']:.0f}, max {s['max']:.0f}), "
-                f"{s['area_mm2'] / 100:.2f} cm²")
+        units = f" {self.units}" if self.units else ""
+        return f"{s['mean']:.0f} ± {s['sd']:.0f}{units}, {s['area_mm2'] / 100:.2f} cm²"
 
 
 class MprModel:
@@ -256,7 +257,8 @@ class MprModel:
         v = values[inside].astype(np.float64)
         stats = {"mean": float(v.mean()), "sd": float(v.std()), "min": float(v.min()), "max": float(v.max()),
                  "n": float(v.size), "area_mm2": float(inside.sum() * plane.pixel_mm[0] * plane.pixel_mm[1])}
-        m = MprMeasurement("ellipse", name, idx, self.patient_at(name, *a), self.patient_at(name, *b), stats)
+        m = MprMeasurement("ellipse", name, idx, self.patient_at(name, *a), self.patient_at(name, *b), stats,
+                           self.volume.pipeline.units.label or "")
         self.measurements.append(m)
         self.changed.emit("measurements")
         return m
