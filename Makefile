@@ -57,6 +57,7 @@ system-packages:
 
 test: $(DEV_STAMP) lint system-packages
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+	$(PY) -m mkdocs build --strict --quiet  # the docs site: a broken link or missing page fails
 
 # dist/medviewer-VERSION-py3-none-any.whl, carrying the built-in models, icon and demo data
 wheel: | $(PY)
@@ -83,6 +84,13 @@ screenshots: $(APP_STAMP)
 	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then $(PY) tools/screenshots.py all docs/screenshots; \
 	elif command -v xvfb-run >/dev/null; then $(XVFB_RUN) $(PY) tools/screenshots.py all docs/screenshots; \
 	else echo "make screenshots: no display and no xvfb-run (as root: make system-packages)" >&2; exit 1; fi
+
+# the documentation site: docs/cli-reference.md from the argparse parsers, then a strict MkDocs build
+# (a broken link or a missing page fails) into build/site; open build/site/index.html
+docs: $(DEV_STAMP)
+	$(PY) tools/cli_reference.py
+	$(PY) -m mkdocs build --strict --quiet
+	@echo "docs: build/site/index.html"
 
 bench: $(DEV_STAMP)
 	$(PY) benchmarks/bench_display.py

@@ -183,3 +183,24 @@ def test_docs_demo_screenshot_shows_what_the_demo_shows_now():
     assert result.matches, (f"docs/screenshots/demo.png no longer shows what `medviewer --demo --screenshot` "
                             f"shows ({result.describe()}; changed pixels in red: build/screenshot-diff.png): "
                             f"run `make screenshots` and commit docs/screenshots")
+
+
+def test_cli_reference_in_the_docs_is_what_help_prints():
+    """docs/cli-reference.md is every parser's --help, word for word (tools/cli_reference.py; `make docs`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cli_reference", REPO / "tools" / "cli_reference.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    made_with = tool.generated_with()
+    if made_with != tool.PYTHON:  # argparse's layout changes between Python versions (e.g. 3.13)
+        pytest.skip(f"docs/cli-reference.md was generated with Python {made_with}; this is {tool.PYTHON}")
+    old = os.environ.get("COLUMNS")
+    try:
+        text = tool.render()
+    finally:
+        os.environ.pop("COLUMNS", None) if old is None else os.environ.__setitem__("COLUMNS", old)
+    assert "### `medviewer infer`" in text and "### `medviewer-train fit`" in text
+    assert "#### `medviewer models validate`" in text
+    current = tool.OUT.read_text(encoding="utf-8")
+    assert current == text, "docs/cli-reference.md no longer matches --help: run `make docs` and commit it"
