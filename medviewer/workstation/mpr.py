@@ -46,9 +46,10 @@ class MprMeasurement:
     p0, p1
         ``(3,)`` float64 patient positions of the two points, in mm.
     stats
-        For an ellipse: ``mean``, ``sd``, ``min``, ``max`` of the modality values (HU on CT) of the voxels
-        shown whose centres lie inside it (a slab's projected values when a slab is shown), ``n`` voxels and
-        ``area_mm2``; empty for a distance.
+        For an ellipse: ``mean``, ``sd`` (sample SD), ``min``, ``max`` of the modality values (HU on CT) of
+        the voxels shown whose centres lie inside it (a slab's projected values when a slab is shown), ``n``
+        voxels and ``area_mm2`` (the ellipse's geometric area), as :func:`medviewer.gui.measure.roi_stats`
+        computes them on acquired images; empty for a distance.
     """
 
     kind: str
@@ -255,8 +256,11 @@ class MprModel:
         if not inside.any():
             raise ValueError("the ellipse holds no voxel centre; draw it larger")
         v = values[inside].astype(np.float64)
-        stats = {"mean": float(v.mean()), "sd": float(v.std()), "min": float(v.min()), "max": float(v.max()),
-                 "n": float(v.size), "area_mm2": float(inside.sum() * plane.pixel_mm[0] * plane.pixel_mm[1])}
+        mm_x = w * plane.pixel_mm[1] / plane.size[1]  # mm per display pixel (square to within rounding)
+        mm_y = h * plane.pixel_mm[0] / plane.size[0]
+        stats = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+                 "min": float(v.min()), "max": float(v.max()), "n": float(v.size),
+                 "area_mm2": float(math.pi * rx * mm_x * ry * mm_y)}
         m = MprMeasurement("ellipse", name, idx, self.patient_at(name, *a), self.patient_at(name, *b), stats,
                            self.volume.pipeline.units.label or "")
         self.measurements.append(m)
