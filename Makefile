@@ -48,7 +48,7 @@ demo: $(APP_STAMP)
 	"$(VENV)/bin/medviewer" --demo --screenshot demo.png; fi
 
 lint: $(DEV_STAMP)
-	$(PY) -m ruff check medviewer training tests benchmarks
+	$(PY) -m ruff check medviewer training tests benchmarks tools
 
 # Orthanc and dicom3tools for the PACS and DICOM-conformance tests (installed when root; they skip otherwise)
 system-packages:
