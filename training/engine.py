@@ -58,6 +58,7 @@ __all__ = [
     "fit_arrays",
     "replay_command",
     "load_checkpoint_model",
+    "make_optimizer",
 ]
 
 log = logging.getLogger("training")
@@ -109,6 +110,12 @@ class FitConfig:
     fold: int | None = None  # set by `cv`: use patient fold `fold` of `folds` as validation
     folds: int = 5
     command: str = ""
+    task: str = "multiclass"  # multiclass (softmax, one positive label) | multilabel (sigmoid per finding)
+    labels: str | None = None  # multilabel: comma-separated findings (default: from the table)
+    loader: str = "auto"  # memory (decoded images cached in RAM) | stream (read per item) | auto (see fit_multilabel)
+    optimizer: str = "adamw"  # adamw | adam
+    plateau_patience: int = 1  # --schedule plateau: epochs without validation-loss gain before lr /= 10
+    preset: str | None = None  # e.g. chexnet (training.multilabel.PRESETS)
 
     def input_spec(self) -> InputSpec:
         return InputSpec(channels=1, height=self.input_size, width=self.input_size)
@@ -294,6 +301,17 @@ def _param_groups(model: nn.Module, wd: float) -> list[dict]:
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(cfg: FitConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``cfg.optimizer``: AdamW (decoupled weight decay; Loshchilov & Hutter 2019) or Adam (Kingma & Ba
+    2015, L2 weight decay), no decay on biases and norm parameters; learning rate ``cfg.lr``.
+
+    Raises ValueError for another name."""
+    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}.get(cfg.optimizer)
+    if cls is None:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adamw or adam)")
+    return cls(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+
+
 def _scheduler(opt: torch.optim.Optimizer, cfg: FitConfig, steps_per_epoch: int,
                plan: dict) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step schedule: linear warm-up then cosine to 1 % over ``plan["epochs"]`` (read at every step)."""
@@ -403,7 +421,7 @@ def fit_arrays(cfg: FitConfig, data: PreparedData) -> FitResult:
                                          drop_last=len(sampler) > per_rank_bs, pin_memory=device.type == "cuda")
     cw = torch.as_tensor(class_weights(y_tr, k), device=device) if cfg.balance == "weights" else None
     crit = nn.CrossEntropyLoss(weight=cw, label_smoothing=cfg.label_smoothing)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    opt = make_optimizer(cfg, model)
     if cfg.max_minutes > 0 and (cfg.schedule == "onecycle" or cfg.warmup_epochs < 1):
         raise ValueError("--max-minutes needs --schedule cosine or constant and --warmup-epochs >= 1")
     plan = {"epochs": cfg.epochs, "truncated": False}

@@ -144,7 +144,7 @@ class ParityReport:
 
 
 def check_parity(model: CAMNet, onnx_path: str | Path, fitted_u8: np.ndarray, spec: Preprocessing,
-                 prob_tol: float = 1e-4, cam_tol: float = 1e-3) -> ParityReport:
+                 prob_tol: float = 1e-4, cam_tol: float = 1e-3, task: str = "multiclass") -> ParityReport:
     """Compare the ONNX graph (onnxruntime CPU) with the torch model and with MONAI's CAM.
 
     Parameters
@@ -152,7 +152,8 @@ def check_parity(model: CAMNet, onnx_path: str | Path, fitted_u8: np.ndarray, sp
     fitted_u8
         uint8 ``(N, H, W, C)`` images already fitted to the input size (real images).
     prob_tol
-        Maximum absolute difference of softmax probabilities.
+        Maximum absolute difference of the probabilities: softmax over the labels (``task`` "multiclass")
+        or a sigmoid per label ("multilabel").
     cam_tol
         Maximum difference of CAMs relative to the torch CAM's range (per image and class).
     """
@@ -164,8 +165,9 @@ def check_parity(model: CAMNet, onnx_path: str | Path, fitted_u8: np.ndarray, sp
         logits_t, cam_t, feats_t = model.forward_with_features(torch.from_numpy(x))
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     logits_o, cam_o, feats_o = sess.run(["logits", "cam", "features"], {sess.get_inputs()[0].name: x})
-    p_t = torch.softmax(logits_t, 1).numpy()
-    p_o = torch.softmax(torch.from_numpy(logits_o), 1).numpy()
+    prob = torch.sigmoid if task == "multilabel" else (lambda z: torch.softmax(z, 1))
+    p_t = prob(logits_t).numpy()
+    p_o = prob(torch.from_numpy(logits_o)).numpy()
     rng = (cam_t.amax(dim=(2, 3)) - cam_t.amin(dim=(2, 3))).clamp_min(1e-6)[..., None, None]
     cam_rel = float(((torch.from_numpy(cam_o) - cam_t).abs() / rng).max())
     monai_rel = 0.0

@@ -283,18 +283,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "prepare", help="build a training folder from a published data set (kermany: ChestXRay2017.zip)",
         description=f"Build the folder the training commands expect from a data set as published. kermany: "
                     f"{KERMANY['file']} from {KERMANY['url']} (doi:{KERMANY['doi']}, {KERMANY['licence']}).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog="examples:\n  medviewer-train prepare kermany ChestXRay2017.zip --out data/kermany --size 224\n"
+               "  medviewer-train prepare dicom studies/ --out data/mine --pseudonym-key site.key",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=["kermany", "dicom"],
-                   help="which data set; dicom: your own DICOM studies in SOURCE/<CLASS>/..., de-identified "
-                        "(training.prepare_dicom)")
+                   help="kermany: the published archive; dicom: your own DICOM studies in SOURCE/<CLASS>/..., "
+                        "de-identified (PS3.15 E.1 Basic Profile)")
     p.add_argument("source", metavar="ARCHIVE_OR_FOLDER", help="the downloaded zip, or the folder it was extracted to")
     p.add_argument("--pseudonym-key", metavar="FILE", default=None,
                    help="dicom: key file for reproducible patient/image pseudonyms (default: a random key)")
     p.add_argument("--out", required=True, help="output folder (absent or empty)")
     p.add_argument("--size", type=int, default=0,
-                   help="resize to SIZE x SIZE 8-bit greyscale JPEG (224: like ../shared/data/kermany-cxr-224); "
-                        "0 copies the files unchanged")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality with --size")
+                   help="resize to SIZE x SIZE 8-bit greyscale JPEG, e.g. 224; 0 (default) copies the files unchanged")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality with --size (default: 95)")
     p.add_argument("--splits", nargs="+", choices=list(_SPLITS), default=None,
                    help="only these splits (default: all in the archive)")
     p.add_argument("--workers", type=int, default=0, help="threads (0: up to 4)")

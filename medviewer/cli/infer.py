@@ -1,5 +1,9 @@
 """``medviewer infer``: score files, folders and DICOM series with a model package; write JSON/CSV/overlays.
 
+``--models auto`` scores every image with every installed model whose intended use it meets (the card's
+intended-use policy decides, as for one model): ``results.json`` then holds one entry per (image, model),
+each naming its ``"model"``; an image no model applies to keeps one entry per model, each saying why.
+
 Exit status: 0 when every image was scored, 2 when some inputs failed (each has an ``error`` entry in
 ``results.json``), 1 when nothing could run (invalid model, unwritable output, no images found).
 """
@@ -34,6 +38,12 @@ outputs:
                      "ignored": [{"path", "reason"}]}  (files in folders that are not images)
   DIR/results.csv    path, [frame (with --frames all),] one probability column per label,
                      flagged (';'-separated), applicability, ood_score, error
+  with --models auto: "models": [{"name", "version", "sha256", "path", "labels", "operating_points",
+                     "intended_use"}], one entry per (image, model) in "results", each with "model": name
+                     (an image outside every model's intended use: one entry per model, with the reasons);
+                     "outside_intended_use": [{"path", "frame", "model", "reasons"}]: the pairs left out;
+                     results.csv gets a model column and the union of the labels; overlays/<model>/,
+                     dicom/<model>/
 
 intended use:
   Every image is checked against the model card's intended use (modality, body part, view, patient
@@ -58,6 +68,7 @@ exit status:
 examples:
   medviewer infer study/ --out results/
   medviewer infer a.dcm b.jpeg --model ./my-model --provider cuda --batch 16 --overlays --out results/
+  medviewer infer study/ --models auto --out results/      (every installed model whose intended use fits)
   medviewer infer study/ --dicom --anonymize --pseudonym-key site.key --send dicom://PACS@pacs:104 --out r/
 """
 
@@ -76,6 +87,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (scanned recursively)")
     p.add_argument("--model", metavar="NAME|PATH", default=None,
                    help=f"model name (see 'medviewer models list') or package path (default: {DEFAULT_MODEL_NAME})")
+    p.add_argument("--models", metavar="auto|NAME,...", default=None,
+                   help="score with several models: auto = every installed model, each image by those whose "
+                        "intended use it meets; or a comma-separated list of names/paths (default: one model, "
+                        "--model)")
     p.add_argument("--out", metavar="DIR", required=True, type=Path, help="output folder (created)")
     p.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto",
                    help="ONNX Runtime execution provider; auto = CUDA when it loads, else CPU (default: auto)")
@@ -165,9 +180,10 @@ def _overlay_names(items) -> list[str]:
     return names
 
 
-def _result_entry(o) -> dict:
+def _result_entry(o, model: str | None = None) -> dict:
     pred = o.prediction
     entry = {
+        "model": model,
         "path": str(o.path),
         "sop_instance_uid": o.sop_instance_uid,
         "frame": o.frame,
@@ -213,7 +229,7 @@ def write_results(out_dir: Path, package, session, outcomes, *, options: dict, w
                     "ignored": len(ignored or []), "out_of_scope": out_of_scope,
                     "seconds": round(wall_s, 3),
                     "images_per_second": round((len(outcomes) - failed) / wall_s, 3) if wall_s > 0 else None},
-        "results": [_result_entry(o) for o in outcomes],
+        "results": [_result_entry(o, card.name) for o in outcomes],
         "ignored": ignored or [],
     }
     json_path, csv_path = out_dir / "results.json", out_dir / "results.csv"
@@ -237,6 +253,56 @@ def write_results(out_dir: Path, package, session, outcomes, *, options: dict, w
     return json_path, csv_path
 
 
+def _on_done_factory(args: argparse.Namespace, out_dir: Path, items: list, package, deid_key,
+                     subdir: str | None = None, skip_out_of_scope: bool = False):
+    """The ``on_done`` callback of :func:`medviewer.inference.score_instances` that writes overlays (``--overlays``)
+    and DICOM SR/SC (``--dicom``) of ``package``'s results, under ``overlays/<subdir>/`` and ``dicom/<subdir>/``
+    when ``subdir`` is given; None when neither is asked for. ``skip_out_of_scope``: nothing is written for an
+    image outside the model's intended use (``--models``: that model does not report on it)."""
+    if not (args.overlays or args.dicom):
+        return None
+    import threading
+
+    from medviewer.export.overlay import render_overlay, save_image
+
+    names = _overlay_names(items)
+    overlay_dir = Path("overlays") / subdir if subdir else Path("overlays")
+    if args.overlays:
+        (out_dir / overlay_dir).mkdir(parents=True, exist_ok=True)
+    negative = package.card.negative_label
+    writer = None
+    lock = threading.Lock()
+    if args.dicom:
+        from medviewer.export.dicom_ai import DicomResultWriter
+
+        writer = DicomResultWriter(out_dir / "dicom" / (subdir or ""), package.card,
+                                   deidentify=bool(args.anonymize) or None, key=deid_key)
+
+    def on_done(outcome, display_u8, pred):
+        extra: dict = {}
+        if skip_out_of_scope and (pred.applicability or {}).get("status") == "out_of_scope":
+            return extra
+        rgb = render_overlay(display_u8, pred, alpha=args.alpha, colormap=args.colormap, negative_label=negative)
+        if args.overlays:
+            rel = overlay_dir / names[outcome.index]
+            save_image(out_dir / rel, rgb)
+            extra["overlay"] = str(rel)
+        if writer is not None:
+            item = items[outcome.index]
+            inst = getattr(item, "instance", item)
+            ds = getattr(inst, "dataset", None)
+            if ds is None:
+                extra["dicom"] = None  # PNG/JPEG: no study to put a DICOM result in
+            else:
+                with lock:  # the writer numbers instances per study
+                    paths = writer.write(ds, pred, rgb, applicability=pred.applicability,
+                                         frame=getattr(item, "frame", None))
+                extra["dicom"] = [str(q.relative_to(out_dir)) for q in paths]
+        return extra
+
+    return on_done
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``medviewer infer``; returns 0 (all scored) or 2 (some failed). Raises MedViewerError (exit 1)."""
     from tqdm import tqdm
@@ -254,7 +320,10 @@ def run(args: argparse.Namespace) -> int:
     deid_key, node = _check_dicom_options(args)
     # the workstation's controller: the same session cache and intended-use policy as the GUI
     ai = AiController(provider=args.provider, ignore_intended_use=args.ignore_intended_use)
-    package = ai.select(resolve_model(args.model))
+    if args.models and args.model:
+        raise MedViewerError("give --model (one model) or --models (several), not both")
+    packages = _resolve_many(args.models) if args.models else None
+    package = ai.select(packages[0] if packages else resolve_model(args.model))
     out_dir: Path = args.out
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -272,44 +341,9 @@ def run(args: argparse.Namespace) -> int:
         raise MedViewerError(f"no DICOM, PNG or JPEG images found in {' '.join(args.inputs)}"
                              + (f" ({len(ignored)} other files ignored)" if ignored else ""))
 
-    on_done = None
-    if args.overlays or args.dicom:
-        import threading
-
-        from medviewer.export.overlay import render_overlay, save_image
-
-        names = _overlay_names(items)
-        if args.overlays:
-            (out_dir / "overlays").mkdir(exist_ok=True)
-        negative = package.card.negative_label
-        writer = None
-        lock = threading.Lock()
-        if args.dicom:
-            from medviewer.export.dicom_ai import DicomResultWriter
-
-            writer = DicomResultWriter(out_dir / "dicom", package.card, deidentify=bool(args.anonymize) or None,
-                                       key=deid_key)
-
-        def on_done(outcome, display_u8, pred):
-            extra: dict = {}
-            rgb = render_overlay(display_u8, pred, alpha=args.alpha, colormap=args.colormap, negative_label=negative)
-            if args.overlays:
-                rel = Path("overlays") / names[outcome.index]
-                save_image(out_dir / rel, rgb)
-                extra["overlay"] = str(rel)
-            if writer is not None:
-                item = items[outcome.index]
-                inst = getattr(item, "instance", item)
-                ds = getattr(inst, "dataset", None)
-                if ds is None:
-                    extra["dicom"] = None  # PNG/JPEG: no study to put a DICOM result in
-                else:
-                    with lock:  # the writer numbers instances per study
-                        paths = writer.write(ds, pred, rgb, applicability=pred.applicability,
-                                             frame=getattr(item, "frame", None))
-                    extra["dicom"] = [str(q.relative_to(out_dir)) for q in paths]
-            return extra
-
+    if packages is not None:
+        return _run_many(args, ai, packages, out_dir, items, ignored, deid_key, node)
+    on_done = _on_done_factory(args, out_dir, items, package, deid_key)
     bar = tqdm(total=len(items), unit="img", desc=f"{package.card.name} [{session.provider_short}]",
                disable=True if args.quiet else None, file=sys.stderr)
     t0 = time.perf_counter()
@@ -359,6 +393,159 @@ def run(args: argparse.Namespace) -> int:
         if _send_results(node, written, args.aet, deidentified=bool(args.anonymize)):
             return 1
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _resolve_many(spec: str) -> list:
+    """``--models``: ``auto`` -> every valid installed package (:func:`medviewer.inference.find_models`), else
+    the comma-separated names/paths, each resolved as ``--model`` is. Raises MedViewerError (none found)."""
+    from medviewer.inference.registry import find_models, resolve_model
+
+    if spec.strip().lower() == "auto":
+        pkgs = find_models()
+        if not pkgs:
+            raise MedViewerError("--models auto: no model is installed (see 'medviewer models list')")
+        return pkgs
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise MedViewerError("--models needs 'auto' or a comma-separated list of model names or paths")
+    pkgs, seen = [], set()
+    for n in names:
+        pkg = resolve_model(n)
+        if pkg.card.name not in seen:
+            seen.add(pkg.card.name)
+            pkgs.append(pkg)
+    return pkgs
+
+
+def _status(o) -> str | None:
+    return None if o.prediction is None else (o.prediction.applicability or {}).get("status")
+
+
+def _model_info(package, session) -> dict:
+    card = package.card
+    return {"name": card.name, "version": card.version, "sha256": card.sha256, "path": str(package.path),
+            "task": card.task.value, "labels": list(card.labels), "provider": session.provider,
+            "operating_points": {op.label: op.threshold for op in card.operating_points},
+            "intended_use": {"applicability": None if card.applicability is None
+                             else card.applicability.model_dump(mode="json"),
+                             "ood_threshold": None if card.ood is None else card.ood.threshold}}
+
+
+def _combine(runs: list, n_items: int, ignore_intended_use: bool) -> tuple[list[dict], list[dict], int, int]:
+    """One entry per (image, model) whose intended use the image meets (all, with ``--ignore-intended-use``);
+    an image no model applies to gets every model's entry (each with its reasons); an image that failed
+    for every model gets one entry (``"model": null``). Returns the entries, the (image, model) pairs left
+    out (``{"path", "frame", "model", "reasons"}``), images failed, images no model applies to."""
+    entries: list[dict] = []
+    left_out: list[dict] = []
+    failed = none_applies = 0
+    for i in range(n_items):
+        per = [(pkg, outcomes[i]) for pkg, _session, outcomes in runs]
+        ok = [(pkg, o) for pkg, o in per if o.ok]
+        if not ok:
+            failed += 1
+            entries.append(_result_entry(per[0][1], None))
+            continue
+        chosen = ok if ignore_intended_use else [(pkg, o) for pkg, o in ok if _status(o) != "out_of_scope"]
+        if not chosen:
+            none_applies += 1
+            chosen = ok
+        entries += [_result_entry(o, pkg.card.name) for pkg, o in chosen]
+        entries += [_result_entry(o, pkg.card.name) for pkg, o in per if not o.ok]
+        left_out += [{"path": str(o.path), "frame": o.frame, "model": pkg.card.name,
+                      "reasons": list((o.prediction.applicability or {}).get("reasons", []))}
+                     for pkg, o in ok if all(o is not c for _p, c in chosen)]
+    return entries, left_out, failed, none_applies
+
+
+def _run_many(args: argparse.Namespace, ai, packages: list, out_dir: Path, items: list, ignored: list[dict],
+              deid_key, node) -> int:
+    """``--models``: score ``items`` with every package, keep each image's in-scope (image, model) pairs."""
+    from tqdm import tqdm
+
+    from medviewer import __version__
+    from medviewer.audit import record_ai_run
+
+    runs = []
+    t0 = time.perf_counter()
+    for pkg in packages:
+        ai.select(pkg)
+        session = ai.session()
+        if session.fallback_warning:
+            print(f"medviewer: warning: {session.fallback_warning}", file=sys.stderr)
+        on_done = _on_done_factory(args, out_dir, items, pkg, deid_key, subdir=pkg.card.name,
+                                   skip_out_of_scope=not args.ignore_intended_use)
+        bar = tqdm(total=len(items), unit="img", desc=f"{pkg.card.name} [{session.provider_short}]",
+                   disable=True if args.quiet else None, file=sys.stderr)
+        try:
+            outcomes = ai.score(
+                items, batch_size=args.batch, workers=args.workers,
+                regions="all" if args.all_regions else "flagged", fraction=args.region_threshold,
+                min_area_px=args.min_region_area, on_done=on_done, progress=lambda o, b=bar: b.update(1))
+        finally:
+            bar.close()
+        runs.append((pkg, session, outcomes))
+        record_ai_run({"name": pkg.card.name, "version": pkg.card.version, "sha256": pkg.card.sha256},
+                      [o.sop_instance_uid for o in outcomes if o.sop_instance_uid],
+                      study_uids=[getattr(getattr(it, "instance", None), "study_instance_uid", "") for it in items],
+                      scored=sum(o.ok for o in outcomes), failed=sum(not o.ok for o in outcomes),
+                      provider=session.provider)
+    wall = time.perf_counter() - t0
+    entries, left_out, failed, none_applies = _combine(runs, len(items), bool(args.ignore_intended_use))
+    by_model = {pkg.card.name: sum(1 for e in entries if e["model"] == pkg.card.name and e["error"] is None
+                                   and (e["applicability"] or {}).get("status") != "out_of_scope")
+                for pkg, _s, _o in runs}
+    options = {"inputs": list(args.inputs), "models": args.models, "batch": args.batch,
+               "overlays": bool(args.overlays), "region_threshold": args.region_threshold,
+               "min_region_area": args.min_region_area, "all_regions": bool(args.all_regions),
+               "colormap": args.colormap, "alpha": args.alpha, "frames": args.frames,
+               "ignore_intended_use": bool(args.ignore_intended_use), "dicom": bool(args.dicom),
+               "anonymize": bool(args.anonymize), "send": node is not None}
+    doc = {
+        "models": [_model_info(pkg, session) for pkg, session, _o in runs],
+        "provider": runs[0][1].provider,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "producer": f"medviewer {__version__}",
+        "options": options,
+        "summary": {"images": len(items), "scored": len(items) - failed, "failed": failed,
+                    "ignored": len(ignored), "entries": len(entries), "no_model_applies": none_applies,
+                    "in_scope_by_model": by_model, "seconds": round(wall, 3)},
+        "results": entries,
+        "outside_intended_use": left_out,
+        "ignored": ignored,
+    }
+    json_path = out_dir / "results.json"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, json_path)
+    labels = list(dict.fromkeys(lab for pkg, _s, _o in runs for lab in pkg.card.labels))
+    frame_col = args.frames == "all"
+    with open(out_dir / "results.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", *(["frame"] if frame_col else []), "model", *labels, "flagged", "applicability",
+                    "ood_score", "error"])
+        for e in entries:
+            app = e["applicability"] or {}
+            ood = app.get("ood_score")
+            w.writerow([display_path(e["path"]), *([e["frame"] if e["frame"] is not None else ""] if frame_col else []),
+                        e["model"] or "", *(f"{e['scores'][lab]:.6f}" if lab in e["scores"] else "" for lab in labels),
+                        ";".join(e["flagged"]), app.get("status", ""), "" if ood is None else f"{ood:.4f}",
+                        e["error"] or ""])
+    for e in [e for e in entries if e["error"]][:10]:
+        where = "" if e["path"] in e["error"] else f"{e['path']}: "
+        print(f"medviewer: failed: {where}{e['error']}", file=sys.stderr)
+    per = ", ".join(f"{name} {n}" for name, n in by_model.items())
+    nothing = f", {none_applies} outside every model's intended use" if none_applies else ""
+    print(f"{len(items) - failed}/{len(items)} images scored by {len(runs)} models (in scope: {per}{nothing}; "
+          f"{failed} failed) in {wall:.1f} s -> {json_path}")
+    if node is not None:
+        written = [out_dir / p for e in entries for p in (e.get("dicom") or [])]
+        if not written:
+            print("medviewer: error: --send: no DICOM results to send (no DICOM image was scored)", file=sys.stderr)
+            return 1
+        if _send_results(node, written, args.aet, deidentified=bool(args.anonymize)):
+            return 1
+    return EXIT_SOME_FAILED if failed or any(e["error"] for e in entries) else EXIT_OK
 
 
 def _check_dicom_options(args: argparse.Namespace):
