@@ -10,8 +10,9 @@
 set -euo pipefail
 src="$1"
 dir="$2"
-read -r exe stdlib ver < <("$src" -c 'import os, sys, sysconfig
-print(os.path.realpath(sys.executable), sysconfig.get_path("stdlib"), "%d.%d" % sys.version_info[:2])')
+read -r exe stdlib include ver < <("$src" -c 'import os, sys, sysconfig
+print(os.path.realpath(sys.executable), sysconfig.get_path("stdlib"), sysconfig.get_path("include"),
+      "%d.%d" % sys.version_info[:2])')
 rm -rf "$dir"
 mkdir -p "$dir/bin" "$dir/lib/python$ver/site-packages"
 cp "$exe" "$dir/bin/python$ver"
@@ -20,6 +21,10 @@ for entry in "$stdlib"/*; do
     case "$(basename "$entry")" in site-packages|dist-packages) continue ;; esac
     ln -s "$entry" "$dir/lib/python$ver/$(basename "$entry")"
 done
+if [ -d "$include" ]; then  # C headers, for a dependency that must be built from source
+    mkdir -p "$dir/include"
+    ln -s "$include" "$dir/include/$(basename "$include")"
+fi
 py="$dir/bin/python3"
 "$py" - "$dir" <<'PY'
 import importlib.util
