@@ -163,3 +163,35 @@ def test_reads_another_vendors_gsps(ct_headers, tmp_path):
     assert kinds["point"].points == [(100.0, 200.0)]
     assert kinds["text"].text == "vendor note" and kinds["text"].points == [(20.0, 30.0)]
     assert all(a.sop_instance_uid == str(ct_headers[0].SOPInstanceUID) for a in state.annotations)
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
+@pytest.mark.parametrize("flip_h", [False, True])
+@pytest.mark.parametrize("flip_v", [False, True])
+def test_viewport_geometry_to_gsps_and_back(rotation, flip_h, flip_v):
+    """The viewport flips, then rotates; a GSPS rotates, then flips (PS3.3 C.10.6): the conversion shows the
+    image the same way, and converting back gives an equivalent viewport."""
+    from medviewer.workstation.presentation import _from_dicom, _to_dicom
+    from medviewer.workstation.viewport import ViewState
+
+    def ours(r: int, fh: bool, fv: bool) -> np.ndarray:
+        s = ViewState(image_w=100, image_h=100, rotation=r, flip_h=fh, flip_v=fv, center=(0.0, 0.0))
+        return s.matrix(0, 0)[:2, :2]
+
+    r_d, f_d = _to_dicom(rotation, flip_h, flip_v)
+    a = math.radians(r_d)
+    rot = np.array([[round(math.cos(a)), -round(math.sin(a))], [round(math.sin(a)), round(math.cos(a))]])
+    dicom = np.diag([-1.0 if f_d else 1.0, 1.0]) @ rot  # rotate clockwise first, then flip horizontally
+    assert np.allclose(ours(rotation, flip_h, flip_v), dicom)
+    assert np.allclose(ours(*_from_dicom(r_d, f_d)), dicom)
+
+
+@pytest.mark.parametrize("rotation,flip", [(90, False), (180, True), (270, False), (0, True)])
+def test_displayed_area_corners_follow_the_transformation(ct_headers, tmp_path, rotation, flip):
+    state = ReadingState(rotation=rotation, flip_h=flip, displayed_area=(100.0, 80.0, 400.0, 380.0))
+    path = tmp_path / "area.dcm"
+    build_presentation_state(ct_headers, state).save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    back = read_presentation_state(pydicom.dcmread(path))
+    assert back.displayed_area == (100.0, 80.0, 400.0, 380.0)
+    assert (back.rotation, back.flip_h) == (rotation, flip)

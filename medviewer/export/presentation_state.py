@@ -9,9 +9,11 @@ rectangle and ellipse ROI) with their labels, free text -- is written as a GSPS 
   coordinates; a distance is a two-point POLYLINE, a rectangle a closed five-point POLYLINE, an ellipse an
   ELLIPSE (major axis end points, then minor axis end points); the label of each is a Text Object anchored at
   its second point (a rectangle's or ellipse's bottom-right corner);
-- rotation and flip: Spatial Transformation Module (C.10.6: Image Rotation, Image Horizontal Flip, applied
-  after the flip);
-- zoom: Displayed Area Module (C.10.4): the part of the image on screen, SCALE TO FIT.
+- rotation and flip: Spatial Transformation Module (C.10.6: Image Rotation clockwise, then Image Horizontal
+  Flip "after any rotation has been applied" -- the order dciodvfy checks);
+- zoom: Displayed Area Module (C.10.4): the part of the image on screen, SCALE TO FIT; its top-left and
+  bottom-right corners are the image pixels shown at the display's corners *after* the spatial
+  transformation (so a rotated or flipped area has them swapped).
 
 :func:`read_presentation_state` reads any GSPS back into a :class:`ReadingState` -- ours or another vendor's
 (DISPLAY units converted through the displayed area, CIRCLE as an ellipse, other graphics kept as polylines
@@ -81,12 +83,13 @@ class ReadingState:
     window
         ``(center, width)`` in modality units (HU on CT), or None to keep each image's own.
     rotation
-        Clockwise rotation in degrees: 0, 90, 180 or 270.
+        Clockwise rotation in degrees: 0, 90, 180 or 270, applied first (PS3.3 C.10.6).
     flip_h
-        Mirrored left-right (applied before the rotation, PS3.3 C.10.6.1.1).
+        Mirrored left-right after the rotation (PS3.3 C.10.6; note that MedViewer's viewport flips first:
+        :mod:`medviewer.workstation.presentation` converts).
     displayed_area
-        ``(x0, y0, x1, y1)`` the part of the image on screen, in image pixel coordinates, or None for the
-        whole image.
+        ``(x0, y0, x1, y1)`` with ``x0 < x1``, ``y0 < y1``: the part of the image on screen, in image pixel
+        coordinates of the untransformed image, or None for the whole image.
     annotations
         :class:`Annotation` s, each on its image.
     label, description, creator
@@ -233,7 +236,7 @@ def build_presentation_state(images: Sequence[Dataset], state: ReadingState, *, 
         ds.ImageRotation = int(state.rotation)
         ds.ImageHorizontalFlip = "Y" if state.flip_h else "N"
     if state.displayed_area is not None:
-        _set_displayed_area(ds, images, state.displayed_area)
+        _set_displayed_area(ds, images, state.displayed_area, state.rotation, state.flip_h)
     return ds
 
 
@@ -255,15 +258,33 @@ def _laterality(ds: Dataset, source: Dataset) -> None:
         ds.Laterality = ""
 
 
-def _set_displayed_area(ds: Dataset, images: Sequence[Dataset], area: tuple[float, float, float, float]) -> None:
-    """Displayed Area Selection Sequence (C.10.4): one item for all images, SCALE TO FIT of `area`."""
+def _screen_corners(rotation: int, flip_h: bool) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Which bounding-box corners (0: low, 1: high, per axis ``(x, y)``) end up at the display's top-left and
+    bottom-right after rotating clockwise by `rotation` and then flipping horizontally."""
+    def screen(cx: int, cy: int) -> tuple[float, float]:
+        x, y = (1.0 if cx else -1.0), (1.0 if cy else -1.0)
+        for _ in range((rotation // 90) % 4):
+            x, y = -y, x  # 90 degrees clockwise on a y-down screen
+        return (-x if flip_h else x), y
+    corners = [(cx, cy) for cx in (0, 1) for cy in (0, 1)]
+    top_left = min(corners, key=lambda c: sum(screen(*c)))
+    return top_left, (1 - top_left[0], 1 - top_left[1])
+
+
+def _set_displayed_area(ds: Dataset, images: Sequence[Dataset], area: tuple[float, float, float, float],
+                        rotation: int = 0, flip_h: bool = False) -> None:
+    """Displayed Area Selection Sequence (C.10.4): one item for all images, SCALE TO FIT of `area`, its corners
+    given as the pixels shown at the display's corners after the spatial transformation."""
     x0, y0, x1, y1 = area
     if not all(math.isfinite(v) for v in area) or x1 <= x0 or y1 <= y0:
         raise PresentationStateError(f"displayed area {area}: must be finite with x1 > x0 and y1 > y0")
+    # 1-based indices of the first and last pixel columns/rows shown (may lie outside the image)
+    cols = (int(math.floor(x0)) + 1, int(math.ceil(x1)))
+    rows = (int(math.floor(y0)) + 1, int(math.ceil(y1)))
+    tl, br = _screen_corners(rotation, flip_h)
     item = Dataset()
-    # 1-based pixel indices of the top-left and bottom-right pixels shown (may lie outside the image)
-    item.DisplayedAreaTopLeftHandCorner = [int(math.floor(x0)) + 1, int(math.floor(y0)) + 1]
-    item.DisplayedAreaBottomRightHandCorner = [int(math.ceil(x1)), int(math.ceil(y1))]
+    item.DisplayedAreaTopLeftHandCorner = [cols[tl[0]], rows[tl[1]]]
+    item.DisplayedAreaBottomRightHandCorner = [cols[br[0]], rows[br[1]]]
     item.PresentationSizeMode = "SCALE TO FIT"
     spacing = images[0].get("PixelSpacing")
     if spacing is not None and len(spacing) == 2:
@@ -313,8 +334,8 @@ def read_presentation_state(ds: Dataset) -> ReadingState:
     area_item = (ds.get("DisplayedAreaSelectionSequence") or [None])[0]
     if area_item is not None and "DisplayedAreaTopLeftHandCorner" in area_item:
         tl = [float(v) for v in area_item.DisplayedAreaTopLeftHandCorner]
-        br = [float(v) for v in area_item.DisplayedAreaBottomRightHandCorner]
-        state.displayed_area = (tl[0] - 1, tl[1] - 1, br[0], br[1])
+        br = [float(v) for v in area_item.DisplayedAreaBottomRightHandCorner]  # swapped when rotated/flipped
+        state.displayed_area = (min(tl[0], br[0]) - 1, min(tl[1], br[1]) - 1, max(tl[0], br[0]), max(tl[1], br[1]))
     for group in ds.get("GraphicAnnotationSequence", []) or []:
         refs = group.get("ReferencedImageSequence") or []
         if not refs:

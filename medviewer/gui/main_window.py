@@ -288,9 +288,13 @@ class MainWindow(QMainWindow):
 
     def open_paths(self, paths: list[str]) -> None:
         """Scan files/folders in a worker, add their studies and show the first new series (see :class:`SeriesLoader`);
-        AI reports (TID 1500 SR) among them are listed in the SR dock and drawn on their images."""
+        AI reports (TID 1500 SR) among them are listed in the SR dock and drawn on their images; the newest
+        presentation state (GSPS) of a shown series is applied (:mod:`medviewer.gui.presentation`)."""
+        from medviewer.gui.presentation import find_and_apply
+
         self.loader.open_paths(paths)
         self._find_sr_reports(list(paths))
+        find_and_apply(self, list(paths))
 
     def _find_sr_reports(self, paths: list[str]) -> None:
         from medviewer.gui.workers import FnTask

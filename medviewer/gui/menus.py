@@ -113,6 +113,8 @@ def build_menus(win: Any) -> None:
         if b.command == Command.OPEN_FOLDER:
             win.recent_menu = file_menu.addMenu("Open recent")
             _action(win, "Query / retrieve from PACS…", win.show_pacs_dialog, file_menu)
+        if b.command == Command.EXPORT_PNG:
+            _action(win, "Save reading state as DICOM (presentation state)", lambda: _save_state(win), file_menu)
         if b.command in (Command.EXPORT_PNG, Command.LAST_IMAGE, Command.FLIP_V, Command.FULLSCREEN):
             win.menus[b.menu].addSeparator()
     win.actions[Command.TOOL_WINDOW].setChecked(True)
@@ -150,6 +152,12 @@ def build_menus(win: Any) -> None:
     _action(win, "Rescan models", win.load_models, ai)
     _action(win, "About MedViewer", win.show_about, win.menus["Help"])
     update_recent_menu(win)
+
+
+def _save_state(win: Any) -> Any:
+    from medviewer.gui.presentation import save_reading_state
+
+    return save_reading_state(win)
 
 
 def _worklist(win: Any, ask_folder: bool) -> Any:

@@ -1,0 +1,121 @@
+"""Saved reading state in the workstation: File > Save reading state as DICOM, and applying the newest saved
+state when a study is opened (thin Qt glue over :mod:`medviewer.workstation.presentation`).
+
+Saving writes a Grayscale Softcopy Presentation State (:mod:`medviewer.export.presentation_state`) of the
+active viewport's series -- window, rotation/flip, the part of the image on screen, every measurement on its
+frames with its label (length in mm, ROI mean/SD in HU) -- into the folder of the series' files. Opening
+files or folders looks for presentation states among them in a worker task; once the series they reference
+is shown, the newest is applied (measurements back on the same images at the same pixels, window and
+geometry restored) and the status bar names it and how many others were found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QTimer
+
+from medviewer.gui.measure import Measurement, Shape, distance, roi_stats
+from medviewer.workstation.presentation import (
+    FoundState,
+    apply_to_viewport,
+    find_presentation_states,
+    latest_for,
+    write_presentation_state,
+)
+
+__all__ = ["save_reading_state", "find_and_apply", "measurement_label"]
+
+#: how long a found state waits for the series it references to be shown (ms)
+WAIT_MS = 60_000
+
+
+def measurement_label(m: Any, k: int, source: Any) -> str:
+    """The text saved with a measurement: ``"42.3 mm"``, or a ROI's ``"mean 55.2 SD 10.1 HU"`` when its frame is
+    decoded (the ROI's statistics need the frame's modality values)."""
+    if m.shape == Shape.DISTANCE:
+        value, unit = distance(m.p0, m.p1, source.spacing(k))
+        return f"{value:.1f} {unit}"
+    stored = source.cached(k)
+    if stored is None:
+        return ""
+    pipe = source.pipeline(k)
+    stats = roi_stats(pipe.modality_values(stored), m.shape, m.p0, m.p1, source.spacing(k))
+    if stats is None:
+        return ""
+    units = pipe.units.label
+    return f"mean {stats.mean:.1f} SD {stats.sd:.1f}{' ' + units if units else ''}"
+
+
+def save_reading_state(win: Any, folder: str | Path | None = None) -> Path | None:
+    """Save the active viewport's reading state as a GSPS (default: into its series' folder); the path, or None
+    after an error reported with :meth:`MainWindow.error`."""
+    from medviewer.export.presentation_state import PresentationStateError
+
+    vp = win.active
+    if vp.source is None:
+        win.set_status("Nothing to save: no image in the active viewport")
+        return None
+    try:
+        path = write_presentation_state(vp.model, win.reading.measurements, folder, measurement_label)
+    except (ValueError, OSError, PresentationStateError) as exc:
+        win.error("Could not save the reading state", str(exc))
+        return None
+    win.set_status(f"Reading state saved as DICOM (presentation state): {path}")
+    return path
+
+
+def _make(kind: str, p0: tuple[float, float], p1: tuple[float, float]) -> Measurement:
+    return Measurement(Shape(kind), (float(p0[0]), float(p0[1])), (float(p1[0]), float(p1[1])))
+
+
+def find_and_apply(win: Any, paths: list[str]) -> None:
+    """Look for presentation states under `paths` in a worker; apply the newest to each viewport showing a series
+    it references, once that series is shown (see the module docstring)."""
+    from medviewer.gui.workers import FnTask
+
+    task = FnTask(lambda t: find_presentation_states(paths, cancel=lambda: t.cancelled), "presentation states")
+    task.signals.result.connect(lambda found: _apply_when_shown(win, found))
+    win.start(task)
+
+
+def _apply_when_shown(win: Any, found: list[FoundState]) -> None:
+    if not found:
+        return
+    known: list[FoundState] = getattr(win, "presentation_states", [])
+    seen = {s.path for s in known}
+    win.presentation_states = sorted(known + [s for s in found if s.path not in seen],
+                                     key=lambda s: s.state.created, reverse=True)
+    applied: set[tuple[int, int]] = getattr(win, "_presentation_applied", set())
+    win._presentation_applied = applied
+    timer = QTimer(win)
+    waited = [0]
+
+    def attempt() -> None:
+        waited[0] += 100
+        done_any = False
+        for vp in win.viewports:
+            src = vp.source
+            if src is None or not vp.has_image() or win.loader.scanning or (id(vp), id(src)) in applied:
+                continue
+            if win.reading.sources.get(vp.source_key) is not src:
+                continue  # a preview: wait for the series
+            uids = {str(getattr(inst, "sop_instance_uid", "")) for inst in src.instances}
+            latest = latest_for(win.presentation_states, uids)
+            if latest is None:
+                continue
+            applied.add((id(vp), id(src)))
+            counts = apply_to_viewport(latest, vp.model, win.reading.measurements, _make)
+            others = sum(1 for s in win.presentation_states if s is not latest and s.referenced & uids)
+            win.set_status(f"Presentation state {latest.title} applied: {counts['added']} measurement(s)"
+                           + (f"; {others} older one(s) found" if others else ""))
+            vp.update()
+            done_any = True
+        if done_any or waited[0] >= WAIT_MS:
+            timer.stop()
+            timer.deleteLater()
+
+    timer.timeout.connect(attempt)
+    timer.start(100)
+    attempt()
