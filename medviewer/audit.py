@@ -8,14 +8,25 @@ is the OS account running the process.
 
 Tamper evidence: every record carries ``prev``, the SHA-256 of the previous record, and ``hash``, the
 SHA-256 of its own canonical JSON (sorted keys, no ``hash``); :func:`verify` recomputes the chain. A chain
-proves that no record in the middle was edited, inserted or removed; removing records from the end is only
-detectable against a copy of the last hash kept elsewhere (``medviewer audit --verify`` prints it).
+proves that no record in the middle was edited, inserted or removed -- by someone who did not recompute it.
+
+Keyed chain: a plain hash chain can be recomputed by anyone who rewrites the file, so each record also
+carries ``mac``, an HMAC-SHA256 (RFC 2104) of its canonical JSON under a secret key kept outside the log,
+and ``kid``, the key's identifier (the first 16 hex digits of its SHA-256). The key file is
+``$MEDVIEWER_AUDIT_KEY_FILE``, else ``<user config dir>/audit.key`` (created, mode 0600, on the first
+record; it also holds the time it was made). :func:`verify` with the key finds a record whose MAC does not
+match (rewritten without the key), a record without a MAC after keyed ones or made after the key was, and
+one signed with another key. Keep the key where whoever can rewrite the log cannot read it (another
+account, a root-owned file readable by the application only). Removing records from the end, or a
+rewrite by someone holding the key, is only detectable against a copy of the last hash kept elsewhere:
+``medviewer audit --verify`` prints it, and :func:`verify` takes it as ``expect_last`` (an anchor).
 """
 
 from __future__ import annotations
 
 import getpass
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -29,10 +40,11 @@ from typing import Any
 
 from medviewer.errors import MedViewerError
 
-__all__ = ["AuditEvent", "Outcome", "AUDIT_DIR_ENV", "audit_path", "record", "read", "verify", "VerifyResult",
-           "record_ai_run", "GENESIS", "object_refs"]
+__all__ = ["AuditEvent", "Outcome", "AUDIT_DIR_ENV", "AUDIT_KEY_ENV", "audit_path", "audit_key_path", "record", "read",
+           "verify", "VerifyResult", "record_ai_run", "GENESIS", "object_refs"]
 
 AUDIT_DIR_ENV = "MEDVIEWER_AUDIT_DIR"
+AUDIT_KEY_ENV = "MEDVIEWER_AUDIT_KEY_FILE"
 GENESIS = "0" * 64
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -49,6 +61,8 @@ class AuditEvent(str, Enum):
     SENT = "sent"
     MODEL_IMPORTED = "model-imported"
     AUDIT_LOG_USED = "audit-log-used"
+    QUERIED = "queried"
+    RETRIEVED = "retrieved"
 
     @property
     def event_id(self) -> tuple[str, str]:
@@ -69,6 +83,8 @@ _EVENT_IDS = {
     AuditEvent.SENT: (("110104", "DICOM Instances Transferred"), "R"),
     AuditEvent.MODEL_IMPORTED: (("110107", "Import"), "C"),
     AuditEvent.AUDIT_LOG_USED: (("110101", "Audit Log Used"), "R"),
+    AuditEvent.QUERIED: (("110112", "Query"), "E"),
+    AuditEvent.RETRIEVED: (("110104", "DICOM Instances Transferred"), "C"),
 }
 
 
@@ -96,9 +112,56 @@ def audit_path() -> Path:
     return Path(platformdirs.user_data_dir("medviewer", appauthor=False)) / "audit" / "audit.jsonl"
 
 
-def _canonical(rec: dict[str, Any]) -> bytes:
-    return json.dumps({k: v for k, v in rec.items() if k != "hash"}, sort_keys=True, separators=(",", ":"),
+def _canonical(rec: dict[str, Any], leave_out: tuple[str, ...] = ("hash",)) -> bytes:
+    return json.dumps({k: v for k, v in rec.items() if k not in leave_out}, sort_keys=True, separators=(",", ":"),
                       ensure_ascii=True).encode("ascii")
+
+
+def audit_key_path() -> Path:
+    """The audit key file: ``$MEDVIEWER_AUDIT_KEY_FILE`` or ``<user config dir>/audit.key`` (see the module doc)."""
+    env = os.environ.get(AUDIT_KEY_ENV)
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("medviewer", appauthor=False)) / "audit.key"
+
+
+@dataclass(frozen=True)
+class _Key:
+    secret: bytes
+    created: str  # ISO 8601 UTC
+
+    @property
+    def kid(self) -> str:
+        return hashlib.sha256(self.secret).hexdigest()[:16]
+
+    def mac(self, rec: dict[str, Any]) -> str:
+        return hmac.new(self.secret, _canonical(rec, ("hash", "mac")), hashlib.sha256).hexdigest()
+
+
+def _load_key(create: bool) -> _Key | None:
+    """The audit key (None when there is none and ``create`` is False, or it cannot be read or made)."""
+    path = audit_key_path()
+    try:
+        data = json.loads(path.read_text(encoding="ascii"))
+        return _Key(bytes.fromhex(data["key"]), str(data["created"]))
+    except FileNotFoundError:
+        if not create:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable: records stay unkeyed; verify says the key is missing
+    key = _Key(os.urandom(32), datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            json.dump({"key": key.secret.hex(), "created": key.created}, f)
+        return key
+    except FileExistsError:  # another process made it first
+        return _load_key(False)
+    except OSError:
+        return None
 
 
 def _digest(rec: dict[str, Any]) -> str:
@@ -179,6 +242,10 @@ def record(event: AuditEvent, *, outcome: Outcome = Outcome.SUCCESS, objects: li
                 if detail:
                     rec["detail"] = detail
                 rec["prev"] = prev
+                key = _load_key(create=True)
+                if key is not None:
+                    rec["kid"] = key.kid
+                    rec["mac"] = key.mac(rec)
                 rec["hash"] = _digest(rec)
                 f.write(json.dumps(rec, sort_keys=True, ensure_ascii=True).encode("ascii") + b"\n")
                 f.flush()
@@ -261,6 +328,8 @@ class VerifyResult:
     records: int = 0
     problems: list[str] = field(default_factory=list)
     last_hash: str = GENESIS
+    #: records whose MAC was checked with the audit key
+    keyed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -268,10 +337,14 @@ class VerifyResult:
         return not self.problems
 
 
-def verify(path: Path | None = None) -> VerifyResult:
-    """Recompute the hash chain of the audit log (see the module docstring)."""
+def verify(path: Path | None = None, *, expect_last: str | None = None) -> VerifyResult:
+    """Recompute the hash chain of the audit log and, when the audit key is at hand, every record's MAC
+    (see the module docstring). ``expect_last``: the last hash noted earlier (an anchor kept elsewhere):
+    a log whose last record is another one was truncated or rewritten."""
     path = path or audit_path()
     res = VerifyResult()
+    key = _load_key(create=False)
+    keyed_seen = False
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -296,8 +369,24 @@ def verify(path: Path | None = None) -> VerifyResult:
             res.problems.append(f"line {n}: chain broken (prev does not match line before: record removed or inserted)")
         if rec.get("seq") != seq + 1:
             res.problems.append(f"line {n}: sequence number {rec.get('seq')} after {seq}")
+        if key is not None:
+            if "mac" in rec:
+                keyed_seen = True
+                if rec.get("kid") != key.kid:
+                    res.problems.append(f"line {n}: signed with another audit key (kid {rec.get('kid')})")
+                elif not hmac.compare_digest(str(rec.get("mac")), key.mac(rec)):
+                    res.problems.append(f"line {n}: MAC mismatch (record written or rewritten without the audit key)")
+                else:
+                    res.keyed += 1
+            elif keyed_seen or str(rec.get("time", "")) >= key.created:
+                res.problems.append(f"line {n}: no MAC on a record made after the audit key (rewritten without it?)")
         prev, seq = rec.get("hash"), rec.get("seq") if isinstance(rec.get("seq"), int) else seq + 1
         res.last_hash = str(rec.get("hash"))
+    anchor = (expect_last or "").strip().lower()
+    if anchor and anchor != res.last_hash and not any(f'"hash": "{anchor}"' in ln for ln in lines):
+        # an anchor that is an earlier record is fine (records were appended since); one not in the log is not
+        res.problems.append(f"the anchor {anchor[:16]}... is not in the log: records were removed from its end, "
+                            "or the log was rewritten")
     return res
 
 

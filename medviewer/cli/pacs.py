@@ -14,7 +14,8 @@ NODE is ``http(s)://host:port/path`` (DICOMweb), ``dicom://AET@host:port`` (DIMS
 credentials come from ``MEDVIEWER_PACS_TOKEN`` or ``MEDVIEWER_PACS_USER`` + ``MEDVIEWER_PACS_PASSWORD``
 (never from the command line). ``get`` writes ``DIR/STUDY_UID/SERIES_UID/SOP_INSTANCE_UID.dcm`` with a
 progress bar, skips instances already there, and exits 1 listing what is missing when the retrieval is
-partial. Errors are one line, exit 1.
+partial. Errors are one line, exit 1; Ctrl-C aborts the association at once and exits 130. ``find``,
+``get`` and ``send`` are audited (PS3.15 A.5: Query, DICOM Instances Transferred), failures included.
 """
 
 from __future__ import annotations
@@ -27,6 +28,21 @@ from typing import Any
 
 __all__ = ["add_parser", "run"]
 
+_EPILOG = """\
+examples:
+  medviewer pacs echo dicom://ORTHANC@pacs.example:4242
+  medviewer pacs add home http://pacs.example:8042/dicom-web
+  MEDVIEWER_PACS_USER=reader MEDVIEWER_PACS_PASSWORD=... medviewer pacs find home --patient-id 'P00*'
+  medviewer pacs find home --study-date 20240101-20240131 --modality CR --json
+  medviewer pacs get home 1.2.840.113619.2.55.3.1234 --out incoming/
+  medviewer pacs get dicom://ORTHANC@pacs:4242 1.2.3.4 --out incoming/ --move-port 11113 --aet MEDVIEWER
+  medviewer pacs send home results/dicom/
+  medviewer pacs send dicom://ORTHANC@pacs:4242 study/ --anonymize --pseudonym-key site.key
+
+dates: YYYYMMDD or YYYY-MM-DD, ranges YYYYMMDD-YYYYMMDD, -YYYYMMDD, YYYYMMDD- (PS3.4 C.2.2.2.5).
+A PACS that ignores the modality or date key gets its answer filtered, with a warning saying so.
+"""
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``pacs`` on the ``medviewer`` subcommand parser."""
@@ -34,7 +50,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "pacs", help="query, retrieve and store studies on a PACS (DICOMweb or DIMSE)",
         description="Query, retrieve and store on a PACS. NODE: http(s)://host:port/path (DICOMweb), "
                     "dicom://AET@host:port (DIMSE) or a saved name. DICOMweb credentials come from "
-                    "MEDVIEWER_PACS_TOKEN or MEDVIEWER_PACS_USER + MEDVIEWER_PACS_PASSWORD.")
+                    "MEDVIEWER_PACS_TOKEN or MEDVIEWER_PACS_USER + MEDVIEWER_PACS_PASSWORD.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="pacs_command", required=True, metavar="COMMAND")
 
     def net(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -47,7 +64,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     f = net(sub.add_parser("find", help="study-level query (C-FIND or QIDO-RS)"))
     f.add_argument("--patient-id", default="", help="Patient ID (wild cards * and ? allowed)")
     f.add_argument("--patient-name", default="", help="Patient's Name, e.g. 'DOE^J*'")
-    f.add_argument("--study-date", default="", help="YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
+    f.add_argument("--study-date", default="", help="YYYYMMDD (or YYYY-MM-DD) or a range YYYYMMDD-YYYYMMDD, "
+                   "-YYYYMMDD, YYYYMMDD-")
     f.add_argument("--modality", default="", help="a modality in the study, e.g. CT")
     f.add_argument("--accession", default="", help="Accession Number")
     f.add_argument("--study-uid", default="", help="Study Instance UID")
@@ -91,6 +109,18 @@ def _print(text: str) -> None:
 
 def _date(text: str) -> str:
     return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
+
+
+def _audit(event: str, outcome: str, studies: list[str], detail: dict) -> None:
+    """One audit record (UIDs only; never raises: a log that cannot be written is a warning)."""
+    from medviewer import audit
+    from medviewer.errors import MedViewerError
+
+    try:
+        audit.record(audit.AuditEvent(event), outcome=audit.Outcome(outcome), objects=audit.object_refs(studies),
+                     detail=detail)
+    except (MedViewerError, ValueError) as exc:
+        print(f"medviewer: warning: audit record not written: {exc}", file=sys.stderr)
 
 
 def _dicom_files(paths: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -159,7 +189,13 @@ def _send(client: Any, paths: list[str], anonymize: bool = False, key_file: str 
     def flush() -> None:
         nonlocal stored
         if batch:
-            outcome = client.store(batch)
+            try:
+                outcome = client.store(batch)
+            except MedViewerError as exc:  # refused, unreachable, HTTP error: audited, then reported
+                _audit("sent", "serious failure" if not stored else "minor failure", studies,
+                       {"instances": stored, "failed": len(failed) + len(batch), "de-identified": anonymize
+                        or written_deidentified, "destination": str(client.node), "error": str(exc)[:200]})
+                raise
             stored += len(outcome.stored)
             failed.extend((str(names.get(uid, uid)), why) for uid, why in outcome.failed)
             batch.clear()
@@ -206,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``medviewer pacs ...``; returns the exit status."""
     import logging
 
+    from medviewer.errors import MedViewerError
     from medviewer.pacs import StudyQuery, connect, load_nodes, remove_node, retrieve_study, save_node
     from medviewer.pacs.node import nodes_file
 
@@ -237,7 +274,17 @@ def run(args: argparse.Namespace) -> int:
             query = StudyQuery(patient_id=args.patient_id, patient_name=args.patient_name,
                                study_date=args.study_date, modality=args.modality,
                                accession_number=args.accession, study_instance_uid=args.study_uid)
-            matches = client.find_studies(query, limit=args.limit)
+            keys = sorted(query.filters())  # which keys, never their values (a patient's name or ID)
+            try:
+                matches = client.find_studies(query, limit=args.limit)
+            except MedViewerError as exc:
+                _audit("queried", "serious failure", [], {"keys": keys, "source": str(client.node),
+                                                          "error": str(exc)[:200]})
+                raise
+            _audit("queried", "success", [m.study_instance_uid for m in matches][:100],
+                   {"keys": keys, "matches": len(matches), "source": str(client.node)})
+            for note in getattr(client, "notes", []) or []:
+                print(f"medviewer: warning: {client.node}: {note}", file=sys.stderr)
             if args.json:
                 _print(json.dumps([m.to_json() for m in matches], indent=2))
                 return 0
@@ -250,9 +297,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"{len(matches)} stud{'ies' if len(matches) != 1 else 'y'}", file=sys.stderr)
             return 0
         if cmd == "get":
-            result = retrieve_study(client, args.study_uid, Path(args.out), series_instance_uid=args.series,
-                                    progress=not args.no_progress)
+            where = {"source": str(client.node), "series": args.series}
+            try:
+                result = retrieve_study(client, args.study_uid, Path(args.out), series_instance_uid=args.series,
+                                        progress=not args.no_progress)
+            except (MedViewerError, KeyboardInterrupt) as exc:
+                why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)[:200]
+                _audit("retrieved", "serious failure", [args.study_uid], {**where, "error": why})
+                raise
             total = len(result.expected)
+            _audit("retrieved", "success" if not result.missing else "minor failure", [args.study_uid],
+                   {**where, "instances": len(result.written), "already_present": result.skipped,
+                    "missing": len(result.missing)})
             _print(f"{result.study_dir()}: {total - len(result.missing)} of {total} instances "
                    f"({len(result.written)} retrieved, {result.skipped} already present)")
             if result.missing:

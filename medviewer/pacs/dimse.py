@@ -17,6 +17,7 @@ failure status from the PACS.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,7 +28,15 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from medviewer.pacs.model import InstanceRef, PacsClient, Sink, StoreOutcome, StudyMatch, StudyQuery
+from medviewer.pacs.model import (
+    InstanceRef,
+    PacsClient,
+    Sink,
+    StoreOutcome,
+    StudyMatch,
+    StudyQuery,
+    check_matches,
+)
 from medviewer.pacs.node import DEFAULT_AET, Node, PacsError, Protocol
 
 __all__ = ["DimseClient"]
@@ -93,8 +102,20 @@ class DimseClient(PacsClient):
         ae.maximum_pdu_size = 0  # unlimited
         return ae
 
+    def _resolve(self) -> None:
+        """Look the host name up first: pynetdicom would raise ``socket.gaierror`` as a traceback."""
+        try:
+            socket.getaddrinfo(self.node.host, self.node.port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise PacsError(f"{self.node}: unknown host {self.node.host!r} ({why})") from None
+
     @contextmanager
     def _association(self, ae, ext_neg=None, evt_handlers=None) -> Iterator:
+        """An established association; released when the block ends normally, aborted (A-ABORT, at once)
+        when it ends with an exception -- Ctrl-C included: a release would wait for the peer, up to the
+        timeout, while it is still sending C-GET sub-operations."""
+        self._resolve()
         capture = _Capture()
         _LOG.addHandler(capture)
         old_level, old_propagate = _LOG.level, _LOG.propagate
@@ -103,6 +124,9 @@ class DimseClient(PacsClient):
         try:
             assoc = ae.associate(self.node.host, self.node.port, ae_title=self.node.aet, ext_neg=ext_neg,
                                  evt_handlers=evt_handlers or [])
+        except OSError as exc:
+            raise PacsError(f"{self.node}: cannot connect to {self.node.host}:{self.node.port} "
+                            f"({exc.strerror or exc})") from None
         finally:
             _LOG.removeHandler(capture)
             _LOG.setLevel(old_level)
@@ -111,13 +135,18 @@ class DimseClient(PacsClient):
             raise PacsError(f"{self.node}: {self._why(assoc, capture.lines)}")
         try:
             yield assoc
-        finally:
+        except BaseException:
             if assoc.is_established:
-                assoc.release()
+                assoc.abort()
+            raise
+        if assoc.is_established:
+            assoc.release()
 
     def _why(self, assoc, lines: list[str]) -> str:
         where = f"{self.node.host}:{self.node.port}"
-        if assoc.is_rejected:
+        # a peer that closes the connection right after its A-ASSOCIATE-RJ can leave the association
+        # marked aborted: pynetdicom's log of the rejection (with the reason) is what counts
+        if assoc.is_rejected or any(ln.startswith("Association Rejected") for ln in lines):
             reason = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Reason:")), "")
             return f"association rejected by {where}" + (f": {reason}" if reason else "") + (
                 f" (called AE title {self.node.aet!r}, calling {self.aet!r})")
@@ -178,6 +207,7 @@ class DimseClient(PacsClient):
         return out
 
     def find_studies(self, query: StudyQuery, limit: int | None = None) -> list[StudyMatch]:
+        query = query.normalized()
         ds = Dataset()
         ds.QueryRetrieveLevel = "STUDY"
         for kw in ("StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "StudyDescription",
@@ -185,7 +215,7 @@ class DimseClient(PacsClient):
             setattr(ds, kw, "")
         for kw, value in query.filters().items():
             setattr(ds, kw, value)
-        matches = [StudyMatch.from_dataset(d) for d in self._find(ds)]
+        matches, self.notes = check_matches(query, [StudyMatch.from_dataset(d) for d in self._find(ds)])
         matches.sort(key=lambda m: (m.study_date, m.study_instance_uid), reverse=True)
         return matches[:limit] if limit else matches
 
@@ -297,25 +327,51 @@ class DimseClient(PacsClient):
             raise PacsError(f"{self.node}: could not store a received instance: {errors[0]}")
 
     def store(self, datasets: Sequence[Dataset]) -> StoreOutcome:
+        """C-STORE each dataset (PS3.4 B.2). Per SOP class two presentation contexts are proposed: one in the
+        dataset's own transfer syntax and one in the uncompressed ones (Explicit, Implicit VR Little Endian),
+        so a peer that accepts only uncompressed data still gets compressed instances (JPEG 2000, JPEG-LS,
+        RLE...): they are decompressed, in place, before they are sent (PS3.5 A.4; pydicom's decoders).
+        An instance that cannot be decompressed is one ``failed`` entry; the others are sent."""
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+        uncompressed = [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)]
         ae = self._ae()
-        contexts: dict[str, list[str]] = {}
+        wanted: dict[tuple[str, tuple[str, ...]], None] = {}
         for ds in datasets:
-            ts = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.get("file_meta", {}) else \
-                str(ImplicitVRLittleEndian)
-            contexts.setdefault(str(ds.SOPClassUID), [])
-            for t in (ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-                if str(t) not in contexts[str(ds.SOPClassUID)]:
-                    contexts[str(ds.SOPClassUID)].append(str(t))
-        if len(contexts) > _MAX_CONTEXTS:
-            raise PacsError(f"{self.node}: {len(contexts)} SOP classes in one send; at most {_MAX_CONTEXTS}")
-        for uid, ts in contexts.items():
-            ae.add_requested_context(uid, ts)
+            ts = _transfer_syntax(ds)
+            sop = str(ds.SOPClassUID)
+            if ts not in uncompressed:
+                wanted[(sop, (ts,))] = None
+            wanted[(sop, tuple(uncompressed))] = None
+        if len(wanted) > _MAX_CONTEXTS:
+            raise PacsError(f"{self.node}: {len(wanted)} presentation contexts needed in one send; at most "
+                            f"{_MAX_CONTEXTS}")
+        for sop, ts in wanted:
+            ae.add_requested_context(sop, list(ts))
         out = StoreOutcome()
         with self._association(ae) as assoc:
+            accepted: dict[str, set[str]] = {}
+            for cx in assoc.accepted_contexts:
+                accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
             for ds in datasets:
                 uid = str(ds.SOPInstanceUID)
+                sop, ts = str(ds.SOPClassUID), _transfer_syntax(ds)
+                ok = accepted.get(sop, set())
+                if not ok:
+                    out.failed.append((uid, f"{self.node.host}:{self.node.port} does not accept SOP class {sop}"))
+                    continue
+                if ts not in ok and ts not in uncompressed:
+                    target = next((t for t in uncompressed if t in ok), None)
+                    if target is None:
+                        out.failed.append((uid, f"transfer syntax {ts} not accepted, and no uncompressed one"))
+                        continue
+                    try:
+                        ds.decompress()  # -> Explicit VR Little Endian
+                    except Exception as exc:  # no decoder for it, corrupt data
+                        out.failed.append((uid, f"cannot decompress {ts} for a peer that accepts only "
+                                                f"uncompressed data ({' '.join(str(exc).split())[:150]})"))
+                        continue
+                    ds.file_meta.TransferSyntaxUID = target
                 try:
                     status = assoc.send_c_store(ds)
                 except (ValueError, AttributeError, RuntimeError) as exc:
@@ -328,3 +384,12 @@ class DimseClient(PacsClient):
                     out.failed.append((uid, _status_text(status)))
         return out
 
+
+def _transfer_syntax(ds: Dataset) -> str:
+    """The dataset's transfer syntax UID (file meta), Implicit VR Little Endian when it has none."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return str(meta.TransferSyntaxUID)
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    return str(ImplicitVRLittleEndian)

@@ -6,6 +6,7 @@ everything above them (``get`` with resume and verification, the CLI, the GUI) u
 
 from __future__ import annotations
 
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -14,9 +15,10 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from medviewer.pacs.node import Node
+from medviewer.pacs.node import Node, PacsError
 
-__all__ = ["StudyQuery", "StudyMatch", "InstanceRef", "PacsClient", "STUDY_KEYWORDS", "Sink"]
+__all__ = ["StudyQuery", "StudyMatch", "InstanceRef", "PacsClient", "STUDY_KEYWORDS", "Sink", "dicom_date_range",
+           "check_matches"]
 
 #: the attributes a study-level query returns, as DICOM keywords (PS3.4 C.6.2.1.2 Study level keys)
 STUDY_KEYWORDS = ("StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "StudyDescription",
@@ -42,12 +44,112 @@ class StudyQuery:
     accession_number: str = ""
     study_instance_uid: str = ""
 
+    def normalized(self) -> StudyQuery:
+        """This query with ``study_date`` checked and written as DICOM wants it (:func:`dicom_date_range`).
+
+        Raises
+        ------
+        PacsError
+            ``study_date`` is not a date or a date range.
+        """
+        from dataclasses import replace
+
+        return replace(self, study_date=dicom_date_range(self.study_date)) if self.study_date else self
+
     def filters(self) -> dict[str, str]:
         """The non-empty keys as ``{keyword: value}`` (modality as ``ModalitiesInStudy``)."""
         pairs = {"PatientID": self.patient_id, "PatientName": self.patient_name, "StudyDate": self.study_date,
                  "ModalitiesInStudy": self.modality, "AccessionNumber": self.accession_number,
                  "StudyInstanceUID": self.study_instance_uid}
         return {k: v for k, v in pairs.items() if v}
+
+
+_ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_DA = re.compile(r"^\d{8}$")
+
+
+def _one_date(text: str, whole: str) -> str:
+    m = _ISO_DATE.match(text)
+    if m:
+        text = "".join(m.groups())
+    if not _DA.match(text):
+        raise PacsError(f"--study-date {whole!r}: not a date; use YYYYMMDD, YYYY-MM-DD or a range "
+                        "YYYYMMDD-YYYYMMDD, -YYYYMMDD, YYYYMMDD-")
+    from datetime import datetime
+
+    try:
+        datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        raise PacsError(f"--study-date {whole!r}: {text} is not a calendar date") from None
+    return text
+
+
+def dicom_date_range(text: str) -> str:
+    """A study-date matching value as DICOM range matching wants it (PS3.4 C.2.2.2.5, DA values PS3.5 6.2).
+
+    Accepts ``YYYYMMDD``, ``YYYY-MM-DD`` (ISO 8601, converted), ``A-B``, ``-B``, ``A-`` with A, B in either
+    form (ISO dates in a range are separated by ``..``/``/`` or written ``YYYYMMDD``); returns e.g.
+    ``20040101`` or ``20040101-20041231``.
+
+    Raises
+    ------
+    PacsError
+        Anything else, an impossible date (20040231), or a range that ends before it starts.
+    """
+    whole = text.strip()
+    if not whole:
+        return ""
+    if _ISO_DATE.match(whole):
+        return _one_date(whole, whole)
+    for sep in ("..", "/"):
+        if sep in whole:
+            lo, hi = whole.split(sep, 1)
+            break
+    else:
+        if whole.count("-") != 1:
+            raise PacsError(f"--study-date {whole!r}: not a date; use YYYYMMDD, YYYY-MM-DD or a range "
+                            "YYYYMMDD-YYYYMMDD, -YYYYMMDD, YYYYMMDD-")
+        lo, hi = whole.split("-")
+    lo, hi = lo.strip(), hi.strip()
+    if not lo and not hi:
+        raise PacsError(f"--study-date {whole!r}: an empty range")
+    a = _one_date(lo, whole) if lo else ""
+    b = _one_date(hi, whole) if hi else ""
+    if a and b and b < a:
+        raise PacsError(f"--study-date {whole!r}: the range ends before it starts")
+    return f"{a}-{b}"
+
+
+def check_matches(query: StudyQuery, matches: list[StudyMatch]) -> tuple[list[StudyMatch], list[str]]:
+    """Drop the matches that contradict ``query`` and say why: a PACS may ignore a matching key it does not
+    support (Modalities in Study is optional for an SCP, PS3.4 C.6.2.1.2) and return every study.
+
+    A match whose returned Modalities in Study lacks the modality asked for, or whose Study Date is outside
+    the range asked for, is dropped; a match that does not return the attribute cannot be checked and is
+    kept. Returns ``(kept, notes)``, one note per kind of problem (for a warning line).
+    """
+    notes: list[str] = []
+    kept = list(matches)
+    mod = query.modality.strip().upper()
+    if mod and not any(c in mod for c in "*?\\"):
+        wrong = [m for m in kept if m.modalities_in_study and mod not in {x.upper() for x in m.modalities_in_study}]
+        unknown = [m for m in kept if not m.modalities_in_study]
+        if wrong:
+            notes.append(f"the PACS ignored the modality key: {len(wrong)} of {len(kept)} studies it returned "
+                         f"have no {mod} and were left out")
+            kept = [m for m in kept if m not in wrong]
+        if unknown:
+            notes.append(f"the PACS returned no Modalities in Study for {len(unknown)} studies: they may not "
+                         f"contain {mod}")
+    if query.study_date:
+        lo, _, hi = query.study_date.partition("-") if "-" in query.study_date else (
+            query.study_date, "", query.study_date)
+        wrong = [m for m in kept if _DA.match(m.study_date) and ((lo and m.study_date < lo) or (hi and m.study_date > hi))]
+        if wrong:
+            notes.append(f"the PACS ignored the study date key: {len(wrong)} studies outside {query.study_date} "
+                         "were left out")
+            kept = [m for m in kept if m not in wrong]
+    return kept, notes
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -115,6 +217,8 @@ class PacsClient(ABC):
     :class:`~medviewer.pacs.node.PacsError` (one line) on failure."""
 
     node: Node
+    #: warnings of the last :meth:`find_studies` (e.g. the PACS ignored a matching key), for the caller to show
+    notes: list[str] = []
 
     @abstractmethod
     def echo(self) -> float:

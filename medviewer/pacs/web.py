@@ -17,11 +17,21 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from medviewer.pacs.model import InstanceRef, PacsClient, Sink, StoreOutcome, StudyMatch, StudyQuery
+from medviewer.pacs.model import (
+    InstanceRef,
+    PacsClient,
+    Sink,
+    StoreOutcome,
+    StudyMatch,
+    StudyQuery,
+    check_matches,
+)
 from medviewer.pacs.node import ENV_PASSWORD, ENV_TOKEN, ENV_USER, Credentials, Node, PacsError, Protocol
 
 __all__ = ["WebClient"]
 
+#: WADO-RS Accept: the instances in the transfer syntax they are stored in (no transcoding by the server)
+_AS_STORED = (("application/dicom", "*"),)
 _STUDY_FIELDS = ["StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "StudyDescription",
                  "ModalitiesInStudy", "AccessionNumber", "NumberOfStudyRelatedInstances"]
 
@@ -104,6 +114,9 @@ class WebClient(PacsClient):
             raise PacsError(f"{self.node}: {what}: no answer from {where} within {self.timeout:g} s") from None
         except requests.ConnectionError as exc:
             text = str(exc).lower()
+            if any(k in text for k in ("nameresolution", "name or service not known", "getaddrinfo failed",
+                                       "no address associated", "temporary failure in name resolution")):
+                raise PacsError(f"{self.node}: {what}: unknown host {self.node.host!r}") from None
             cause = "connection refused" if "refused" in text else "cannot connect"
             raise PacsError(f"{self.node}: {what}: {cause} ({where})") from None
         except requests.RequestException as exc:
@@ -140,10 +153,11 @@ class WebClient(PacsClient):
         return time.perf_counter() - t0
 
     def find_studies(self, query: StudyQuery, limit: int | None = None) -> list[StudyMatch]:
+        query = query.normalized()
         with self._errors("QIDO-RS"):
             found = self._search_all(self._client.search_for_studies, "StudyInstanceUID", limit=limit,
                                      search_filters=query.filters(), fields=_STUDY_FIELDS)
-        matches = [StudyMatch.from_dataset(d) for d in found]
+        matches, self.notes = check_matches(query, [StudyMatch.from_dataset(d) for d in found])
         matches.sort(key=lambda m: (m.study_date, m.study_instance_uid), reverse=True)
         return matches[:limit] if limit else matches
 
@@ -164,7 +178,9 @@ class WebClient(PacsClient):
                  sink: Sink, sop_class_uids: Iterable[str] = (), cancel: threading.Event | None = None) -> None:
         with self._errors("WADO-RS"):
             if sop_instance_uids is None:
-                for ds in self._client.iter_series(study_instance_uid, series_instance_uid):
+                # transfer-syntax=*: the instances as stored; without it a server must transcode to Explicit VR
+                # Little Endian (PS3.18 8.7.3.5.2), which Orthanc cannot do for some JPEG 2000 (HTTP 500)
+                for ds in self._client.iter_series(study_instance_uid, series_instance_uid, media_types=_AS_STORED):
                     if cancel is not None and cancel.is_set():
                         return
                     sink(ds)
@@ -172,20 +188,75 @@ class WebClient(PacsClient):
             for sop in sop_instance_uids:
                 if cancel is not None and cancel.is_set():
                     return
-                sink(self._client.retrieve_instance(study_instance_uid, series_instance_uid, sop))
+                sink(self._client.retrieve_instance(study_instance_uid, series_instance_uid, sop,
+                                                    media_types=_AS_STORED))
 
     def store(self, datasets: Sequence[Dataset]) -> StoreOutcome:
+        """STOW-RS (PS3.18 10.5): POST the instances as ``multipart/related; type="application/dicom"``.
+
+        An instance counts as stored only when the server's Store Instances Response lists it in the
+        Referenced SOP Sequence (0008,1199); one in the Failed SOP Sequence (0008,1198) is failed with its
+        Failure Reason, and one in neither -- e.g. a server answering 200 with no response body -- is failed
+        with that said. HTTP 409 (none stored) is read the same way; other HTTP errors raise.
+        """
         out = StoreOutcome()
         if not datasets:
             return out
         with self._errors("STOW-RS"):
-            rsp = self._client.store_instances(list(datasets))
-        failed = {str(item.get("ReferencedSOPInstanceUID", "")): int(item.get("FailureReason", 0))
-                  for item in rsp.get("FailedSOPSequence", [])} if rsp is not None else {}
+            rsp, code = self._stow(datasets)
+        referenced = {str(item.get("ReferencedSOPInstanceUID", "")) for item in rsp.get("ReferencedSOPSequence", [])}
+        failed = {}
+        for item in rsp.get("FailedSOPSequence", []):
+            reason = item.get("FailureReason", None)
+            failed[str(item.get("ReferencedSOPInstanceUID", ""))] = (
+                f"failure reason 0x{int(reason):04X}" if reason not in (None, "") else "failed (no reason given)")
         for ds in datasets:
             uid = str(ds.SOPInstanceUID)
             if uid in failed:
-                out.failed.append((uid, f"failure reason 0x{failed[uid]:04X}"))
-            else:
+                out.failed.append((uid, failed[uid]))
+            elif uid in referenced:
                 out.stored.append(uid)
+            elif code == 409:
+                out.failed.append((uid, "HTTP 409 Conflict: not stored"))
+            else:
+                out.failed.append((uid, f"not confirmed: HTTP {code} without this instance in the STOW-RS response's "
+                                        "Referenced SOP Sequence"))
         return out
+
+    def _stow(self, datasets: Sequence[Dataset]) -> tuple[Dataset, int]:
+        """POST the instances; returns the parsed Store Instances Response (empty when the body was) and the
+        HTTP status. Raises ``requests.HTTPError`` for statuses other than 200, 202 and 409."""
+        import uuid
+        from io import BytesIO
+
+        import pydicom
+
+        boundary = uuid.uuid4().hex
+        parts = []
+        for ds in datasets:
+            with BytesIO() as b:
+                pydicom.dcmwrite(b, ds, enforce_file_format=True)
+                parts.append(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
+                             + b.getvalue() + b"\r\n")
+        body = b"".join(parts) + b"--" + boundary.encode() + b"--\r\n"
+        headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                   "Accept": "application/dicom+json, application/json"}
+        r = self._session.post(f"{self.node.url}/studies", data=body, headers=headers, timeout=self.timeout)
+        if r.status_code not in (200, 202, 409):
+            r.raise_for_status()
+            raise PacsError(f"{self.node}: STOW-RS: HTTP {r.status_code} {r.reason or ''}".rstrip())
+        rsp = Dataset()
+        ctype = r.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if r.content and ctype.endswith("json"):
+            data = r.json()
+            if isinstance(data, list):  # a few servers wrap the response data set in a list
+                data = data[0] if data else {}
+            if isinstance(data, dict):
+                rsp = Dataset.from_json(data)
+        elif r.content and ctype.endswith("xml"):
+            from xml.etree.ElementTree import fromstring
+
+            from dicomweb_client.web import _load_xml_dataset
+
+            rsp = _load_xml_dataset(fromstring(r.content))
+        return rsp, r.status_code
