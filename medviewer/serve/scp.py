@@ -127,6 +127,7 @@ class StorageSCP:
             return self._refuse("bad-file", f"from {calling or '?'}: cannot use instance {sop_text or '?'} "
                                 f"({' '.join(str(exc).split())[:200]})", STATUS_DATASET_MISMATCH, sop=sop_text or None)
         path = self.spool.instance_path(study, sop)
+        existed = path.exists()  # received (and acknowledged) before: never removed below
         try:
             size = self.spool.write_atomic(path, [event.encoded_dataset()])
         except OSError as exc:
@@ -136,6 +137,11 @@ class StorageSCP:
             self.db.add_instance(sop_uid=sop, study_uid=study, series_uid=series, sop_class=sop_class,
                                  path=str(path), size=size, calling_aet=calling, image=image)
         except sqlite3.Error as exc:
+            if not existed:  # not acknowledged: leave no file that no row knows of
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
             return self._refuse("store-failed", f"{sop}: not recorded in the queue ({exc})",
                                 STATUS_OUT_OF_RESOURCES, study, sop)
         with self._count_lock:
