@@ -123,8 +123,9 @@ def _fit_args(p: argparse.ArgumentParser, preset: dict | None = None) -> None:
                         "records the equivalent --epochs command); 0: off")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--loader", choices=["auto", "memory", "stream"], default="auto",
-                   help="multilabel: memory decodes every image once into RAM; stream reads each image from disk "
-                        "when drawn (use --workers); auto: memory while the decoded images take <= 2 GiB")
+                   help="memory: decode every image once into RAM; stream: read each image from disk when it is "
+                        "drawn, no decoded copy held (use --workers); auto: memory while the decoded images take "
+                        "<= 2 GiB (auto)")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
@@ -293,8 +294,9 @@ def _run_fit(args: argparse.Namespace, argv: Sequence[str]) -> int:
                   f"({r.operating_point[lab]['criterion']})")
     elif r.val_metrics:
         m = r.val_metrics
-        print(f"run {r.run_dir}: best epoch {r.best_epoch}/{r.epochs_run}, validation AUROC {m['auroc']:.4f} "
-              f"(95% CI {m['auroc_ci95'][0]:.4f}-{m['auroc_ci95'][1]:.4f}), accuracy {m['accuracy']:.4f}, "
+        ci = f" (95% CI {m['auroc_ci95'][0]:.4f}-{m['auroc_ci95'][1]:.4f})" if m.get("auroc_ci95") else ""
+        print(f"run {r.run_dir}: best epoch {r.best_epoch}/{r.epochs_run}, validation AUROC {m['auroc']:.4f}"
+              f"{ci}, accuracy {m['accuracy']:.4f}, "
               f"sensitivity {m['sensitivity']:.4f}, specificity {m['specificity']:.4f} at threshold "
               f"{r.operating_point['threshold']:.4f}; {r.seconds:.0f} s")
     return 0

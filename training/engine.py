@@ -219,16 +219,18 @@ class ShuffleSampler(BalancedSampler):
 
 @dataclass
 class PreparedData:
-    """Training and validation images (cached uint8) and their indices."""
+    """Training and validation images and their indices: cached uint8 arrays, or None for each part when the
+    images are streamed from disk (``stream``; ``FitConfig.loader``)."""
 
     classes: list[str]
     train: DatasetIndex
     val: DatasetIndex
     test: DatasetIndex | None
-    x_train: np.ndarray
-    x_val: np.ndarray
+    x_train: np.ndarray | None
+    x_val: np.ndarray | None
     x_test: np.ndarray | None
     split_desc: str
+    stream: bool = False
 
 
 def _patient_rule(cfg: FitConfig) -> Callable:
@@ -269,10 +271,21 @@ def split_index(cfg: FitConfig) -> tuple[DatasetIndex, DatasetIndex, DatasetInde
     return pool.take(parts["train"]), pool.take(parts["val"]), test, desc
 
 
+#: ``loader="auto"`` caches the decoded images in memory while they take at most this many bytes
+MEMORY_LIMIT = 2 * 1024**3
+
+
 def prepare_data(cfg: FitConfig) -> PreparedData:
-    """Index, split by patient and cache the fitted images of a run."""
+    """Index, split by patient and cache the fitted images of a run (``cfg.loader``: ``memory``; ``stream``:
+    nothing is decoded here, each image is read when drawn; ``auto``: memory while the decoded training and
+    validation images take at most :data:`MEMORY_LIMIT` bytes)."""
     train, val, test, desc = split_index(cfg)
     spec, inp = cfg.preprocessing(), cfg.input_spec()
+    if cfg.loader not in ("auto", "memory", "stream"):
+        raise ValueError(f"unknown loader {cfg.loader!r} (auto, memory or stream)")
+    n = len(train) + len(val)
+    if cfg.loader == "stream" or (cfg.loader == "auto" and n * inp.height * inp.width * inp.channels > MEMORY_LIMIT):
+        return PreparedData(train.classes, train, val, test, None, None, None, desc, stream=True)
     kw = {"workers": 2, "cache_dir": cfg.cache_dir, "progress": cfg.progress}
     x_tr = load_fitted([s.path for s in train.samples], spec, inp, **kw)
     x_va = load_fitted([s.path for s in val.samples], spec, inp, **kw)
@@ -291,6 +304,27 @@ def predict_probs(model: nn.Module, images_u8: np.ndarray, spec: Preprocessing, 
         x = torch.stack([ds[j][0] for j in range(i, min(i + batch_size, len(ds)))]).to(device)
         out.append(torch.softmax(model(x).float(), dim=1).cpu().double().numpy())
     return np.concatenate(out) if out else np.zeros((0, 2))
+
+
+@torch.no_grad()
+def part_probs(model: nn.Module, data: PreparedData, part: str, cfg: FitConfig, device: torch.device,
+               batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities float64 ``(N, K)`` on the ``"val"`` or ``"test"`` part: from the cached images,
+    or, when streamed, read from disk through a DataLoader with ``cfg.workers`` processes."""
+    x = data.x_val if part == "val" else data.x_test
+    spec = cfg.preprocessing()
+    if x is not None:
+        return predict_probs(model, x, spec, device, batch_size)
+    from training.multilabel_data import TargetDataset
+
+    idx = data.val if part == "val" else data.test
+    ds = TargetDataset(np.zeros(len(idx), np.int64), spec, cfg.input_spec(), paths=[s.path for s in idx.samples])
+    model.eval()
+    # the loader gets its own generator: iterating one draws a seed, which must not move the global RNG (dropout)
+    out = [torch.softmax(model(xb.to(device)).float(), dim=1).cpu().double().numpy()
+           for xb, _ in torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=cfg.workers,
+                                                          generator=torch.Generator())]
+    return np.concatenate(out) if out else np.zeros((0, len(data.classes)))
 
 
 def _param_groups(model: nn.Module, wd: float) -> list[dict]:
@@ -412,7 +446,13 @@ def fit_arrays(cfg: FitConfig, data: PreparedData) -> FitResult:
     y_tr = data.train.labels
     y_va = data.val.labels
     aug = (Augment.strong(hflip=cfg.hflip) if cfg.augment_preset == "strong" else Augment(hflip=cfg.hflip))
-    ds = ImageDataset(data.x_train, y_tr, spec, aug if cfg.augment else None, cfg.seed)
+    if data.stream:
+        from training.multilabel_data import TargetDataset
+
+        ds = TargetDataset(y_tr, spec, cfg.input_spec(), paths=[s.path for s in data.train.samples],
+                           augment=aug if cfg.augment else None, seed=cfg.seed)
+    else:
+        ds = ImageDataset(data.x_train, y_tr, spec, aug if cfg.augment else None, cfg.seed)
     mix_rng = np.random.default_rng((cfg.seed, dinfo.rank, 7))
     sampler: BalancedSampler = (BalancedSampler(y_tr, cfg.seed, dinfo.rank, dinfo.world) if cfg.balance == "sampler"
                                 else ShuffleSampler(len(y_tr), cfg.seed, dinfo.rank, dinfo.world))
@@ -506,7 +546,7 @@ def fit_arrays(cfg: FitConfig, data: PreparedData) -> FitResult:
                 log.info("time budget %.0f min: %d epochs", cfg.max_minutes, plan["epochs"])
         if dinfo.main:
             eval_model = ema.module if ema is not None else model
-            probs = predict_probs(eval_model, data.x_val, spec, device)
+            probs = part_probs(eval_model, data, "val", cfg, device)
             yv = torch.as_tensor(y_va)
             val_loss = float(nn.functional.nll_loss(torch.log(torch.as_tensor(probs).clamp_min(1e-12)), yv))
             yb = (y_va == pos).astype(int)
@@ -562,8 +602,7 @@ def _finish(cfg: FitConfig, data: PreparedData, run_dir: Path, device: torch.dev
     from training.plots import plot_all
 
     model, ck = load_checkpoint_model(run_dir / "best.pt", device)
-    spec = cfg.preprocessing()
-    probs = predict_probs(model, data.x_val, spec, device)
+    probs = part_probs(model, data, "val", cfg, device)
     yb = (data.val.labels == pos).astype(int)
     op = choose_operating_point(yb, probs[:, pos], cfg.operating_point)
     m = binary_metrics(yb, probs[:, pos], op.threshold, n_boot=cfg.bootstrap, seed=cfg.seed,
@@ -584,8 +623,8 @@ def _finish(cfg: FitConfig, data: PreparedData, run_dir: Path, device: torch.dev
            "device": f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu"
            else torch.cuda.get_device_name(device),
            "counts": {"train": data.train.counts(), "val": data.val.counts()}}
-    if data.test is not None and data.x_test is not None:
-        pt = predict_probs(model, data.x_test, spec, device)
+    if data.test is not None:
+        pt = part_probs(model, data, "test", cfg, device)
         yt = (data.test.labels == pos).astype(int)
         out["internal_test"] = binary_metrics(yt, pt[:, pos], op.threshold, n_boot=cfg.bootstrap, seed=cfg.seed,
                                               groups=np.array([s.patient_id for s in data.test.samples]))

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from training.data import Augment, load_fitted
 from training.engine import (
+    MEMORY_LIMIT,
     FitConfig,
     FitResult,
     ShuffleSampler,
@@ -87,7 +88,7 @@ __all__ = [
 
 log = logging.getLogger("training")
 
-#: ``--preset`` name -> FitConfig fields. ``chexnet``: Rajpurkar et al. (2017), section 3.2: DenseNet-121,
+#: ``--preset`` name -> FitConfig fields. ``chexnet``: Rajpurkar et al. (2017, arXiv:1711.05225): DenseNet-121,
 #: input 224x224, Adam (beta 0.9, 0.999) at 1e-3, batch 16, learning rate / 10 when the validation loss
 #: plateaus after an epoch, random horizontal flips. (They start from ImageNet weights: pass a local file
 #: with ``--weights``; nothing is downloaded.)
@@ -98,8 +99,6 @@ PRESETS: dict[str, dict] = {
 }
 #: a finding needs this many positive validation images for a temperature of its own
 MIN_POSITIVES_FOR_OWN_T = 5
-#: ``loader="auto"`` caches the decoded images in memory while they take at most this many bytes
-MEMORY_LIMIT = 2 * 1024**3
 
 
 def parse_criteria(spec: str, labels: list[str]) -> dict[str, str]:
@@ -265,8 +264,10 @@ def predict_logits(model: nn.Module, ds: TargetDataset, device: torch.device, ba
     model.eval()
     aug, ds.augment = ds.augment, None
     try:
+        # its own generator: a loader draws a seed when iterated, which must not move the global RNG
+        # (dropout), so a run is the same whichever data path evaluates it
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                             pin_memory=device.type == "cuda")
+                                             pin_memory=device.type == "cuda", generator=torch.Generator())
         out = []
         for x, _ in loader:
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
