@@ -193,6 +193,13 @@ def test_export_import_show_lists_14_findings_with_operating_points(tiny_package
     assert card.applicability.age_years == (18, 150) and card.applicability.views == ["AP", "PA"]
     readme = (pkg / "README.md").read_text()
     assert "| Pneumothorax |" in readme and "CheXNet" in readme and "different scale of problem" in readme
+    from medviewer.inference import open_session
+    from training.data import read_display_u8
+
+    img = read_display_u8(NIH / "images" / "00000231_013.png")
+    (pred,) = open_session(ModelPackage.load(pkg), "cpu").predict([img])
+    assert pred.cams.shape[0] == 14 and pred.cams.shape[1:] == img.shape[:2]  # a CAM per finding, image grid
+    assert set(pred.scores) == set(FINDINGS) and all(0 < v < 1 for v in pred.scores.values())
     assert app_main(["models", "validate", str(pkg)]) == 0
     assert app_main(["models", "import", str(pkg)]) == 0
     capsys.readouterr()
@@ -249,6 +256,15 @@ def test_infer_models_auto_routes_each_image_to_the_model_for_it(tiny_package, m
     assert all("age" in why.lower() for why in left.values()), left
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {(r["path"].rsplit("/", 1)[-1], r["model"]) for r in rows} == by
+    # a named list, with overlays and DICOM results: one SR + SC per in-scope (image, model), by model
+    two = tmp_path / "two"
+    assert app_main(["infer", str(d), "--models", "pneumonia-cxr,nih-cxr14-tiny", "--overlays", "--dicom",
+                     "--out", str(two), "--quiet"]) == 0
+    for r in json.loads((two / "results.json").read_text())["results"]:
+        assert (two / r["overlay"]).is_file() and r["overlay"].startswith(f"overlays/{r['model']}/")
+        assert sorted(p.split("/")[-1][:3] for p in r["dicom"]) == ["SC_", "SR_"]
+        assert all(p.startswith(f"dicom/{r['model']}/") for p in r["dicom"])
+    assert len(list((two / "dicom").rglob("SR_*.dcm"))) == 2 and len(list((two / "overlays").rglob("*.png"))) == 2
     # the default stays one model, the default one
     assert app_main(["infer", str(d), "--out", str(tmp_path / "one"), "--quiet"]) == 0
     one = json.loads((tmp_path / "one" / "results.json").read_text())

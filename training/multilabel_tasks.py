@@ -68,6 +68,8 @@ def evaluate_multilabel(args: argparse.Namespace) -> int:
     from training.multilabel_data import read_multilabel_csv
     from training.plots import plot_roc_overlay
 
+    if args.split:
+        raise ValueError("--split applies to folder layouts; a multilabel table is evaluated whole")
     rule = None
     if args.patient_regex:
         from training.data import regex_patient_rule
@@ -93,8 +95,6 @@ def evaluate_multilabel(args: argparse.Namespace) -> int:
                            InputSpec.model_validate(ck["input"]), paths=list(index.paths))
         probs = _sigmoid(predict_logits(model, ds, device, args.batch_size))
         thr = {lab: o["threshold"] for lab, o in ck.get("operating_points", {}).items()}
-    if args.split:
-        raise ValueError("--split applies to folder layouts; a multilabel table is evaluated whole")
     if args.threshold is not None:
         thr = {lab: args.threshold for lab in labels}
     m = multilabel_metrics(index.targets, probs, labels, np.asarray(index.patients), thr, n_boot=args.bootstrap)
