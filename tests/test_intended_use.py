@@ -38,7 +38,7 @@ PAEDIATRIC = demo_dir() / "paediatric-cxr-pneumonia.dcm"
 @pytest.fixture(scope="module")
 def shipped():
     pkg = default_model()
-    assert pkg.card.schema_version == 2 and pkg.ood is not None
+    assert pkg.card.schema_version >= 2 and pkg.ood is not None
     return pkg, Session(pkg, "cpu"), IntendedUsePolicy(pkg.card)
 
 
