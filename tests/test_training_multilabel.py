@@ -223,8 +223,7 @@ def test_evaluate_package_equals_checkpoint(tiny_package, nih_csv, tmp_path):
         assert mb["per_label"][lab]["auroc"] == pytest.approx(ma["per_label"][lab]["auroc"], abs=1e-4)
 
 
-def test_infer_models_auto_routes_each_image_to_the_model_for_it(tiny_package, model_dirs, monkeypatch, tmp_path,
-                                                                 capsys):
+def test_infer_models_auto_routes_each_image_to_the_model_for_it(tiny_package, model_dirs, tmp_path, capsys):
     """Paediatric demo film -> pneumonia-cxr only (adult model: age); adult RG1 film -> the adult model only
     (pneumonia-cxr: age); one run, each entry naming its model."""
     import shutil
@@ -234,7 +233,8 @@ def test_infer_models_auto_routes_each_image_to_the_model_for_it(tiny_package, m
     from medviewer.cli import main as app_main
     from medviewer.inference import registry
 
-    monkeypatch.setattr(registry, "builtin_models_dir", lambda: REPO / "resources" / "models")
+    builtin = model_dirs[0]  # a copy of the shipped default model: isolated from edits to resources/
+    shutil.copytree(REPO / "resources" / "models" / registry.DEFAULT_MODEL_NAME, builtin / registry.DEFAULT_MODEL_NAME)
     _, pkg = tiny_package
     assert app_main(["models", "import", str(pkg)]) == 0
     d = tmp_path / "in"
