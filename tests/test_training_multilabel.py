@@ -265,6 +265,12 @@ def test_infer_models_auto_routes_each_image_to_the_model_for_it(tiny_package, m
         assert sorted(p.split("/")[-1][:3] for p in r["dicom"]) == ["SC_", "SR_"]
         assert all(p.startswith(f"dicom/{r['model']}/") for p in r["dicom"])
     assert len(list((two / "dicom").rglob("SR_*.dcm"))) == 2 and len(list((two / "overlays").rglob("*.png"))) == 2
+    # an image that cannot be read fails once, for no model in particular
+    (d / "broken.dcm").write_bytes(b"DICM" * 64)
+    assert app_main(["infer", str(d), "--models", "auto", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    bad = [r for r in json.loads((tmp_path / "bad" / "results.json").read_text())["results"] if r["error"]]
+    assert len(bad) == 1 and bad[0]["model"] is None and bad[0]["path"].endswith("broken.dcm")
+    (d / "broken.dcm").unlink()
     # the default stays one model, the default one
     assert app_main(["infer", str(d), "--out", str(tmp_path / "one"), "--quiet"]) == 0
     one = json.loads((tmp_path / "one" / "results.json").read_text())
