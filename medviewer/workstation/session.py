@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 from psygnal import Signal, SignalGroup
 
 from medviewer.workstation.frames import FrameSource, frame_identity, instance_identity
+from medviewer.workstation.intended_use import findings_withheld
 
 __all__ = ["ReadingSession", "SessionEvents", "Measurements", "MeasurementEvents", "PredictionKey", "PredictionEntry",
            "series_key"]
@@ -91,7 +92,7 @@ class PredictionEntry:
         pred, card = self.prediction, self.package.card
         name = card.name
         app = pred.applicability or {}
-        if app.get("status") == "out_of_scope" and not app.get("overridden"):
+        if findings_withheld(app):  # the one withhold rule (medviewer.workstation.intended_use)
             return f"{name}: outside intended use: " + "; ".join(app.get("reasons", []))
         scores = getattr(pred, "scores", {}) or {}
         if pred.flagged:

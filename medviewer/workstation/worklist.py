@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medviewer.workstation.intended_use import Status, findings_withheld
+
 __all__ = ["StudyTriage", "Worklist", "triage_folder", "triage_pacs", "read_state_file"]
 
 
@@ -103,14 +105,14 @@ class StudyTriage:
             positive_labels: Sequence[str], sop_instance_uid: str | None = None) -> None:
         """Count one scored image."""
         self.scored += 1
-        status = (applicability or {}).get("status", "unknown")
-        if status == "out_of_scope" and not (applicability or {}).get("overridden", False):
+        status = (applicability or {}).get("status", Status.UNKNOWN.value)
+        if findings_withheld(applicability):
             self.out_of_scope += 1
             for r in (applicability or {}).get("reasons", []) or []:
                 if r not in self.reasons:
                     self.reasons.append(str(r))
             return
-        if status == "in_scope":
+        if status == Status.IN_SCOPE.value:
             self.in_scope += 1
         else:
             self.unknown += 1
