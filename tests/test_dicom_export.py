@@ -329,3 +329,17 @@ def test_sc_of_chest_film_has_no_laterality_warning(session, tmp_path):
     assert "Laterality" not in sc and sc.BodyPartExamined == "CHEST"
     sc.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
     assert _dciodvfy_warnings(tmp_path / "sc.dcm") == []
+
+
+def test_failed_sr_write_never_unscores_the_image(tmp_path, capsys):
+    """A header the SR cannot reference (no Study Instance UID): the image is still scored (exit 0, scores in
+    results.json); the export failure is said on stderr and recorded beside the scores."""
+    import json
+
+    from medviewer.cli import main
+
+    src = _demo_variant(tmp_path, "nostudy.dcm", StudyInstanceUID=None)
+    assert main(["infer", str(src), "--dicom", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    (entry,) = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert not entry.get("error") and entry["scores"] and "StudyInstanceUID" in entry["export_error"]
+    assert "results not written" in capsys.readouterr().err

@@ -374,6 +374,10 @@ def run(args: argparse.Namespace) -> int:
         reasons = "; ".join(o.prediction.applicability.get("reasons", []))
         verb = "shown anyway" if args.ignore_intended_use else "no findings reported"
         print(f"medviewer: outside intended use ({verb}): {o.path}: {reasons}", file=sys.stderr)
+    not_written = [o for o in outcomes if o.extra.get("export_error")]
+    for o in not_written[:10]:  # scored, but its overlay / SR / SC could not be written
+        print(f"medviewer: results not written for {o.path} (scored; see results.json): {o.extra['export_error']}",
+              file=sys.stderr)
     skipped = f", {len(ignored)} non-image files ignored" if ignored else ""
     oos = f", {len(scope)} outside intended use" if scope else ""
     print(f"{n_ok}/{len(outcomes)} images scored ({flagged} with findings flagged{oos}, {len(failed)} failed{skipped}) by "
