@@ -271,7 +271,9 @@ def test_node_scores_study_forwarded_by_orthanc(pacs, node_factory, tmp_path, ca
     assert main(["serve", "status", "--spool", str(node.spool.root), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["results"]["sent"] == 2
     actions = [r["action"] for r in audit.read()]
-    assert "ai-run" in actions and "sent" in actions
+    assert "ai-run" in actions and "sent" in actions and "retrieved" in actions
+    received = next(r for r in audit.read() if r["action"] == "retrieved")
+    assert received["detail"]["instances"] == 4 and received["objects"] == [{"type": "study", "uid": uid}]
 
     # the same study sent again (a PACS re-routing it): received, but no second result
     statuses = send(node.port, study)

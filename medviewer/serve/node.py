@@ -74,7 +74,7 @@ class ServeNode:
         self.config = config
         self.spool = Spool(config.spool, fsync=config.fsync, min_free_bytes=config.min_free_bytes)
         self.spool.prepare()
-        self.db = SpoolDB(self.spool.db_path)
+        self.db = SpoolDB(self.spool.db_path, durable=config.fsync)
         recovered = self.db.recover()
         if recovered:
             _LOG.info("%d studies that were being scored are queued again", recovered)

@@ -20,7 +20,7 @@ node killed at any moment (``kill -9``, power cut) resumes where it was when it 
 * ``events``: failures and skips with their reasons, for ``medviewer serve status``.
 
 Each thread uses its own connection (:meth:`SpoolDB.conn`); writers wait for each other (``busy_timeout``).
-``synchronous=FULL``: a committed row survives a power cut, not only a crash of the process.
+``synchronous=FULL`` (unless ``--no-fsync``): a committed row survives a power cut, not only a crash.
 """
 
 from __future__ import annotations
@@ -158,6 +158,9 @@ class SpoolDB:
         The database file.
     readonly
         Open without creating or writing (``medviewer serve status``).
+    durable
+        ``synchronous=FULL`` (a commit is on the disk when it returns); False: ``NORMAL`` (WAL: still safe
+        when the process crashes, the last commits can be lost in a power cut), with ``--no-fsync``.
 
     Raises
     ------
@@ -165,9 +168,10 @@ class SpoolDB:
         The file is not a database or cannot be opened.
     """
 
-    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False, durable: bool = True) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self.durable = durable
         self._local = threading.local()
         if not readonly:
             self.conn().executescript(_SCHEMA)  # IF NOT EXISTS: idempotent; executescript commits itself
@@ -182,7 +186,7 @@ class SpoolDB:
             else:
                 c = sqlite3.connect(self.path, timeout=30, isolation_level=None)
                 c.execute("PRAGMA journal_mode=WAL")
-                c.execute("PRAGMA synchronous=FULL")
+                c.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             c.row_factory = sqlite3.Row
             self._local.conn = c
         return c

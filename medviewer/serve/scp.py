@@ -90,6 +90,13 @@ class StorageSCP:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS)]
         self._server = ae.start_server((bind, port), block=False, evt_handlers=handlers)
+        try:  # no Nagle: each C-STORE-RSP goes out at once (accepted sockets inherit it on Linux); without it a
+            # sender waits for the delayed ACK (~40 ms) per instance
+            import socket
+
+            self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
 
     @property
     def port(self) -> int:

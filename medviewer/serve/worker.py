@@ -139,6 +139,7 @@ class Scorer:
         """Score one study with every model (see the module docstring)."""
         from medviewer.workstation.intended_use import should_auto_run
 
+        self._audit_received(study)
         images = self._screen(study)
         scored_by: dict[str, list[str]] = {row.sop_uid: [] for row, _ in images}
         reasons: dict[str, list[str]] = {row.sop_uid: [] for row, _ in images}
@@ -167,6 +168,22 @@ class Scorer:
             else:
                 why = "; ".join(reasons[row.sop_uid]) or "no model scored it"
                 self.db.set_instance(row.sop_uid, "skipped", why)
+
+    def _audit_received(self, study: str) -> None:
+        """Audit the study's instances received since it was last scored (PS3.15 A.5.3.3 DICOM Instances
+        Transferred, action C: this node created copies), with the senders' AE titles."""
+        from medviewer import audit
+
+        rows = self.db.conn().execute("SELECT COUNT(*), GROUP_CONCAT(DISTINCT calling_aet) FROM instances "
+                                      "WHERE study_uid=? AND state='received'", (study,)).fetchone()
+        if not rows or not rows[0]:
+            return
+        try:
+            audit.record(audit.AuditEvent.RETRIEVED, objects=audit.object_refs([study]),
+                         detail={"instances": int(rows[0]), "from": sorted(set((rows[1] or "").split(","))),
+                                 "by": "medviewer serve"})
+        except (MedViewerError, ValueError) as exc:
+            _LOG.warning("audit record not written: %s", exc)
 
     def _writer(self, study: str, package: Any):
         from medviewer.export.dicom_ai import DicomResultWriter
