@@ -180,10 +180,11 @@ def node_factory(tmp_path, monkeypatch):
     nodes = []
 
     def start(send_to: str, port: int = 0, **kw) -> ServeNode:
+        scoring = ScoringOptions(provider="cpu", deidentify=kw.pop("anonymize", False))
         cfg = ServeConfig(spool=str(kw.pop("spool", tmp_path / "spool")), aet=NODE_AET, port=port, bind="127.0.0.1",
                           send=send_to, send_aet=NODE_AET, study_timeout=kw.pop("study_timeout", 0.5),
                           retry_max_delay=kw.pop("retry_max_delay", 1.0), min_free_bytes=kw.pop("min_free_bytes", 0),
-                          timeout=5, scoring=ScoringOptions(provider="cpu"), **kw)
+                          timeout=5, scoring=scoring, **kw)
         node = ServeNode(cfg, [default_model()])
         node.start()
         nodes.append(node)
@@ -221,6 +222,30 @@ def test_queue_idempotent_decisions_and_recovery(tmp_path):
     db.add_instance(sop_uid="1.2.4", study_uid="1.2", series_uid="1.2.9", sop_class="x", path="y", size=1,
                     calling_aet="A", image=True)
     assert db.finish_scoring("1.2") == "receiving"  # an instance came while scoring: scored again later
+
+
+def test_a_study_whose_scoring_breaks_is_tried_three_times_then_failed(tmp_path, monkeypatch):
+    from medviewer.inference.registry import default_model
+    from medviewer.serve import Scorer, ScoringOptions, Spool, SpoolDB
+
+    monkeypatch.setenv("MEDVIEWER_AUDIT_DIR", str(tmp_path / "audit"))
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    db = SpoolDB(spool.db_path)
+    db.add_instance(sop_uid="1.2.3", study_uid="1.2", series_uid="1.2.9", sop_class="x", path="x", size=1,
+                    calling_aet="A", image=True, now=100.0)
+    scorer = Scorer(spool, db, [default_model()], ScoringOptions(provider="cpu"))
+    monkeypatch.setattr(scorer, "score_study", lambda study: (_ for _ in ()).throw(OSError(28, "No space left")))
+    states = []
+    for _ in range(4):
+        db.complete_studies(0.0, now=time.time() + 1)
+        scorer.run_once()
+        states.append(db.conn().execute("SELECT state FROM studies").fetchone()[0])
+    assert states == ["receiving", "receiving", "failed", "failed"]
+    st = db.status()
+    assert st["failed_studies"] == [{"study_instance_uid": "1.2", "error": "OSError: [Errno 28] No space left"}]
+    assert st["events"]["score-failed"] == 3
+    spool.release()
 
 
 def test_node_scores_study_forwarded_by_orthanc(pacs, node_factory, tmp_path, capsys):
@@ -333,6 +358,27 @@ def test_destination_down_then_back(tmp_path, node_factory):
         assert node.db.status()["results"]["sent"] == 4
     finally:
         orth.stop()
+
+
+def test_anonymized_results_over_stow_rs(pacs, node_factory, tmp_path, monkeypatch):
+    """--anonymize and a DICOMweb destination: de-identified SR + SC stored with STOW-RS, in the keyed study
+    (as `medviewer anonymize --pseudonym-key` names it), with no patient identifier of the source."""
+    from tests.orthanc import PASSWORD, USER
+
+    monkeypatch.setenv("MEDVIEWER_PACS_USER", USER)
+    monkeypatch.setenv("MEDVIEWER_PACS_PASSWORD", PASSWORD)
+    node = node_factory(pacs.dicomweb_url, anonymize=True)
+    study = make_study(1, 0, patient="PID-SECRET-77")
+    assert set(send(node.port, study).values()) == {0}
+    assert node.wait_idle(60), node.db.status()
+    (sr_path,) = list((node.spool.root / "results").rglob("SR_*.dcm"))
+    sr = pydicom.dcmread(sr_path)
+    assert sr.StudyInstanceUID != study[0].StudyInstanceUID and sr.PatientIdentityRemoved == "YES"
+    assert b"PID-SECRET-77" not in sr_path.read_bytes()
+    got = results_in(pacs, str(sr.StudyInstanceUID))
+    assert len(got.get(SR_CLASS, [])) == 1 and len(got.get(SC_CLASS, [])) == 1, got
+    assert not pacs.rest("/tools/find", "POST", json={"Level": "Study",
+                                                      "Query": {"StudyInstanceUID": str(study[0].StudyInstanceUID)}})
 
 
 def test_full_spool_answers_out_of_resources(tmp_path, node_factory):

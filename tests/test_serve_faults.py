@@ -79,7 +79,8 @@ def kill9(proc: subprocess.Popen) -> None:
 
 
 def wait_for(spool: Path, predicate, timeout: float = 120.0) -> dict:
-    """Poll the node's queue (read-only) until ``predicate(status)``; returns that status."""
+    """Poll the node's queue (read-only) until ``predicate(status)``; returns that status (on a timeout the
+    assertion shows the last status and the end of the node's log)."""
     end = time.monotonic() + timeout
     st: dict = {}
     while time.monotonic() < end:
@@ -90,7 +91,9 @@ def wait_for(spool: Path, predicate, timeout: float = 120.0) -> dict:
         except Exception:  # not created yet
             pass
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting; last status {st}")
+    log = spool.parent / "node.log"
+    tail = log.read_text()[-3000:] if log.is_file() else ""
+    raise AssertionError(f"timed out waiting; last status {st}\n{tail}")
 
 
 def test_burst_with_kill9_while_scoring_and_while_sending(pacs, tmp_path):  # noqa: F811
@@ -163,6 +166,7 @@ def test_file_too_large_for_the_spool_is_out_of_resources(tmp_path):
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(30)
+    assert node.returncode == 0  # SIGTERM: a clean stop
 
 
 def test_full_tmpfs_spool_never_acknowledges_what_was_not_written(tmp_path):

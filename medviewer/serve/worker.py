@@ -38,6 +38,8 @@ from medviewer.serve.spool import Spool
 __all__ = ["ScoringOptions", "Scorer", "Sender", "backoff"]
 
 _LOG = logging.getLogger("medviewer.serve")
+#: a study whose scoring raises (not an image that fails: that is recorded and skipped) is tried this often
+SCORE_ATTEMPTS = 3
 
 
 def backoff(attempt: int, base: float = 2.0, max_delay: float = 60.0) -> float:
@@ -98,9 +100,10 @@ class Scorer:
             reason = error_line(exc)
             _LOG.error("study %s: scoring failed: %s", study, reason)
             self.db.event("score-failed", reason, study_uid=study)
-            with self.db.tx() as c:
-                c.execute("UPDATE studies SET state='waiting', last_received=?, error=? WHERE study_uid=?",
-                          (time.time(), reason, study))
+            with self.db.tx() as c:  # tried again after --study-timeout, at most SCORE_ATTEMPTS times
+                c.execute("UPDATE studies SET attempts=attempts+1, error=?, last_received=?, updated=?, "
+                          "state=CASE WHEN attempts+1 >= ? THEN 'failed' ELSE 'receiving' END WHERE study_uid=?",
+                          (reason, time.time(), time.time(), SCORE_ATTEMPTS, study))
             return study
         state = self.db.finish_scoring(study)
         self.studies_scored += 1
