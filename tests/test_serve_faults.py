@@ -1,8 +1,10 @@
 """``medviewer serve`` under load and faults, run as a separate process so it can be killed.
 
-* a burst from 4 senders in parallel (20 studies, 300 instances) while the node is ``kill -9``-ed twice --
-  once while scoring, once while sending -- and started again on the same spool: every instance
-  acknowledged is in the spool, every study is scored once, every result is at the destination once;
+* a burst from 4 senders in parallel (20 studies, 300 instances) plus 2 studies a real Orthanc forwards
+  (a store job, resubmitted if the kill broke it), while the node is ``kill -9``-ed twice -- once while
+  scoring, once while sending -- and started again on the same spool: every instance acknowledged is in
+  the spool, every study is scored once, every result is at the destination once (the forwarded ones in
+  their source study);
 * a file the spool cannot hold (a file-size limit, RLIMIT_FSIZE, on the node's process) and a spool on a
   full file system (a 2 MiB tmpfs, when this runs as root and may mount): 0xA700 Out of Resources for what
   was not written, success only for what was, and the node keeps serving.
@@ -102,38 +104,56 @@ def test_burst_with_kill9_while_scoring_and_while_sending(pacs, tmp_path):  # no
     studies = [make_study(n_cxr=1, n_ct=14, patient=f"BURST{k:02d}") for k in range(20)]
     total = sum(len(s) for s in studies)
     assert total == 300
+    # two more studies come from Orthanc itself: it forwards them to the node (a store job), as a PACS routes
+    forwarded = [make_study(n_cxr=1, n_ct=4, patient=f"FWD{k}") for k in range(2)]
+    for k, st_ in enumerate(forwarded):
+        files = []
+        for i, ds in enumerate(st_):
+            files.append(tmp_path / f"fwd{k}_{i}.dcm")
+            ds.save_as(files[-1], enforce_file_format=True)
+        pacs.upload(files)
+    ids = [pacs.rest("/tools/lookup", "POST", data=str(s_[0].StudyInstanceUID))[0]["ID"] for s_ in forwarded]
     node = start_node(spool, port, pacs.dimse_url, log)
     acked: dict[str, int] = {}
     burst = threading.Thread(target=lambda: acked.update(send_parallel(port, studies, senders=4, deadline=180)))
     burst.start()
+    job = pacs.rest("/modalities/ai/store", "POST", json={"Resources": ids, "Synchronous": False})["ID"]
     try:
         # kill -9 while scoring: some studies scored, the burst still coming in
         wait_for(spool, lambda st: st.get("decisions", {}).get("scored", 0) >= 2)
         kill9(node)
         node = start_node(spool, port, pacs.dimse_url, log)
         # kill -9 while sending: some results at the destination, not all
-        wait_for(spool, lambda st: 4 <= st["results"]["sent"] < 40)
+        wait_for(spool, lambda st: 4 <= st["results"]["sent"] < 40)  # of 44
         kill9(node)
         node = start_node(spool, port, pacs.dimse_url, log)
         burst.join(240)
         assert not burst.is_alive()
+        # a forwarding job that the kill broke is resubmitted, as Orthanc's operator (or a Lua script) does
+        end = time.monotonic() + 60
+        while (state := pacs.rest(f"/jobs/{job}")["State"]) != "Success" and time.monotonic() < end:
+            if state == "Failure":
+                pacs.rest(f"/jobs/{job}/resubmit", "POST", data="")
+            time.sleep(0.3)
+        assert state == "Success"
+        total += sum(len(s_) for s_ in forwarded)
         st = wait_for(spool, lambda st: st["instances"]["total"] == total and not any(
             st["studies"][s] for s in ("receiving", "waiting", "scoring", "sending")), timeout=180)
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(30)
     # every instance acknowledged (all of them, after retries) is in the spool, complete
-    assert len(acked) == total and set(acked.values()) == {0}
+    assert len(acked) == 300 and set(acked.values()) == {0}
     db = SpoolDB(spool / "queue.sqlite", readonly=True)
     rows = {r[0]: r[1] for r in db.conn().execute("SELECT sop_uid, path FROM instances")}
-    assert set(rows) == set(acked)
+    assert set(rows) == set(acked) | {str(ds.SOPInstanceUID) for s_ in forwarded for ds in s_}
     for sop, path in list(rows.items())[::10]:
         assert str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) == sop
     assert not list((spool / "tmp").iterdir())
     # every study scored once, every result at the destination once
-    assert st["studies"]["done"] == 20 and st["decisions"]["scored"] == 20, st
-    assert st["results"] == {"written": 0, "sent": 40, "failed": 0}, st
-    for s in studies:
+    assert st["studies"]["done"] == 22 and st["decisions"]["scored"] == 22, st
+    assert st["results"] == {"written": 0, "sent": 44, "failed": 0}, st
+    for s in studies + forwarded:  # the forwarded ones: in the source study on Orthanc, beside the images
         got = results_in(pacs, str(s[0].StudyInstanceUID))
         assert len(got.get(SR_CLASS, [])) == 1 and len(got.get(SC_CLASS, [])) == 1, (s[0].PatientID, got)
     text = log.read_text()
