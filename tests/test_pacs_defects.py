@@ -201,6 +201,36 @@ def test_send_jpeg2000_to_an_uncompressed_only_scp_decompresses(tmp_path, audit_
     assert np.array_equal(ds.pixel_array, pydicom.dcmread(src).pixel_array)
 
 
+def test_send_jpeg2000_to_dcmtk_storescp(tmp_path, audit_dir, capsys):
+    """The same against dcmtk's storescp, whose default accepts only uncompressed transfer syntaxes."""
+    import shutil
+
+    if shutil.which("storescp") is None:
+        pytest.skip("dcmtk's storescp is not installed (apt-get install dcmtk)")
+    src = pydicom_test_file("MR_small_jp2klossless.dcm")
+    out = tmp_path / "received"
+    out.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert main(["pacs", "send", f"dicom://STORESCP@127.0.0.1:{port}", str(src)]) == 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    (f,) = [p for p in out.iterdir() if p.is_file()]
+    got = pydicom.dcmread(f)
+    assert not got.file_meta.TransferSyntaxUID.is_compressed
+    assert np.array_equal(got.pixel_array, pydicom.dcmread(src).pixel_array)
+
+
 # -- STOW-RS: trust the response, not the status code -----------------------------------------------------
 class _Stow(BaseHTTPRequestHandler):
     reply: tuple[int, bytes, str] = (200, b"", "application/dicom+json")

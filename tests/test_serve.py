@@ -396,6 +396,10 @@ def test_full_spool_answers_out_of_resources(tmp_path, node_factory):
     assert st["instances"]["total"] == 0 and st["events"]["store-failed"] == 2
     assert "MiB free" in st["recent_events"][0]["reason"]
     assert echo(node.port)
+    from medviewer import audit
+
+    (rec,) = [r for r in audit.read() if r["action"] == "retrieved"]  # audited once, not per instance
+    assert rec["outcome"] == "serious failure" and rec["detail"]["status"] == "0xA700"
 
 
 def test_serve_cli_errors_are_one_line(tmp_path, capsys):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,8 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 #: PS3.4 B.2.3: Error: Data Set does not match SOP Class (A9xx)
 STATUS_DATASET_MISMATCH = 0xA900
+#: refused instances are audited at most this often (seconds): the first at once, then one record with the count
+AUDIT_REFUSALS_EVERY = 60.0
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _LOG = logging.getLogger("medviewer.serve")
 
@@ -65,6 +68,8 @@ class StorageSCP:
         self.received = 0
         self.refused = 0
         self._count_lock = threading.Lock()
+        self._unaudited = 0
+        self._last_audit = -float("inf")
         self._server = None
 
     def start(self, bind: str, port: int) -> None:
@@ -112,11 +117,26 @@ class StorageSCP:
     def _refuse(self, kind: str, reason: str, status: int, study: str | None = None, sop: str | None = None) -> int:
         with self._count_lock:
             self.refused += 1
+            self._unaudited += 1
+            audit_now = time.monotonic() - self._last_audit >= AUDIT_REFUSALS_EVERY
+            if audit_now:
+                count, self._unaudited, self._last_audit = self._unaudited, 0, time.monotonic()
         _LOG.warning("refused an instance (0x%04X): %s", status, reason)
         try:
             self.db.event(kind, reason, study_uid=study, sop_uid=sop)
         except sqlite3.Error:  # e.g. the disk is full for the database too: the status says it anyway
             pass
+        if audit_now:  # a failed transfer is audited; while a disk stays full, once a minute with the count
+            from medviewer import audit
+            from medviewer.errors import MedViewerError
+
+            try:
+                audit.record(audit.AuditEvent.RETRIEVED, outcome=audit.Outcome.SERIOUS_FAILURE,
+                             objects=audit.object_refs([study] if study else []),
+                             detail={"refused": count, "status": f"0x{status:04X}", "error": reason[:200],
+                                     "by": "medviewer serve"})
+            except (MedViewerError, ValueError) as exc:
+                _LOG.warning("audit record not written: %s", exc)
         return status
 
     def _on_store(self, event: Any) -> int:
