@@ -340,7 +340,8 @@ def test_destination_down_then_back(tmp_path, node_factory):
     try:
         node = node_factory(orth.dimse_url, retry_max_delay=0.5)
         studies = [make_study(1, 1), make_study(1, 0)]
-        assert set(send_parallel(node.port, studies, senders=2).values()) == {0}
+        ct_only = make_study(0, 2)
+        assert set(send_parallel(node.port, studies + [ct_only], senders=3).values()) == {0}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             st = node.db.status()
@@ -350,6 +351,7 @@ def test_destination_down_then_back(tmp_path, node_factory):
             time.sleep(0.2)
         assert st["results"] == {"written": 4, "sent": 0, "failed": 0}, st
         assert "connection refused" in st["waiting_to_send"][0]["error"]
+        assert st["studies"]["done"] == 1  # the CT-only study had nothing to send: it does not wait
         restart(orth)
         assert node.wait_idle(60), node.db.status()
         for s in studies:

@@ -315,6 +315,8 @@ class Sender:
         from medviewer.pacs import connect
 
         outputs = self.db.unsent(study)
+        if not outputs:  # nothing scored (e.g. only CT slices for a radiograph model): nothing to send
+            return self.db.finish_sending(study, failed=False)
         missing: list[OutputRow] = []
         ready: list[tuple[OutputRow, Any]] = []
         for o in outputs:
