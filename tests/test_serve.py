@@ -216,7 +216,7 @@ def test_queue_idempotent_decisions_and_recovery(tmp_path):
                     outputs=[("SR", "9.1", "a"), ("SC", "9.2", "b")])
     db.add_decision(sop_uid="1.2.3", study_uid="1.2", model_sha="m", model="m", outcome="scored",
                     outputs=[("SR", "9.3", "c")])  # a second attempt changes nothing
-    assert db.decided("1.2", "m") == {"1.2.3"}
+    assert db.decided("1.2", "m") == {"1.2.3": ("scored", None)}
     assert sorted(o.out_uid for o in db.unsent("1.2")) == ["9.1", "9.2"]
     assert db.recover() == 1 and db.claim_study() == "1.2"  # 'scoring' after a crash -> waiting again
     db.add_instance(sop_uid="1.2.4", study_uid="1.2", series_uid="1.2.9", sop_class="x", path="y", size=1,
@@ -297,8 +297,11 @@ def test_node_scores_study_forwarded_by_orthanc(pacs, node_factory, tmp_path, ca
     assert json.loads(capsys.readouterr().out)["results"]["sent"] == 2
     actions = [r["action"] for r in audit.read()]
     assert "ai-run" in actions and "sent" in actions and "retrieved" in actions
-    received = next(r for r in audit.read() if r["action"] == "retrieved")
-    assert received["detail"]["instances"] == 4 and received["objects"] == [{"type": "study", "uid": uid}]
+    received = [r for r in audit.read() if r["action"] == "retrieved"]
+    ok = next(r for r in received if r["outcome"] == "success")
+    assert ok["detail"]["instances"] == 4 and ok["objects"] == [{"type": "study", "uid": uid}]
+    refused = next(r for r in received if r["outcome"] == "serious failure")  # the data set without a study
+    assert refused["detail"]["status"] == "0xA900" and refused["detail"]["refused"] == 1
 
     # the same study sent again (a PACS re-routing it): received, but no second result
     statuses = send(node.port, study)

@@ -265,11 +265,12 @@ class SpoolDB:
             "WHERE study_uid=? ORDER BY received, sop_uid", (study_uid,)).fetchall()
         return [InstanceRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in rows]
 
-    def decided(self, study_uid: str, model_sha: str) -> set[str]:
-        """SOP Instance UIDs of the study that ``model_sha`` already decided on (scored, not applicable, failed)."""
-        rows = self.conn().execute("SELECT sop_uid FROM decisions WHERE study_uid=? AND model_sha=?",
+    def decided(self, study_uid: str, model_sha: str) -> dict[str, tuple[str, str | None]]:
+        """What ``model_sha`` already decided on the study's instances: SOP Instance UID -> (outcome, reason),
+        outcome ``scored``, ``not-applicable`` or ``failed``."""
+        rows = self.conn().execute("SELECT sop_uid, outcome, reason FROM decisions WHERE study_uid=? AND model_sha=?",
                                    (study_uid, model_sha)).fetchall()
-        return {str(r[0]) for r in rows}
+        return {str(r[0]): (str(r[1]), r[2]) for r in rows}
 
     def set_instance(self, sop_uid: str, state: str, reason: str | None = None) -> None:
         """Set an instance's state (``scored``, ``skipped``, ``failed``) and reason."""

@@ -151,8 +151,12 @@ class Scorer:
             decided = self.db.decided(study, sha)
             todo = []
             for row, inst in images:
-                if row.sop_uid in decided:
-                    scored_by[row.sop_uid].append(package.card.name)
+                if row.sop_uid in decided:  # decided before a restart: never again
+                    outcome, why = decided[row.sop_uid]
+                    if outcome == "scored":
+                        scored_by[row.sop_uid].append(package.card.name)
+                    else:
+                        reasons[row.sop_uid].append(f"{package.card.name}: {why or outcome}")
                     continue
                 ok, why = should_auto_run(package.card, inst)
                 if not ok:
