@@ -268,8 +268,12 @@ def test_node_scores_study_forwarded_by_orthanc(pacs, node_factory, tmp_path, ca
     pacs.rest("/modalities/ai/store", "POST", json={"Resources": [orthanc_id], "Synchronous": True})
     bad = non_image(uid)
     del bad.StudyInstanceUID
-    statuses = send(node.port, [non_image(uid), bad], retry=False)
+    truncated = make_study(1, 0)[0]  # a radiograph whose Pixel Data was cut short: acknowledged, then a bad file
+    truncated.StudyInstanceUID = uid
+    truncated.PixelData = truncated.PixelData[:1000]
+    statuses = send(node.port, [non_image(uid), bad, truncated], retry=False)
     assert statuses[str(bad.SOPInstanceUID)] == 0xA900  # refused: no Study Instance UID
+    assert statuses[str(truncated.SOPInstanceUID)] == 0
     assert node.wait_idle(60), node.db.status()
 
     got = results_in(pacs, uid)
@@ -281,10 +285,11 @@ def test_node_scores_study_forwarded_by_orthanc(pacs, node_factory, tmp_path, ca
         .ReferencedSOPInstanceUID == study[0].SOPInstanceUID
 
     st = node.db.status()
-    assert st["instances"] == {"scored": 1, "skipped": 3, "total": 4}, st["instances"]
+    assert st["instances"] == {"scored": 1, "skipped": 3, "failed": 1, "total": 5}, st["instances"]
     assert st["studies"]["done"] == 1 and st["results"] == {"written": 0, "sent": 2, "failed": 0}
     reasons = {e["reason"] for e in st["recent_events"]}
     assert any("not an image" in r for r in reasons) and any("cannot use instance" in r for r in reasons)
+    assert st["events"]["bad-file"] == 2 and any("Pixel Data" in r for r in reasons), reasons
     skipped_ct = node.db.conn().execute("SELECT reason FROM instances WHERE state='skipped' AND sop_class=?",
                                         (str(pydicom.uid.CTImageStorage),)).fetchall()
     assert len(skipped_ct) == 2 and all("modality CT" in r[0] for r in skipped_ct), skipped_ct
@@ -292,14 +297,14 @@ def test_node_scores_study_forwarded_by_orthanc(pacs, node_factory, tmp_path, ca
     # `serve status` while the node runs: text and JSON
     assert main(["serve", "status", "--spool", str(node.spool.root)]) == 0
     out = capsys.readouterr().out
-    assert "4 instances received (1 scored" in out and "1 done" in out and "2 sent" in out
+    assert "5 instances received (1 scored" in out and "1 failed)" in out and "1 done" in out and "2 sent" in out
     assert main(["serve", "status", "--spool", str(node.spool.root), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["results"]["sent"] == 2
     actions = [r["action"] for r in audit.read()]
     assert "ai-run" in actions and "sent" in actions and "retrieved" in actions
     received = [r for r in audit.read() if r["action"] == "retrieved"]
     ok = next(r for r in received if r["outcome"] == "success")
-    assert ok["detail"]["instances"] == 4 and ok["objects"] == [{"type": "study", "uid": uid}]
+    assert ok["detail"]["instances"] == 5 and ok["objects"] == [{"type": "study", "uid": uid}]
     refused = next(r for r in received if r["outcome"] == "serious failure")  # the data set without a study
     assert refused["detail"]["status"] == "0xA900" and refused["detail"]["refused"] == 1
 
