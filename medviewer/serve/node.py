@@ -88,6 +88,7 @@ class ServeNode:
 
     @property
     def port(self) -> int:
+        """The DICOM port listened on (the one chosen by the system when ``config.port`` is 0)."""
         return self.scp.port
 
     def start(self) -> None:

@@ -68,14 +68,17 @@ class Spool:
 
     @property
     def db_path(self) -> Path:
+        """The queue database, ``SPOOL/queue.sqlite``."""
         return self.root / "queue.sqlite"
 
     @property
     def incoming(self) -> Path:
+        """Received instances, ``SPOOL/incoming``."""
         return self.root / "incoming"
 
     @property
     def tmp(self) -> Path:
+        """Files being written, ``SPOOL/tmp`` (same file system as ``incoming``: the rename is atomic)."""
         return self.root / "tmp"
 
     def results_dir(self, model_sha: str, study_uid: str) -> Path:
