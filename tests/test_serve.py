@@ -391,6 +391,25 @@ def test_anonymized_results_over_stow_rs(pacs, node_factory, tmp_path, monkeypat
                                                       "Query": {"StudyInstanceUID": str(study[0].StudyInstanceUID)}})
 
 
+def test_out_of_scope_image_is_recorded_not_reported(tmp_path, node_factory):
+    """A radiograph outside the card's intended use (an adult: the model is for 1-5 year olds) gets no SR/SC;
+    the reason is recorded. The in-scope one beside it gets its results."""
+    node = node_factory("dicom://DOWN@127.0.0.1:9")  # nothing needs to arrive: the queue says it all
+    child, adult = make_study(2, 0)
+    adult.PatientAge = "064Y"
+    assert set(send(node.port, [child, adult]).values()) == {0}
+    deadline = time.monotonic() + 60
+    while node.db.status(0)["studies"]["sending"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rows = dict(node.db.conn().execute("SELECT sop_uid, outcome FROM decisions").fetchall())
+    assert rows == {str(child.SOPInstanceUID): "scored", str(adult.SOPInstanceUID): "not-applicable"}
+    reason = node.db.conn().execute("SELECT reason FROM instances WHERE sop_uid=?",
+                                    (str(adult.SOPInstanceUID),)).fetchone()[0]
+    assert "out of scope: patient age 64 y" in reason, reason
+    assert sorted(o.kind for o in node.db.unsent(str(child.StudyInstanceUID))) == ["SC", "SR"]
+    assert all(o.sop_uid == str(child.SOPInstanceUID) for o in node.db.unsent(str(child.StudyInstanceUID)))
+
+
 def test_full_spool_answers_out_of_resources(tmp_path, node_factory):
     """Less free space than the node keeps: 0xA700 Out of Resources, nothing written or queued, and the
     node keeps serving (C-ECHO) -- never a success for an instance that was not written."""

@@ -31,8 +31,9 @@ what it does:
   answers success only then (disk full, file too large: 0xA700 Out of Resources). A study is complete
   after --study-timeout seconds without a new instance; it then goes through a durable queue
   (SPOOL/queue.sqlite) to a worker that scores its images with every model whose intended use fits
-  (the modality gate; age, view and the image check go into the report as "out of scope"), writes a
-  TID 1500 SR and a Secondary Capture per scored image (as `medviewer infer --dicom`), and stores them
+  (the card's intended-use policy: modality, age, view, body part, the image check; an image outside
+  it is recorded with the reasons, not reported on), writes a TID 1500 SR and a Secondary Capture per
+  scored image (as `medviewer infer --dicom`), and stores them
   at --send (C-STORE or STOW-RS), retrying with backoff while it is down. A result is made once per
   (instance, model): retries, restarts and repeated studies never make a second one.
   Non-image objects and unreadable files are recorded and skipped. AI runs and sends are audited.
@@ -69,6 +70,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=[], metavar="NAME|PATH",
                    help="model to score with (repeat for several; default the built-in default model)")
     p.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto", help="ONNX Runtime provider")
+    p.add_argument("--report-out-of-scope", action="store_true",
+                   help="also send an SR/SC ('not assessed: outside intended use') for images the model card's "
+                        "intended use does not cover (default: recorded, nothing sent)")
     p.add_argument("--anonymize", action="store_true",
                    help="de-identify results before they leave (PS3.15 E.1, as `medviewer infer --anonymize`)")
     p.add_argument("--pseudonym-key", metavar="FILE", default=None, help="with --anonymize: the pseudonym key")
@@ -167,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
                          send_aet=args.aet, study_timeout=args.study_timeout, allowed_aets=args.allow_aet,
                          fsync=not args.no_fsync, min_free_bytes=max(0, args.min_free_mb) * 2**20,
                          retry_max_delay=args.retry_max_delay, max_attempts=args.max_attempts, timeout=args.timeout,
-                         scoring=ScoringOptions(provider=args.provider, deidentify=args.anonymize, key=key))
+                         scoring=ScoringOptions(provider=args.provider, deidentify=args.anonymize, key=key,
+                                                report_out_of_scope=args.report_out_of_scope))
     server = ServeNode(config, packages)
     try:
         server.start()

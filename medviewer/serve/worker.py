@@ -7,7 +7,9 @@ the study's images whose header fits the model card's intended use -- exactly wh
 :func:`medviewer.export.overlay.render_overlay`, and :class:`medviewer.export.dicom_ai.DicomResultWriter`
 for the SR (TID 1500) and the Secondary Capture, in the source study. The modality gate is
 :func:`~medviewer.workstation.intended_use.should_auto_run` (a chest X-ray model is not run on CT slices);
-other criteria (age, view, the out-of-distribution score) make the result "out of scope" inside the SR.
+when the policy finds the image out of scope on the other criteria (age, view, body part, the
+out-of-distribution score), that model does not report on it -- as ``medviewer infer --models`` -- and the
+reasons are recorded; ``report_out_of_scope`` writes and sends its "not assessed" SR/SC instead.
 
 Each (instance, model) decision and the SR/SC it produced are committed to the queue right after the
 files are written; an instance with a decision is never scored again, so a restart after ``kill -9`` goes
@@ -57,6 +59,8 @@ class ScoringOptions:
     workers: int | None = None
     deidentify: bool = False
     key: bytes | None = None
+    #: also write (and send) an SR/SC for an image the intended-use policy finds out of scope ("not assessed")
+    report_out_of_scope: bool = False
 
 
 def _model_ref(package: Any) -> dict[str, Any]:
@@ -166,9 +170,11 @@ class Scorer:
                     continue
                 todo.append(inst)
             if todo:
-                done = self._score(study, package, todo)
+                done, withheld = self._score(study, package, todo)
                 for sop in done:
                     scored_by[sop].append(package.card.name)
+                for sop, why in withheld.items():
+                    reasons[sop].append(why)
         for row, _ in images:
             if scored_by[row.sop_uid]:
                 self.db.set_instance(row.sop_uid, "scored", None)
@@ -211,8 +217,9 @@ class Scorer:
                 pass
         return writer
 
-    def _score(self, study: str, package: Any, instances: list[Any]) -> list[str]:
-        """Score ``instances`` (one study) with ``package``; returns the SOP Instance UIDs that got results."""
+    def _score(self, study: str, package: Any, instances: list[Any]) -> tuple[list[str], dict[str, str]]:
+        """Score ``instances`` (one study) with ``package``; returns the SOP Instance UIDs that got results, and
+        those whose result the intended-use policy withheld (out of scope) with the reason."""
         from pydicom import dcmread
 
         from medviewer.audit import record_ai_run
@@ -225,9 +232,20 @@ class Scorer:
         lock = threading.Lock()
         items = expand_frames(instances, False)
 
+        withheld: dict[str, str] = {}
+
         def on_done(outcome, display_u8, pred):
             item = items[outcome.index]
             inst = item.instance
+            app = pred.applicability or {}
+            if app.get("status") == "out_of_scope" and not self.options.report_out_of_scope:
+                # the model's intended use does not fit this image: it does not report on it (as `infer --models`)
+                why = "; ".join(app.get("reasons") or []) or "outside the model's intended use"
+                self.db.add_decision(sop_uid=inst.sop_instance_uid, study_uid=study, model_sha=sha, model=card.name,
+                                     outcome="not-applicable", reason=f"out of scope: {why}",
+                                     applicability=json.dumps({"status": app.get("status"), "reasons": app.get("reasons")}))
+                withheld[inst.sop_instance_uid] = f"{card.name}: out of scope: {why}"
+                return {}
             rgb = render_overlay(display_u8, pred, negative_label=card.negative_label)
             with lock:  # the writer numbers instances per study
                 paths = writer.write(inst.dataset, pred, rgb, applicability=pred.applicability, frame=item.frame)
@@ -235,7 +253,6 @@ class Scorer:
             for p in paths:
                 uid = str(dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
                 outputs.append((p.name[:2], uid, str(p)))
-            app = pred.applicability or {}
             self.db.add_decision(sop_uid=inst.sop_instance_uid, study_uid=study, model_sha=sha, model=card.name,
                                  outcome="scored", flagged=";".join(pred.flagged or []),
                                  applicability=json.dumps({"status": app.get("status"), "reasons": app.get("reasons")}),
@@ -247,16 +264,18 @@ class Scorer:
         done, failed = [], 0
         for o in outcomes:
             if o.ok:
-                done.append(o.sop_instance_uid)
+                if o.sop_instance_uid not in withheld:
+                    done.append(o.sop_instance_uid)
                 continue
             failed += 1
             self.db.add_decision(sop_uid=o.sop_instance_uid or "", study_uid=study, model_sha=sha, model=card.name,
                                  outcome="failed", reason=o.error)
             self.db.event("score-failed", f"{card.name}: {o.error}", study_uid=study, sop_uid=o.sop_instance_uid)
         self.images_scored += len(done)
-        record_ai_run(_model_ref(package), done, study_uids=[study], scored=len(done), failed=failed,
+        ran = [o.sop_instance_uid for o in outcomes if o.ok]  # the model ran on these (in scope or not)
+        record_ai_run(_model_ref(package), ran, study_uids=[study], scored=len(ran), failed=failed,
                       provider=self.sessions[sha].provider)
-        return done
+        return done, withheld
 
 
 class Sender:
