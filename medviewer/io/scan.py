@@ -5,6 +5,12 @@ lists referenced files (files it misses are still found by walking the folder). 
 put in display order by their position along the slice normal (Image Position (Patient) projected on the
 normal of Image Orientation (Patient), PS3.3 C.7.6.2.1.1), falling back to Instance Number; duplicate
 SOP Instances and gaps in the slice spacing are reported, not hidden.
+
+Presentation states (PS3.4 B.5: SOP Classes 1.2.840.10008.5.1.4.1.1.11.x) and structured reports
+(1.2.840.10008.5.1.4.1.1.88.x, key object selection included) carry no Pixel Data by design: the workstation
+reads them by other means (:mod:`medviewer.workstation.presentation`, :mod:`medviewer.workstation.sr_reports`).
+They are recognised by their SOP Class UID and listed in :attr:`ScanResult.non_images`, never among the files
+that could not be opened (:attr:`ScanResult.skipped`).
 """
 
 from __future__ import annotations
@@ -22,10 +28,15 @@ from medviewer.errors import ReadError, error_line
 from medviewer.io.files import open_regular, os_error_reason, special_file_kind
 from medviewer.io.instance import Instance, read_instance
 
-__all__ = ["scan", "ScanResult", "Study", "Series", "Skipped", "Gap", "order_instances", "slice_normal",
-           "SliceOrder"]
+__all__ = ["scan", "ScanResult", "Study", "Series", "Skipped", "NonImage", "Gap", "order_instances", "slice_normal",
+           "SliceOrder", "NON_IMAGE_CLASSES", "non_image_kind"]
 
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (DICOMDIR)
+#: SOP Class UID prefixes of the non-image objects a scan lists apart (PS3.4 B.5), and what each is called
+NON_IMAGE_CLASSES: tuple[tuple[str, str], ...] = (
+    ("1.2.840.10008.5.1.4.1.1.11.", "presentation state"),  # grayscale/colour/blending... softcopy PS
+    ("1.2.840.10008.5.1.4.1.1.88.", "structured report"),   # basic/enhanced/comprehensive(3D) SR, KOS, CAD SR
+)
 #: files :func:`scan` tries for its ``on_first`` callback before giving up on a preview
 FIRST_TRIES = 4
 
@@ -44,6 +55,52 @@ class Skipped:
 
     path: Path
     reason: str
+
+
+@dataclass(frozen=True)
+class NonImage:
+    """A DICOM object without pixels that the workstation reads by other means (see :data:`NON_IMAGE_CLASSES`):
+    a presentation state or a structured report, with the UIDs that tie it to its study."""
+
+    path: Path
+    kind: str  #: ``"presentation state"`` or ``"structured report"``
+    sop_class_uid: str
+    sop_instance_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    patient_id: str = ""
+    modality: str = ""
+
+    @property
+    def sop_class_name(self) -> str:
+        """The SOP Class's name (PS3.6 A.1), e.g. ``Grayscale Softcopy Presentation State Storage``."""
+        return pydicom.uid.UID(self.sop_class_uid).name
+
+
+def non_image_kind(sop_class_uid: str) -> str | None:
+    """``"presentation state"`` / ``"structured report"`` for a SOP Class UID of :data:`NON_IMAGE_CLASSES`, else
+    None (an image, or a non-image object the workstation does not read, e.g. an RT Plan)."""
+    uid = str(sop_class_uid or "").strip()
+    return next((kind for prefix, kind in NON_IMAGE_CLASSES if uid.startswith(prefix)), None)
+
+
+def _non_image(path: Path) -> NonImage | None:
+    """The :class:`NonImage` a DICOM file holds, or None when it is not one (or cannot be read)."""
+    try:
+        with open_regular(path) as fp:
+            if fp.read(132)[128:132] != b"DICM":
+                return None
+            fp.seek(0)
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=[
+                "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "Modality"])
+        sop = str(ds.get("SOPClassUID", "") or "")
+        kind = non_image_kind(sop)
+        if kind is None or not ds.get("StudyInstanceUID") or not ds.get("SOPInstanceUID"):
+            return None  # not one, or a file cut inside its header (only the file meta left)
+        return NonImage(path, kind, sop, *(str(ds.get(k, "") or "") for k in (
+            "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "Modality")))
+    except Exception:  # an unreadable file stays among the skipped ones, with read_instance's reason
+        return None
 
 
 @dataclass(frozen=True)
@@ -115,11 +172,20 @@ class Study:
 
 @dataclass
 class ScanResult:
-    """What :func:`scan` found: studies (sorted by patient, date) and the files it skipped."""
+    """What :func:`scan` found: studies (sorted by patient, date), the non-image objects (presentation states,
+    structured reports) and the files it skipped (could not be opened)."""
 
     studies: list[Study] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     cancelled: bool = False
+    non_images: list[NonImage] = field(default_factory=list)
+
+    def non_image_summary(self) -> str:
+        """``"1 presentation state, 2 structured reports"`` (empty when there are none)."""
+        counts: dict[str, int] = {}
+        for n in self.non_images:
+            counts[n.kind] = counts.get(n.kind, 0) + 1
+        return ", ".join(f"{c} {k}{'s' * (c != 1)}" for k, c in counts.items())
 
     @property
     def series(self) -> list[Series]:
@@ -392,8 +458,9 @@ def scan(paths: str | Path | Iterable[str | Path],
     Returns
     -------
     ScanResult
-        ``studies`` (patient -> study -> series -> instances in display order) and ``skipped`` files
-        with the one-line reason each (not an image, truncated, no Pixel Data...).
+        ``studies`` (patient -> study -> series -> instances in display order), ``non_images``
+        (presentation states and structured reports, by SOP Class UID) and ``skipped`` files with the
+        one-line reason each (not an image, truncated, no Pixel Data...).
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -418,7 +485,11 @@ def scan(paths: str | Path | Iterable[str | Path],
                 raise got
             instances.append(got if got is not None else read_instance(path))
         except ReadError as exc:
-            result.skipped.append(Skipped(path, exc.reason))
+            found = _non_image(path)
+            if found is not None:
+                result.non_images.append(found)
+            else:
+                result.skipped.append(Skipped(path, exc.reason))
         except RecursionError:
             result.skipped.append(Skipped(path, "unreadable: data nested too deeply"))
         except Exception as exc:  # a reader bug on one odd file must not abort a folder scan
