@@ -50,6 +50,7 @@ class Command(str, Enum):
     LAYOUT_1X2 = "layout_1x2"
     LAYOUT_2X2 = "layout_2x2"
     LAYOUT_MPR = "layout_mpr"
+    COMPARE_PRIOR = "compare_prior"
     NEXT_VIEWPORT = "next_viewport"
     TAGS = "tags"
     RUN_AI = "run_ai"
@@ -104,6 +105,8 @@ KEYS: tuple[Binding, ...] = (
     Binding(Command.LAYOUT_1X2, "Ctrl+2", "View", "Layout 1×2"),
     Binding(Command.LAYOUT_2X2, "Ctrl+4", "View", "Layout 2×2"),
     Binding(Command.LAYOUT_MPR, "Ctrl+3", "View", "Layout MPR (axial, coronal, sagittal of a CT/MR series)"),
+    Binding(Command.COMPARE_PRIOR, "Ctrl+Shift+P", "View",
+            "Compare with prior (the patient's latest earlier study of this modality and body part, linked 1×2)"),
     Binding(Command.NEXT_VIEWPORT, "Tab", "View", "Next viewport"),
     Binding(Command.FULLSCREEN, "F11", "View", "Full screen"),
     Binding(Command.TOOL_WINDOW, "W", "Tools", "Window/level tool (left drag)"),

@@ -61,6 +61,7 @@ def _handlers(win: Any) -> dict[Command, Callable[[], Any]]:
         Command.LAYOUT_1X2: lambda: win.set_layout("1x2"),
         Command.LAYOUT_2X2: lambda: win.set_layout("2x2"),
         Command.LAYOUT_MPR: lambda: win.set_layout("mpr"),
+        Command.COMPARE_PRIOR: lambda: _compare_prior(win),
         Command.NEXT_VIEWPORT: win.next_viewport,
         Command.FULLSCREEN: lambda: win.showNormal() if win.isFullScreen() else win.showFullScreen(),
         Command.DELETE_MEASUREMENTS: lambda: vp().delete_measurements(),
@@ -158,6 +159,12 @@ def _save_state(win: Any) -> Any:
     from medviewer.gui.presentation import save_reading_state
 
     return save_reading_state(win)
+
+
+def _compare_prior(win: Any) -> Any:
+    from medviewer.gui.priors import compare_with_prior
+
+    return compare_with_prior(win)
 
 
 def _worklist(win: Any, ask_folder: bool) -> Any:
