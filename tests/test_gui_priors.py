@@ -64,7 +64,7 @@ def test_compare_with_prior_hangs_the_prior_linked_and_labelled(qtbot, win, tmp_
     assert labels["CURRENT"].text() == "CURRENT  2024-05-01" and labels["CURRENT"].parent() is left
     assert labels["PRIOR"].text() == "PRIOR  2023-01-10" and labels["PRIOR"].parent() is right
     assert left.model.links == right.model.links == {"scroll", "zoom", "window"}
-    assert "PRIOR 2023-01-10 CT ABDOMEN" in win.status_msg.text() and not win.errors
+    assert win.prior_message.startswith("CURRENT 2024-05-01 beside PRIOR 2023-01-10 CT ABDOMEN") and not win.errors
     # the window is shared: a change in the current moves the prior
     left.set_window(40, 400)
     assert (right.state.center_w, right.state.width_w) == (40, 400)
@@ -83,11 +83,37 @@ def test_no_comparable_prior_is_one_status_line(qtbot, win, tmp_path):
     cur = next(k for k, s in win.reading.sources.items() if s.series.instances[0].study_date == "20240501")
     win.load_series(cur, win.active)
     win.actions[Command.COMPARE_PRIOR].trigger()
-    qtbot.waitUntil(lambda: win.status_msg.text().startswith("No comparable prior"), timeout=TIMEOUT)
-    assert "other body part (CHEST)" in win.status_msg.text() and not win.errors
+    qtbot.waitUntil(lambda: getattr(win, "prior_message", "").startswith("No comparable prior"), timeout=TIMEOUT)
+    assert "other body part (CHEST)" in win.prior_message and not win.errors
     assert win.layout_name() != "1x2" or not win.viewports[1].has_image()
 
 
 def test_compare_with_nothing_open_says_so(win):
     win.actions[Command.COMPARE_PRIOR].trigger()
     assert win.status_msg.text() == "Compare with prior: open a study first" and not win.errors
+
+
+def test_prior_only_on_the_pacs_is_retrieved_and_hung(qtbot, win, tmp_path, monkeypatch):
+    from tests.orthanc import orthanc_unavailable, start_orthanc
+
+    why = orthanc_unavailable()
+    if why:
+        pytest.skip(why)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where retrieved studies go
+    relabel([CT], tmp_path / "current", patient_id="P9", study_date="20240501", body_part="ABDOMEN")
+    remote = relabel([CT], tmp_path / "remote", patient_id="P9", study_date="20220202", body_part="ABDOMEN")
+    orth = start_orthanc(tmp_path / "orthanc")
+    try:
+        orth.upload(sorted((tmp_path / "remote").glob("*.dcm")))
+        _open(qtbot, win, [tmp_path / "current"])
+        win.prior_node = orth.dimse_url
+        win.actions[Command.COMPARE_PRIOR].trigger()
+        right = win.viewports[1]
+        qtbot.waitUntil(lambda: right.has_image() and right.isVisible(), timeout=TIMEOUT)
+    finally:
+        orth.stop()
+    assert right.current_instance().study_instance_uid == remote
+    assert str(right.current_instance().path).startswith(str(tmp_path / "cache"))
+    assert "PRIOR 2022-02-02 CT ABDOMEN" in win.prior_message and f"retrieved from {orth.dimse_url}" in \
+        win.prior_message
+    assert [lab.text() for lab in right.findChildren(HangLabel)] == ["PRIOR  2022-02-02"] and not win.errors

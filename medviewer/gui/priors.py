@@ -4,7 +4,8 @@ Thin Qt glue over :mod:`medviewer.workstation.priors`: the search (opened studie
 PACS node by Patient ID) and, for a prior found only on the PACS, its retrieval run in a worker task; then the
 window switches to a 1x2 layout, CURRENT on the left (the active viewport's series) and PRIOR on the right (the
 prior's matching series, on the same relative slice), linked for scroll, zoom/pan and window/level, each labelled
-with its Study Date. No prior is one line in the status bar saying why; a failed retrieval is a dialog.
+with its Study Date. No prior is one line in the status bar saying why; a failed retrieval is a dialog. The last
+outcome's line stays in ``win.prior_message`` (the status bar may show newer news).
 
 The *current PACS node* is ``win.prior_node`` when set, else the node of the PACS dialog when it was opened in
 this session, else the only saved node (none saved, or several and no dialog opened: opened studies only).
@@ -114,7 +115,8 @@ def compare_with_prior(win: Any) -> None:
 
 def _found(win: Any, series: Any, current_key: str, search: Any, scanned: Any, facts: StudyFacts | None) -> None:
     if facts is None:
-        win.set_status(search.message())
+        win.prior_message = search.message()
+        win.set_status(win.prior_message)
         return
     if scanned is not None:
         win.reading.add_scan(scanned)  # the browser lists the retrieved study
@@ -125,8 +127,9 @@ def _found(win: Any, series: Any, current_key: str, search: Any, scanned: Any, f
         return
     hang_prior(win, current_key, series_key(prior), search.current.study_date, facts.study_date)
     where = f" (retrieved from {search.chosen.origin})" if scanned is not None else ""
-    win.set_status(f"CURRENT {format_study_date(search.current.study_date)} beside PRIOR {facts.label()}{where}"
-                   + (f"; {'; '.join(search.notes)}" if search.notes else ""))
+    win.prior_message = (f"CURRENT {format_study_date(search.current.study_date)} beside PRIOR {facts.label()}{where}"
+                         + (f"; {'; '.join(search.notes)}" if search.notes else ""))
+    win.set_status(win.prior_message)
 
 
 def hang_prior(win: Any, current_key: str, prior_key: str, current_date: str, prior_date: str) -> None:
