@@ -4,6 +4,11 @@ A view of the :class:`~medviewer.workstation.session.ReadingSession` (:meth:`Ser
 a series when the session announces it (``preview_added`` while a folder is scanned, ``series_added`` when
 the series is complete and ordered) and its icon on ``thumbnail_added``. Session events come from worker
 threads; the browser relays them to the GUI thread through queued Qt signals.
+
+Under each study, the saved reading states found for it (DICOM presentation states,
+:class:`~medviewer.workstation.presentation.FoundState`, :meth:`SeriesBrowser.set_presentation_states`) are
+listed newest first, the one applied marked; double click (or Enter) on another emits
+:attr:`SeriesBrowser.presentationStateActivated` with its path, and the window applies it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from medviewer.workstation.session import ReadingSession, series_key  # re-expor
 __all__ = ["SeriesBrowser", "series_key"]
 
 THUMB = 72
+#: item data role holding a saved reading state's path (series items hold their key in Qt.UserRole)
+STATE_ROLE = Qt.UserRole + 1
 
 
 class _Tree(QTreeWidget):
@@ -49,6 +56,7 @@ class SeriesBrowser(QWidget):
     """
 
     seriesActivated = Signal(str)
+    presentationStateActivated = Signal(str)  # the path of a saved reading state (GSPS) chosen in the tree
     # session events relayed to the GUI thread (AutoConnection: queued when emitted by a worker)
     _sourceArrived = Signal(str, object, bool)  # series key, FrameSource, is a preview
     _thumbnailArrived = Signal(str, object)
@@ -69,6 +77,9 @@ class SeriesBrowser(QWidget):
         self._items: dict[str, QTreeWidgetItem] = {}
         self._patients: dict[str, QTreeWidgetItem] = {}
         self._studies: dict[str, QTreeWidgetItem] = {}
+        self._states: list[Any] = []  # FoundState, newest first
+        self._applied: set[str] = set()  # paths of the states applied
+        self._state_items: dict[str, QTreeWidgetItem] = {}  # path -> item
         self._reading: ReadingSession | None = None
         self._sourceArrived.connect(self._show_source)
         self._thumbnailArrived.connect(self.set_thumbnail)
@@ -120,6 +131,10 @@ class SeriesBrowser(QWidget):
         key = item.data(0, Qt.UserRole)
         if key:
             self.seriesActivated.emit(str(key))
+            return
+        path = item.data(0, STATE_ROLE)
+        if path:
+            self.presentationStateActivated.emit(str(path))
 
     def _study_item(self, inst: Any) -> QTreeWidgetItem:
         """The tree item of ``inst``'s study under its patient (made when new)."""
@@ -142,6 +157,7 @@ class SeriesBrowser(QWidget):
             sitem = QTreeWidgetItem([" ".join(x for x in (date, desc) if x)])
             pitem.addChild(sitem)
             self._studies[skey] = sitem
+            self._show_states()  # states found before the study's first series arrived
         pitem.setExpanded(True)
         sitem.setExpanded(True)
         return sitem
@@ -174,11 +190,55 @@ class SeriesBrowser(QWidget):
             item.setFlags(item.flags() | Qt.ItemIsDragEnabled)
             self._study_item(first).addChild(item)
             self._items[key] = item
+            if self._state_items:
+                self._show_states()  # the states stay below the study's series
         else:
             item.setText(0, text)
         item.setToolTip(0, tip)
 
+    def _show_states(self) -> None:
+        """(Re)build the state items under their studies: newest first, after the series, the applied marked."""
+        for path, item in list(self._state_items.items()):
+            parent = item.parent()
+            if parent is not None:
+                parent.removeChild(item)
+            del self._state_items[path]
+        for st in self._states:
+            sitem = self._studies.get(str(st.study_instance_uid))
+            if sitem is None:
+                continue
+            path = str(st.path)
+            applied = path in self._applied
+            item = QTreeWidgetItem([f"{'✔ ' if applied else '◇ '}{st.title}" + ("\napplied" if applied else
+                                                                                  "\nsaved reading state")])
+            item.setData(0, STATE_ROLE, path)
+            item.setFlags((item.flags() | Qt.ItemIsEnabled | Qt.ItemIsSelectable) & ~Qt.ItemIsDragEnabled)
+            n = len(st.state.annotations)
+            item.setToolTip(0, f"Presentation state {st.title}: {n} annotation{'s' * (n != 1)}"
+                               f"{' (applied)' if applied else '; double click to apply'}\n{path}")
+            if applied:
+                f = item.font(0)
+                f.setBold(True)
+                item.setFont(0, f)
+            sitem.addChild(item)
+            self._state_items[path] = item
+
     # -- public --------------------------------------------------------------------------------------
+    def set_presentation_states(self, states: list[Any], applied: Any = ()) -> None:
+        """List ``states`` (:class:`~medviewer.workstation.presentation.FoundState` s) under their studies, newest
+        first, marking those whose path is in ``applied``; a study not listed yet gets its states when it is."""
+        self._states = sorted(states, key=lambda s: s.state.created, reverse=True)
+        self._applied = {str(p) for p in applied}
+        self._show_states()
+
+    def state_item(self, path: Any) -> QTreeWidgetItem | None:
+        """The tree item of the saved reading state at ``path``, or None."""
+        return self._state_items.get(str(path))
+
+    def applied_states(self) -> list[str]:
+        """Paths of the listed states marked applied."""
+        return [p for p in self._state_items if p in self._applied]
+
     def set_thumbnail(self, key: str, thumb_u8: np.ndarray) -> None:
         """Set a series' icon from a small uint8 gray/RGB image."""
         item = self._items.get(key)
@@ -207,3 +267,4 @@ class SeriesBrowser(QWidget):
         self._items.clear()
         self._patients.clear()
         self._studies.clear()
+        self._state_items.clear()

@@ -135,6 +135,7 @@ class MainWindow(QMainWindow):
     def _build_docks(self) -> None:
         self.browser = SeriesBrowser()
         self.browser.seriesActivated.connect(lambda key: self.load_series(key, self.active))
+        self.browser.presentationStateActivated.connect(self._choose_presentation_state)
         self.browser_dock = self._dock("Studies", "studies", self.browser, Qt.LeftDockWidgetArea)
         self.panel = AiPanel()
         self.panel.cardRequested.connect(self.show_model_card)
@@ -295,6 +296,12 @@ class MainWindow(QMainWindow):
         self.loader.open_paths(paths)
         self._find_sr_reports(list(paths))
         find_and_apply(self, list(paths))
+
+    def _choose_presentation_state(self, path: str) -> None:
+        """A saved reading state chosen in the browser: apply it (:func:`medviewer.gui.presentation.choose_state`)."""
+        from medviewer.gui.presentation import choose_state
+
+        choose_state(self, path)
 
     def _find_sr_reports(self, paths: list[str]) -> None:
         from medviewer.gui.workers import FnTask

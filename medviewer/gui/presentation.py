@@ -7,6 +7,11 @@ frames with its label (length in mm, ROI mean/SD in HU) -- into the folder of th
 files or folders looks for presentation states among them in a worker task; once the series they reference
 is shown, the newest is applied (measurements back on the same images at the same pixels, window and
 geometry restored) and the status bar names it and how many others were found.
+
+The study browser lists the states of each study, the applied one marked (:meth:`SeriesBrowser.
+set_presentation_states`); choosing another there (:func:`choose_state`) withdraws the measurements the
+previous one brought to that series (those drawn since stay) and applies the chosen one, loading its series
+into the active viewport when no viewport shows it. A state saved here joins the list as the applied one.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from medviewer.workstation.presentation import (
     apply_to_viewport,
     find_presentation_states,
     latest_for,
+    withdraw,
     write_presentation_state,
 )
 
-__all__ = ["save_reading_state", "find_and_apply", "measurement_label"]
+__all__ = ["save_reading_state", "find_and_apply", "measurement_label", "choose_state", "apply_state"]
 
 #: how long a found state waits for the series it references to be shown (ms)
 WAIT_MS = 60_000
@@ -63,7 +69,94 @@ def save_reading_state(win: Any, folder: str | Path | None = None) -> Path | Non
         win.error("Could not save the reading state", str(exc))
         return None
     win.set_status(f"Reading state saved as DICOM (presentation state): {path}")
+    _add_saved(win, path, vp)
     return path
+
+
+def _add_saved(win: Any, path: Path, vp: Any) -> None:
+    """List a state just saved in the browser as the one applied to ``vp``'s series (it is what is shown)."""
+    try:
+        found = find_presentation_states([path])
+    except Exception:  # noqa: BLE001 - the file is written; only the listing is missed
+        return
+    if not found:
+        return
+    known = [s for s in getattr(win, "presentation_states", []) if s.path != found[0].path]
+    win.presentation_states = sorted(known + found, key=lambda s: s.state.created, reverse=True)
+    applied = _applied(win)
+    old = applied.get(vp.source_key)
+    applied[vp.source_key] = (found[0], old[1] if old else [])  # withdrawn with the state they came from
+    _refresh_browser(win)
+
+
+def _applied(win: Any) -> dict[str, tuple[FoundState, list]]:
+    """Series key -> (the state applied to it, the measurements it added)."""
+    if not hasattr(win, "presentation_applied"):
+        win.presentation_applied = {}
+    return win.presentation_applied
+
+
+def _refresh_browser(win: Any) -> None:
+    browser = getattr(win, "browser", None)
+    if browser is not None and hasattr(browser, "set_presentation_states"):
+        browser.set_presentation_states(getattr(win, "presentation_states", []),
+                                        [st.path for st, _ in _applied(win).values()])
+
+
+def apply_state(win: Any, vp: Any, found: FoundState) -> dict[str, int]:
+    """Apply ``found`` to the series ``vp`` shows, in place of the state applied to it before (its measurements
+    withdrawn); the browser marks it. Returns :func:`apply_to_viewport`'s counts."""
+    applied = _applied(win)
+    before = applied.get(vp.source_key)
+    if before is not None:
+        withdraw(win.reading.measurements, before[1])
+    items: list = []
+    counts = apply_to_viewport(found, vp.model, win.reading.measurements, _make, keep=items)
+    applied[vp.source_key] = (found, items)
+    _refresh_browser(win)
+    vp.update()
+    return counts
+
+
+def choose_state(win: Any, path: str | Path) -> bool:
+    """The reader chose the saved state at ``path`` (in the browser): apply it to the viewport showing its series,
+    else load that series into the active viewport first. False (and a status line) when it cannot be."""
+    found = next((s for s in getattr(win, "presentation_states", []) if str(s.path) == str(path)), None)
+    if found is None:
+        win.set_status(f"Presentation state {path} is no longer listed")
+        return False
+    for vp in win.viewports:
+        src = vp.source
+        if src is not None and vp.has_image() and win.reading.sources.get(vp.source_key) is src and \
+                found.referenced & {str(getattr(i, "sop_instance_uid", "")) for i in src.instances}:
+            _report(win, found, apply_state(win, vp, found))
+            return True
+    key = next((k for k, src in win.reading.sources.items()
+                if found.referenced & {str(getattr(i, "sop_instance_uid", "")) for i in src.instances}), None)
+    if key is None:
+        win.set_status(f"Presentation state {found.title}: the images it refers to are not open")
+        return False
+    vp = win.active
+    win.load_series(key, vp)
+    timer = QTimer(win)
+    waited = [0]
+
+    def attempt() -> None:
+        waited[0] += 100
+        if vp.source_key == key and vp.has_image():
+            _report(win, found, apply_state(win, vp, found))
+        elif waited[0] < WAIT_MS and vp.source_key == key:
+            return
+        timer.stop()
+        timer.deleteLater()
+
+    timer.timeout.connect(attempt)
+    timer.start(100)
+    return True
+
+
+def _report(win: Any, found: FoundState, counts: dict[str, int]) -> None:
+    win.set_status(f"Presentation state {found.title} applied: {counts['added']} measurement(s)")
 
 
 def _make(kind: str, p0: tuple[float, float], p1: tuple[float, float]) -> Measurement:
@@ -87,6 +180,7 @@ def _apply_when_shown(win: Any, found: list[FoundState]) -> None:
     seen = {s.path for s in known}
     win.presentation_states = sorted(known + [s for s in found if s.path not in seen],
                                      key=lambda s: s.state.created, reverse=True)
+    _refresh_browser(win)
     applied: set[tuple[int, int]] = getattr(win, "_presentation_applied", set())
     win._presentation_applied = applied
     timer = QTimer(win)
@@ -106,7 +200,7 @@ def _apply_when_shown(win: Any, found: list[FoundState]) -> None:
             if latest is None:
                 continue
             applied.add((id(vp), id(src)))
-            counts = apply_to_viewport(latest, vp.model, win.reading.measurements, _make)
+            counts = apply_state(win, vp, latest)
             others = sum(1 for s in win.presentation_states if s is not latest and s.referenced & uids)
             win.set_status(f"Presentation state {latest.title} applied: {counts['added']} measurement(s)"
                            + (f"; {others} older one(s) found" if others else ""))

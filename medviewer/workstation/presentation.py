@@ -27,8 +27,8 @@ from medviewer.export.presentation_state import (
     read_presentation_state,
 )
 
-__all__ = ["FoundState", "state_of_viewport", "apply_to_viewport", "write_presentation_state",
-           "find_presentation_states", "latest_for"]
+__all__ = ["FoundState", "state_of_viewport", "apply_to_viewport", "withdraw", "write_presentation_state",
+           "find_presentation_states", "latest_for", "states_of_study"]
 
 _SHAPES = ("distance", "rect", "ellipse")
 
@@ -125,10 +125,12 @@ def write_presentation_state(model: Any, measurements: Any, folder: str | Path |
 
 
 def apply_to_viewport(found: FoundState, model: Any, measurements: Any,
-                      make: Callable[[str, tuple[float, float], tuple[float, float]], Any]) -> dict[str, int]:
+                      make: Callable[[str, tuple[float, float], tuple[float, float]], Any],
+                      keep: list[tuple[tuple[str, int], Any]] | None = None) -> dict[str, int]:
     """Apply a presentation state to the series `model` shows: its measurements are added to the session on
     the frames they belong to (matched by SOP Instance UID and frame), then its window, rotation, flip and
-    displayed area are set on the viewport.
+    displayed area are set on the viewport. ``keep``, when given, receives ``((series key, frame), measurement)``
+    for each measurement added (for :func:`withdraw` when another state is chosen).
 
     Returns
     -------
@@ -143,7 +145,10 @@ def apply_to_viewport(found: FoundState, model: Any, measurements: Any,
         if k is None or a.kind not in _SHAPES:
             skipped += 1
             continue
-        measurements.add((key, k), make(a.kind, a.points[0], a.points[1]))
+        m = make(a.kind, a.points[0], a.points[1])
+        measurements.add((key, k), m)
+        if keep is not None:
+            keep.append(((key, k), m))
         added += 1
     st = found.state
     if st.window is not None:
@@ -153,6 +158,12 @@ def apply_to_viewport(found: FoundState, model: Any, measurements: Any,
         model.state.centre_on(st.displayed_area, *model.view_size, fill=1.0)
     model.view_changed.emit()
     return {"added": added, "skipped": skipped}
+
+
+def withdraw(measurements: Any, items: Iterable[tuple[tuple[str, int], Any]]) -> int:
+    """Remove the measurements a presentation state added (``keep`` of :func:`apply_to_viewport`) from the
+    session; those the reader drew since stay. Returns how many were removed."""
+    return sum(len(measurements.remove(uid, m)) for uid, m in items)
 
 
 def _to_dicom(rotation: int, flip_h: bool, flip_v: bool) -> tuple[int, bool]:
@@ -204,6 +215,12 @@ def latest_for(found: Iterable[FoundState], sop_instance_uids: Iterable[str]) ->
     wanted = set(sop_instance_uids)
     hits = [s for s in found if s.referenced & wanted]
     return max(hits, key=lambda s: s.state.created) if hits else None
+
+
+def states_of_study(found: Iterable[FoundState], study_instance_uid: str) -> list[FoundState]:
+    """The presentation states of one study (by Study Instance UID), newest first."""
+    return sorted((s for s in found if s.study_instance_uid == study_instance_uid), key=lambda s: s.state.created,
+                  reverse=True)
 
 
 def _files(paths: Iterable[str | Path]) -> list[Path]:
