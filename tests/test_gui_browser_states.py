@@ -72,8 +72,8 @@ def test_states_listed_in_the_browser_and_another_chosen(qtbot, tmp_path, study)
     rows = [study_item.child(i) for i in range(study_item.childCount())]
     assert rows[0].data(0, STATE_ROLE) is None  # the series first, then the states, newest first
     assert [r.data(0, STATE_ROLE) for r in rows[1:]] == [str(second), str(first)]
-    assert rows[1].text(0).startswith("✔ SECOND (2026-01-01 09:00, Doe^Jane)") and rows[1].text(0).endswith("applied")
-    assert rows[2].text(0).startswith("◇ FIRST (2025-01-01 09:00, Doe^Jane)")
+    assert rows[1].text(0) == "✔ SECOND · applied\n2026-01-01 09:00, Doe^Jane"
+    assert rows[2].text(0) == "◇ FIRST\n2025-01-01 09:00, Doe^Jane"
     assert browser.applied_states() == [str(second)]
     vp = win.active
     assert (vp.state.center_w, vp.state.width_w) == (50.0, 350.0)

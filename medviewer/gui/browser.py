@@ -209,8 +209,9 @@ class SeriesBrowser(QWidget):
                 continue
             path = str(st.path)
             applied = path in self._applied
-            item = QTreeWidgetItem([f"{'✔ ' if applied else '◇ '}{st.title}" + ("\napplied" if applied else
-                                                                                  "\nsaved reading state")])
+            label, _, when = st.title.partition(" (")  # "LABEL (YYYY-MM-DD HH:MM, creator)"
+            item = QTreeWidgetItem([f"{'✔' if applied else '◇'} {label}{' · applied' if applied else ''}\n"
+                                    f"{when.rstrip(')')}"])
             item.setData(0, STATE_ROLE, path)
             item.setFlags((item.flags() | Qt.ItemIsEnabled | Qt.ItemIsSelectable) & ~Qt.ItemIsDragEnabled)
             n = len(st.state.annotations)
