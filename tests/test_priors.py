@@ -150,3 +150,18 @@ def test_prior_found_on_the_pacs_by_patient_id_and_retrieved(folders, orthanc, t
     study = next(st for st in scanned.studies if st.study_instance_uid == remote["pacs_prior"])
     assert prior_series(series, study) is study.series[0]
     assert isinstance(StudyFacts.from_study(study), StudyFacts) and not facts.remote
+
+
+def test_a_remote_candidate_of_another_body_part_gives_way_to_the_opened_prior(folders, orthanc, tmp_path):
+    root, uids = folders
+    orth, remote = orthanc
+    result = scan([root / "current", root / "prior"])
+    _, series = _current(result, uids["current"])
+    search = find_priors(series, result.studies, node=orth.dimse_url)
+    search.candidates = [c for c in search.candidates if c.study_instance_uid != remote["pacs_prior"]]
+    assert [c.study_instance_uid for c in search.candidates] == [remote["pacs_chest"], uids["prior"]]
+    scanned, facts = fetch_prior(search, tmp_path / "incoming")  # the chest CT is retrieved, checked, passed over
+    assert scanned is None and facts.study_instance_uid == uids["prior"] and not facts.remote
+    search.candidates = search.candidates[:1]
+    with pytest.raises(ValueError, match=r"no comparable prior once retrieved: 2024-03-01 CT CHEST.*other body part"):
+        fetch_prior(search, tmp_path / "incoming")

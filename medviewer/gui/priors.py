@@ -102,7 +102,7 @@ def compare_with_prior(win: Any) -> None:
             return search, None, search.chosen
         from medviewer.gui.pacs_dialog import default_download_dir
 
-        scanned, facts = fetch_prior(search, default_download_dir(), cancel=None)
+        scanned, facts = fetch_prior(search, default_download_dir())  # opened candidates behind stay in line
         return search, scanned, facts
 
     task = FnTask(work, "compare with prior")
@@ -126,7 +126,7 @@ def _found(win: Any, series: Any, current_key: str, search: Any, scanned: Any, f
         win.set_status(f"Compare with prior: the prior {facts.label()} has no {search.modality} series to show")
         return
     hang_prior(win, current_key, series_key(prior), search.current.study_date, facts.study_date)
-    where = f" (retrieved from {search.chosen.origin})" if scanned is not None else ""
+    where = f" (retrieved from {search.chosen.origin})" if scanned is not None and search.chosen else ""
     win.prior_message = (f"CURRENT {format_study_date(search.current.study_date)} beside PRIOR {facts.label()}{where}"
                          + (f"; {'; '.join(search.notes)}" if search.notes else ""))
     win.set_status(win.prior_message)

@@ -307,21 +307,24 @@ def prior_series(current_series: Any, prior_study: Any) -> Any | None:
 
 
 def fetch_prior(search: PriorSearch, out: str | Path, *, connect: Callable[[str], Any] | None = None,
-                cancel: Any = None, progress: Callable[[int, int], None] | None = None) -> tuple[Any, StudyFacts]:
-    """Retrieve the chosen remote prior into ``out`` and scan it; when it turns out to show another body part,
-    the next remote candidate is tried (at most three).
+                cancel: Any = None, progress: Callable[[int, int], None] | None = None,
+                max_retrievals: int = 3) -> tuple[Any, StudyFacts]:
+    """Settle the prior: walk :attr:`PriorSearch.candidates` best first; an opened study is the answer as it is,
+    a study on the PACS is retrieved into ``out``, scanned and checked in its files (the study-level answer has
+    no Body Part Examined) -- when it shows another body part, the walk goes on (at most ``max_retrievals``
+    retrievals).
 
     Returns
     -------
-    (ScanResult, StudyFacts)
-        The scan of the retrieved study and the prior it holds (its facts now from the files).
+    (ScanResult | None, StudyFacts)
+        The scan of the retrieved study (None for an opened one) and the prior (facts from its files).
 
     Raises
     ------
     ValueError
-        No remote candidate, or none of those retrieved is comparable (the reason).
+        No candidate is comparable once checked (the reasons).
     medviewer.pacs.PacsError
-        The retrieval failed.
+        A retrieval failed.
     """
     from medviewer.io.scan import scan
     from medviewer.pacs import retrieve_study
@@ -329,7 +332,13 @@ def fetch_prior(search: PriorSearch, out: str | Path, *, connect: Callable[[str]
     if connect is None:
         from medviewer.pacs import connect
     reasons: list[str] = []
-    for cand in [c for c in search.candidates if c.remote][:3]:
+    retrievals = 0
+    for cand in search.candidates:
+        if not cand.remote:
+            return None, cand
+        if retrievals >= max_retrievals:
+            continue
+        retrievals += 1
         with connect(cand.origin) as client:
             result = retrieve_study(client, cand.study_instance_uid, Path(out), cancel=cancel,
                                     progress=progress or False)
@@ -343,4 +352,4 @@ def fetch_prior(search: PriorSearch, out: str | Path, *, connect: Callable[[str]
         if why is None:
             return scanned, facts
         reasons.append(f"{facts.label()}: {why}")
-    raise ValueError("no comparable prior on the PACS" + (": " + "; ".join(reasons) if reasons else ""))
+    raise ValueError("no comparable prior once retrieved" + (": " + "; ".join(reasons) if reasons else ""))
