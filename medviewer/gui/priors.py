@@ -102,15 +102,28 @@ def compare_with_prior(win: Any) -> None:
             return search, None, search.chosen
         from medviewer.gui.pacs_dialog import default_download_dir
 
-        scanned, facts = fetch_prior(search, default_download_dir())  # opened candidates behind stay in line
+        task.check()
+        # the window closing cancels the task, which stops the retrieval after the instance in flight
+        scanned, facts = fetch_prior(search, default_download_dir(), cancel=task._cancel,  # noqa: SLF001
+                                     progress=lambda done, total: task.emit("progress", done, total))
         return search, scanned, facts
 
     task = FnTask(work, "compare with prior")
+    task.signals.progress.connect(lambda done, total: _progress(win, done, total))
+    task.signals.finished.connect(lambda: win.progress.setVisible(False))
     task.signals.result.connect(lambda res: _found(win, series, current_key, *res))
     task.signals.failed.connect(lambda reason: win.error("Compare with prior", reason))
     win.set_status("Looking for a prior" + (f" (opened studies and {node})" if node else " among the opened studies")
                    + " …")
     win.start(task)
+
+
+def _progress(win: Any, done: int, total: int) -> None:
+    bar = win.progress
+    bar.setVisible(True)
+    bar.setRange(0, max(total, 1))
+    bar.setValue(done)
+    bar.setFormat(f"prior {done}/{total}")
 
 
 def _found(win: Any, series: Any, current_key: str, search: Any, scanned: Any, facts: StudyFacts | None) -> None:
