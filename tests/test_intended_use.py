@@ -163,7 +163,11 @@ def test_cli_infer_records_applicability_and_override(tmp_path, capsys):
     by = {Path(r["path"]).name: r for r in doc["results"]}
     rg1, paed = by["RG1_UNCR.dcm"], by["paediatric-cxr-pneumonia.dcm"]
     assert rg1["applicability"]["status"] == "out_of_scope" and rg1["flagged"] == [] and rg1["regions"] == []
-    assert rg1["applicability"]["ood_score"] > rg1["applicability"]["ood_threshold"]
+    # out of scope by the header (age 64 y) and by the pixels alone: the gate calls it an adult chest film
+    appearance = rg1["applicability"]["checks"]["appearance"]
+    assert appearance["status"] == "fail" and "adult chest" in appearance["reason"], appearance
+    gate = rg1["applicability"]["gate"]
+    assert gate["looks_like"] == "adult_chest" and gate["in_scope_probability"] < gate["threshold"], gate
     assert paed["applicability"]["status"] == "in_scope" and paed["flagged"] == ["pneumonia"]
     assert doc["summary"]["out_of_scope"] == 1 and doc["intended_use"]["applicability"]["body_parts"] == ["CHEST"]
     rows = {Path(r["path"]).name: r for r in csv.DictReader((out / "results.csv").open())}

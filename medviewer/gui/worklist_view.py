@@ -262,13 +262,12 @@ class WorklistView(QWidget):
         n_img = sum(e.scored for e in self.entries)
         n_failed = sum(e.failed for e in self.entries)
         self._set_status(f"{len(self.entries)} stud{'y' if len(self.entries) == 1 else 'ies'}, {n_img} images "
-                         f"scored ({n_failed} failed); {n_in} with images in the model's intended use.",
-                         finished=True)
+                         f"scored ({n_failed} failed); {n_in} with images in the model's intended use.")
 
     def _failed(self, reason: str) -> None:
         if self._stale():
             return
-        self._set_status(f"Triage failed: {reason}", finished=True)
+        self._set_status(f"Triage failed: {reason}")
 
     def _finished(self) -> None:
         if self._stale():
@@ -277,6 +276,8 @@ class WorklistView(QWidget):
         self._busy(False)
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
+        # announced only now, when the view is usable again (the result arrives before the task's end)
+        self.triageFinished.emit(self.status.text())
 
     def _set_status(self, text: str, finished: bool = False) -> None:
         self.status.setText(text)
