@@ -3,7 +3,7 @@
 Everything here works on arrays the exported ONNX graph produced (see :func:`training.ood.onnx_outputs`,
 which preprocesses exactly as the app does), so the numbers describe the package a reader runs.
 
-- :func:`patient_bootstrap` -- percentile intervals from resampling *patients* with replacement (a cluster
+- :func:`patient_bootstrap` (defined in :mod:`training.metrics`, re-exported here) -- percentile intervals from resampling *patients* with replacement (a cluster
   bootstrap; Field & Welsh 2007). Resampling images treats a patient's several films as independent and gives
   intervals that are too narrow for a patient-level split.
 - :func:`fit_temperature`, :func:`expected_calibration_error` -- temperature scaling (Guo et al. 2017, "On
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from medviewer.inference.card import InputSpec, Preprocessing
+from training.metrics import binary_metrics, choose_operating_point, patient_bootstrap
 
 __all__ = [
     "patient_bootstrap",
@@ -40,64 +40,6 @@ __all__ = [
     "cam_in_thorax",
     "transfer_report",
 ]
-
-
-def _threshold_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, float]:
-    pred = s >= threshold
-    tp = float(np.sum(pred & (y == 1)))
-    tn = float(np.sum(~pred & (y == 0)))
-    npos, nneg = float(np.sum(y == 1)), float(np.sum(y == 0))
-    return {"sensitivity": tp / npos if npos else np.nan, "specificity": tn / nneg if nneg else np.nan,
-            "accuracy": (tp + tn) / len(y)}
-
-
-def patient_bootstrap(y_true: np.ndarray, scores: np.ndarray, groups: Sequence[str], threshold: float,
-                      n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile confidence intervals by resampling patients (clusters) with replacement.
-
-    Parameters
-    ----------
-    y_true
-        ``(N,)`` 0/1 truth per image (1 = positive label).
-    scores
-        ``(N,)`` positive-class probabilities in [0, 1].
-    groups
-        ``(N,)`` patient id of each image; all images of a drawn patient enter the resample together.
-    threshold
-        The operating point (``p >= threshold`` -> positive) at which sensitivity, specificity and accuracy
-        are measured.
-
-    Returns
-    -------
-    dict
-        ``{"auroc", "sensitivity", "specificity", "accuracy"} -> (low, high)``, e.g. 95 % intervals.
-
-    Raises
-    ------
-    ValueError
-        Lengths differ, or fewer than two patients.
-    """
-    y = np.asarray(y_true).astype(int)
-    s = np.asarray(scores, dtype=np.float64)
-    g = np.asarray(groups)
-    if not (len(y) == len(s) == len(g)):
-        raise ValueError(f"y_true, scores and groups differ in length ({len(y)}, {len(s)}, {len(g)})")
-    uniq, inv = np.unique(g, return_inverse=True)
-    if len(uniq) < 2:
-        raise ValueError("a patient-level bootstrap needs at least two patients")
-    members = [np.flatnonzero(inv == i) for i in range(len(uniq))]
-    rng = np.random.default_rng(seed)
-    vals: dict[str, list[float]] = {"auroc": [], "sensitivity": [], "specificity": [], "accuracy": []}
-    for _ in range(n_boot):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
-        yb, sb = y[idx], s[idx]
-        if yb.min() == yb.max():
-            continue
-        vals["auroc"].append(float(roc_auc_score(yb, sb)))
-        for k, v in _threshold_metrics(yb, sb, threshold).items():
-            vals[k].append(v)
-    a = (1 - level) / 2
-    return {k: (float(np.quantile(v, a)), float(np.quantile(v, 1 - a))) for k, v in vals.items()}
 
 
 def _log_odds(p: np.ndarray) -> np.ndarray:
@@ -331,7 +273,6 @@ def transfer_report(onnx_path: str | Path, spec: Preprocessing, inp: InputSpec, 
         threshold plus ``ci95`` by patient, ``ece``); ``z_val`` (logit differences, for temperature
         fitting); ``cam_in_thorax`` (on the correctly flagged validation images).
     """
-    from training.metrics import binary_metrics, choose_operating_point
     from training.ood import onnx_outputs
 
     gray = [im[..., 0] if im.ndim == 3 else im for im in images]

@@ -13,6 +13,7 @@ Example
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = [
     "bootstrap_auroc_ci",
     "binary_metrics",
     "calibration",
+    "patient_bootstrap",
     "to_card_metrics",
 ]
 
@@ -86,12 +88,68 @@ def choose_operating_point(y_true: np.ndarray, scores: np.ndarray, criterion: st
     return OperatingPointChoice(float(thr[j]), criterion, float(tpr[j]), float(1 - fpr[j]))
 
 
+def _threshold_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, float]:
+    pred = s >= threshold
+    tp = float(np.sum(pred & (y == 1)))
+    tn = float(np.sum(~pred & (y == 0)))
+    npos, nneg = float(np.sum(y == 1)), float(np.sum(y == 0))
+    return {"sensitivity": tp / npos if npos else np.nan, "specificity": tn / nneg if nneg else np.nan,
+            "accuracy": (tp + tn) / len(y)}
+
+
+def patient_bootstrap(y_true: np.ndarray, scores: np.ndarray, groups: Sequence[str], threshold: float,
+                      n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile confidence intervals by resampling patients (clusters) with replacement.
+
+    Parameters
+    ----------
+    y_true
+        ``(N,)`` 0/1 truth per image (1 = positive label).
+    scores
+        ``(N,)`` positive-class probabilities in [0, 1].
+    groups
+        ``(N,)`` patient id of each image; all images of a drawn patient enter the resample together.
+    threshold
+        The operating point (``p >= threshold`` -> positive) at which sensitivity, specificity and accuracy
+        are measured.
+
+    Returns
+    -------
+    dict
+        ``{"auroc", "sensitivity", "specificity", "accuracy"} -> (low, high)``, e.g. 95 % intervals.
+
+    Raises
+    ------
+    ValueError
+        Lengths differ, or fewer than two patients.
+    """
+    y = np.asarray(y_true).astype(int)
+    s = np.asarray(scores, dtype=np.float64)
+    g = np.asarray(groups)
+    if not (len(y) == len(s) == len(g)):
+        raise ValueError(f"y_true, scores and groups differ in length ({len(y)}, {len(s)}, {len(g)})")
+    uniq, inv = np.unique(g, return_inverse=True)
+    if len(uniq) < 2:
+        raise ValueError("a patient-level bootstrap needs at least two patients")
+    members = [np.flatnonzero(inv == i) for i in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    vals: dict[str, list[float]] = {"auroc": [], "sensitivity": [], "specificity": [], "accuracy": []}
+    for _ in range(n_boot):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
+        yb, sb = y[idx], s[idx]
+        if yb.min() == yb.max():
+            continue
+        vals["auroc"].append(float(roc_auc_score(yb, sb)))
+        for k, v in _threshold_metrics(yb, sb, threshold).items():
+            vals[k].append(v)
+    a = (1 - level) / 2
+    return {k: (float(np.quantile(v, a)), float(np.quantile(v, 1 - a))) for k, v in vals.items()}
+
+
 def bootstrap_auroc_ci(y_true: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the AUROC, resampling cases with replacement (Efron 1979): the
-    patient-level bootstrap (:func:`training.evaluation.patient_bootstrap`) with each case its own patient."""
-    from training.evaluation import patient_bootstrap
-
+    patient-level bootstrap (:func:`patient_bootstrap`) with each case its own patient."""
     return patient_bootstrap(y_true, scores, np.arange(len(y_true)), 0.5, n_boot, seed, level)["auroc"]
 
 
@@ -100,7 +158,7 @@ def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float, n_b
     """All metrics for one positive label at ``threshold``.
 
     ``groups`` (``(N,)`` patient ids): the intervals come from resampling patients
-    (:func:`training.evaluation.patient_bootstrap`), as a patient-level split needs, and ``ci95`` (AUROC,
+    (:func:`patient_bootstrap`), as a patient-level split needs, and ``ci95`` (AUROC,
     sensitivity, specificity, accuracy) and ``ci_method`` are added; without it cases are resampled.
 
     Returns
@@ -137,8 +195,6 @@ def _patient_intervals(y: np.ndarray, s: np.ndarray, groups: np.ndarray | None, 
         return {}
     if groups is None or len(np.unique(groups)) < 2:
         return {"auroc_ci95": bootstrap_auroc_ci(y, s, n_boot, seed)}
-    from training.evaluation import patient_bootstrap
-
     ci = patient_bootstrap(y, s, groups, threshold, n_boot, seed)
     return {"auroc_ci95": ci["auroc"], "ci95": ci,
             "ci_method": f"percentile bootstrap over {len(np.unique(groups))} patients, {n_boot} resamples"}

@@ -14,11 +14,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medviewer.errors import DEBUG_ENV
 from medviewer.providers import PROVIDER_CHOICES, ExecutionProvider, Provider, short_name
 
 __all__ = ["Provider", "ExecutionProvider", "PROVIDER_CHOICES", "short_name", "quiet_session",
-           "cuda_unavailable_reason", "first_line"]
+           "cuda_unavailable_reason", "first_line", "dry_run_input"]
 
 
 #: ERROR: what the app keeps from ORT's own log once a session is loaded
@@ -83,3 +85,16 @@ def cuda_unavailable_reason() -> str:
         return f"this onnxruntime build ({ort.__version__}, device {ort.get_device()}) has no CUDA provider"
     return (f"onnxruntime {ort.__version__} could not use its CUDA provider: no NVIDIA GPU or driver, or a CUDA / "
             f"cuDNN runtime library it needs is missing (set {DEBUG_ENV}=1 to see onnxruntime's log naming it)")
+
+
+def dry_run_input(batch: int, channels: int, height: int, width: int) -> np.ndarray:
+    """A real-looking float32 ``(batch, C, H, W)`` input: a smooth gradient with a seeded texture, in the
+    range of normalised images (about -2..2), different per batch item. Zeros hide models that fail
+    only on real data (an empty CAM, NaN after a log)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = np.empty((batch, channels, height, width), np.float32)
+    for n in range(batch):
+        base = np.sin(xx / max(width, 1) * np.pi * (1 + n)) * np.cos(yy / max(height, 1) * np.pi)
+        out[n] = (1.5 * base + 0.3 * rng.standard_normal((height, width))).astype(np.float32)[None]
+    return out

@@ -35,7 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from medviewer.errors import ModelPackageError
-from medviewer.inference._ort import quiet_session
+from medviewer.inference._ort import (  # dry_run_input: re-exported (inference.gate)
+    dry_run_input,
+    quiet_session,
+)
 from medviewer.inference.card import ModelCard, load_card, sha256_file
 from medviewer.inference.ood import OODDetector
 from medviewer.limits import DEFAULT_MODEL_VALIDATION_SECONDS, MAX_MODEL_INPUT_PIXELS_ENV, get_limits
@@ -238,19 +241,6 @@ def check_files(package_dir: Path, card: ModelCard) -> None:
             raise ModelPackageError(
                 package_dir, f"{rel} SHA-256 {got[:12]}... does not match the card's {digest[:12]}... "
                              "(the file was changed after export; re-export the package)")
-
-
-def dry_run_input(batch: int, channels: int, height: int, width: int) -> np.ndarray:
-    """A real-looking float32 ``(batch, C, H, W)`` input: a smooth gradient with a seeded texture, in the
-    range of normalised images (about -2..2), different per batch item. Zeros hide models that fail
-    only on real data (an empty CAM, NaN after a log)."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    out = np.empty((batch, channels, height, width), np.float32)
-    for n in range(batch):
-        base = np.sin(xx / max(width, 1) * np.pi * (1 + n)) * np.cos(yy / max(height, 1) * np.pi)
-        out[n] = (1.5 * base + 0.3 * rng.standard_normal((height, width))).astype(np.float32)[None]
-    return out
 
 
 def _run_limited(sess, names: list[str], feed: dict, seconds: float) -> list[np.ndarray]:
