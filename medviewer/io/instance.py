@@ -9,9 +9,7 @@ so opening a folder or scrolling a multi-frame object never decodes more than is
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +20,22 @@ from pydicom.dataset import Dataset
 
 from medviewer.errors import MedViewerError, ReadError, error_line
 from medviewer.io import header
+from medviewer.io.dicom_checks import (
+    _PIXEL_TAGS,
+    _check_elements_after_pixels,
+    _check_palette,
+    _check_rescale,
+    _checked_int,
+    _probe_pixel_element,
+    _transfer_syntax_problem,
+)
 from medviewer.io.encapsulation import EncapsulationProblem, check_encapsulated
 from medviewer.io.encapsulation import _items as _encapsulated_items
 from medviewer.io.enum import RASTER_MODALITY, PhotometricInterpretation, PixelSpacingSource, RescaleType
 from medviewer.io.files import check_regular, open_regular, os_error_reason
 from medviewer.io.header import MAX_MODALITY_MAGNITUDE, HeaderError, PixelSpacing, Rescale, rescale_problem
+from medviewer.io.raster import _raster_header, _read_raster, _to_u8_color
+from medviewer.io.sniff import _UNDEFINED, FileKind, _sniff, sniff_kind
 from medviewer.io.transfer_syntax import check_decodable, transfer_syntax_name
 from medviewer.limits import get_limits
 
@@ -48,88 +57,6 @@ def quiet_pydicom_warnings() -> None:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     except (AttributeError, cv2.error):
         pass
-
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_PIXEL_TAGS = {0x7FE00010: "Pixel Data", 0x7FE00008: "Float Pixel Data", 0x7FE00009: "Double Float Pixel Data"}
-_UNDEFINED = 0xFFFFFFFF
-_LONG_LENGTH_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
-
-
-class FileKind(str, Enum):
-    """What :func:`sniff_kind` recognised a file as (by content)."""
-
-    DICOM = "dicom"
-    PNG = "png"
-    JPEG = "jpeg"
-    UNKNOWN = "unknown"
-
-
-def sniff_kind(path: str | Path) -> FileKind:
-    """Recognise a file by its first bytes: one of the :class:`FileKind` values.
-
-    DICOM Part 10 files carry ``DICM`` at byte 128; bare datasets (no preamble) are accepted when their
-    first element is in group 0x0002 or 0x0008 (either byte order) with a plausible VR or length.
-    Anything that is not a readable regular file (missing, permission denied, a FIFO or device: never
-    opened in a way that could block) is :attr:`FileKind.UNKNOWN`.
-    """
-    try:
-        return _sniff(Path(path))
-    except ReadError:
-        return FileKind.UNKNOWN
-
-
-def _sniff(path: Path) -> FileKind:
-    """:func:`sniff_kind`, but an unreadable or special file raises :class:`ReadError` with the reason."""
-    with open_regular(path) as fp:
-        try:
-            head = fp.read(132)
-        except OSError as exc:
-            raise ReadError(path, os_error_reason(exc)) from None
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return FileKind.DICOM
-    if head.startswith(_PNG_MAGIC):
-        return FileKind.PNG
-    if head.startswith(_JPEG_MAGIC):
-        return FileKind.JPEG
-    if len(head) >= 8:
-        for order in "<>":
-            group, elem = struct.unpack(order + "HH", head[:4])
-            if group in (0x0002, 0x0008) and elem < 0x2000:
-                vr = head[4:6]
-                if vr.isalpha() and vr.isupper():
-                    return FileKind.DICOM
-                (length,) = struct.unpack(order + "I", head[4:8])
-                if length < 0x10000 or length == _UNDEFINED:
-                    return FileKind.DICOM
-    return FileKind.UNKNOWN
-
-
-_MISSING = object()
-
-
-def _checked_int(path: Path, ds: Dataset, keyword: str) -> int | None:
-    """An integer Image Pixel attribute; present but unparsable (odd VR/value) -> ReadError naming it."""
-    value: Any = _MISSING
-    try:
-        value = header.value(ds, keyword)
-        if value is None:
-            return None
-        if isinstance(value, list):
-            value = value[0]
-        if isinstance(value, bytes):
-            raise ValueError(value)
-        number = float(value)
-        if not number.is_integer():
-            raise ValueError(value)
-        return int(number)
-    except Exception:
-        elem = ds[keyword] if keyword in ds else None
-        name = f"{elem.name} {elem.tag}" if elem is not None else keyword
-        shown = value if value is not _MISSING else "(unreadable)"
-        vr = f" (VR {elem.VR})" if elem is not None else ""
-        raise ReadError(path, f"invalid {name} value {shown!r}{vr}; the header is malformed") from None
-
 
 @dataclass(eq=False, frozen=True)
 class Instance:
@@ -346,130 +273,7 @@ def _read_full(path: Path, header: Dataset | None) -> Dataset:
     return ds
 
 
-def _to_u8_color(arr: np.ndarray, bits: int) -> np.ndarray:
-    """RGB samples of `bits` bits -> uint8 by rounding ``x * 255 / (2**bits - 1)``."""
-    if arr.dtype == np.uint8:
-        return arr
-    bits = max(1, min(int(bits), 32))
-    scaled = np.clip(np.rint(arr.astype(np.float64) * (255.0 / (2**bits - 1))), 0, 255)
-    return scaled.astype(np.uint8)
-
-
 # ---------------------------------------------------------------------- raster
-def _read_raster(path: Path, expected: tuple[int, int] | None = None) -> np.ndarray:
-    """PNG/JPEG pixels: uint8/uint16 ``(H, W)`` gray or ``(H, W, 3)`` RGB (alpha dropped).
-
-    The declared size is checked against the pixel budget (:mod:`medviewer.limits`) before decoding;
-    `expected` ``(rows, columns)``, when given, must match the decoded image.
-    """
-    header = _raster_header(path, _sniff(path))
-    if header is None:
-        raise ReadError(path, "not a readable PNG/JPEG image (no PNG IHDR / JPEG SOF header found)")
-    budget = get_limits().frame_problem(header[0], header[1], header[2])
-    if budget:
-        raise ReadError(path, f"{budget}; refused before decoding")
-    try:
-        with open_regular(path) as fp:
-            data = np.fromfile(fp, dtype=np.uint8)
-    except OSError as exc:
-        raise ReadError(path, os_error_reason(exc)) from None
-    try:
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    except cv2.error as exc:
-        raise ReadError(path, f"not a readable PNG/JPEG image: {error_line(exc)}") from None
-    if img is None:
-        raise ReadError(path, "not a readable PNG/JPEG image (corrupt or truncated)")
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    elif img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    elif img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if img.dtype not in (np.uint8, np.uint16):
-        raise ReadError(path, f"unsupported raster sample type {img.dtype} (expected 8- or 16-bit)")
-    if expected is not None and img.shape[:2] != tuple(expected):
-        raise ReadError(path, f"decoded image is {img.shape[1]}x{img.shape[0]}, its header declares "
-                              f"{expected[1]}x{expected[0]}; refused")
-    return img
-
-
-def _jpeg_header(fp: Any, file_size: int) -> tuple[int, int, int, int] | None:
-    """Walk JPEG marker segments (seeking, not reading the file) to the first SOFn: (rows, cols, samples, bits)."""
-    pos = 2
-    for _ in range(10_000):
-        fp.seek(pos)
-        head = fp.read(10)
-        if len(head) < 4 or head[0] != 0xFF:
-            return None
-        marker = head[1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", head[2:4])
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if len(head) < 10:
-                return None
-            bits, height, width, comps = struct.unpack(">BHHB", head[4:10])
-            return height, width, (1 if comps == 1 else 3), bits
-        if marker in (0xD9, 0xDA) or length < 2 or pos + 2 + length > file_size:
-            return None
-        pos += 2 + length
-    return None
-
-
-def _raster_header(path: Path, kind: str) -> tuple[int, int, int, int] | None:
-    """(rows, columns, samples, bits) from a PNG IHDR or a JPEG SOFn marker, without decoding."""
-    try:
-        with open_regular(path) as fp:
-            if kind == FileKind.PNG:
-                head = fp.read(32)
-                if len(head) < 26 or head[12:16] != b"IHDR":
-                    return None
-                width, height, bits, color_type = struct.unpack(">IIBB", head[16:26])
-                samples = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}.get(color_type)
-                if samples is None:
-                    return None
-                _check_raster_end(path, fp, kind, 33)
-                return height, width, samples, 8 if color_type == 3 else bits
-            header = _jpeg_header(fp, os.fstat(fp.fileno()).st_size)
-            if header is not None:
-                _check_raster_end(path, fp, kind, fp.tell())
-            return header
-    except OSError as exc:
-        raise ReadError(path, os_error_reason(exc)) from None
-
-
-#: how far from the end of a PNG/JPEG file its end marker is looked for (writers may pad a little)
-_TAIL_BYTES = 4096
-_PNG_IEND = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC (PNG spec 11.2.5)
-_JPEG_EOI = b"\xff\xd9"  # end of image (ITU T.81 B.1.1.3); never inside entropy-coded data (FF is stuffed)
-
-
-def _check_raster_end(path: Path, fp: Any, kind: str, after: int) -> None:
-    """Refuse a PNG without its IEND chunk, or a JPEG without its EOI marker after the SOF, in the last
-    :data:`_TAIL_BYTES`: the file was cut. A cheap check (one read at the end) that lets the header-only
-    readers (``medviewer info``, the folder scan) call a truncated raster truncated; decoders fill the
-    missing rows with grey or black, or refuse only when decoding.
-
-    Raises
-    ------
-    ReadError
-        ``truncated: no PNG IEND chunk at the end`` / ``truncated: no JPEG end-of-image marker (FFD9) ...``.
-    """
-    size = os.fstat(fp.fileno()).st_size
-    start = max(after, size - _TAIL_BYTES)
-    fp.seek(start)
-    tail = fp.read(size - start)
-    if kind == FileKind.PNG:
-        if _PNG_IEND not in tail:
-            raise ReadError(path, "truncated: no PNG IEND chunk at the end of the file")
-    elif _JPEG_EOI not in tail:
-        raise ReadError(path, "truncated: no JPEG end-of-image marker (FFD9) at the end of the file")
-
-
 def _read_raster_instance(path: Path, kind: str) -> Instance:
     header = _raster_header(path, kind)
     if header is None:
@@ -493,102 +297,12 @@ def _read_raster_instance(path: Path, kind: str) -> Instance:
 
 
 # ----------------------------------------------------------------------- DICOM
-def _probe_pixel_element(fp: Any, ds: Dataset, file_size: int) -> tuple[int, int, int] | None:
-    """After ``dcmread(stop_before_pixels=True)``: (tag, value length, value offset) of the pixel element,
-    or None. A negative length is the number of bytes present when the value is cut short."""
-    try:
-        implicit, little = ds.original_encoding
-    except Exception:
-        implicit, little = True, True
-    order = "<" if little in (True, None) else ">"
-    start = fp.tell()
-    head = fp.read(12)
-    if len(head) < 8:
-        return None
-    group, elem = struct.unpack(order + "HH", head[:4])
-    tag = (group << 16) | elem
-    if tag not in _PIXEL_TAGS:
-        return None
-    vr = head[4:6]
-    if implicit or not (vr.isalpha() and vr.isupper()):  # some writers put implicit-VR Pixel Data here
-        (length,) = struct.unpack(order + "I", head[4:8])
-        value_start = start + 8
-    elif vr in (b"OB", b"OW", b"OF", b"OD", b"OL", b"UN", b"OV"):
-        (length,) = struct.unpack(order + "I", head[8:12])
-        value_start = start + 12
-    else:
-        (length,) = struct.unpack(order + "H", head[6:8])
-        value_start = start + 8
-    if length != _UNDEFINED and value_start + length > file_size:
-        return tag, -(file_size - value_start), value_start  # negative: bytes actually present
-    return tag, length, value_start
-
-
-def _check_elements_after_pixels(path: Path, fp: Any, ds: Dataset, end: int, file_size: int) -> None:
-    """Refuse a file cut inside the elements that follow the pixel element (typically Data Set Trailing
-    Padding (FFFC,FFFC), PS3.10 7.2): the pixels may be whole, but the file is incomplete like any other
-    truncation. `end` is the offset just past the pixel element. Bytes that do not parse as a later element
-    (some writers append junk) are left alone.
-
-    Raises
-    ------
-    ReadError
-        ``... is truncated: ... declares N bytes, M present; the file is incomplete``.
-    """
-    try:
-        implicit, little = ds.original_encoding
-    except Exception:
-        implicit, little = True, True
-    order = "<" if little in (True, None) else ">"
-    pos = end
-    for _ in range(16):  # a handful of trailing elements at most; never a walk over junk
-        if pos >= file_size:
-            return
-        fp.seek(pos)
-        head = fp.read(12)
-        if len(head) < 4:
-            return
-        group, elem = struct.unpack(order + "HH", head[:4])
-        tag = (group << 16) | elem
-        if tag <= 0x7FE00010 or group == 0xFFFE:  # not an element after Pixel Data (PS3.5 7.1: ascending)
-            return
-        known = pydicom.datadict.dictionary_has_tag(tag)
-        name = f"{pydicom.datadict.dictionary_description(tag) if known else 'element'} ({group:04X},{elem:04X})"
-        explicit_long = not implicit and head[4:6] in _LONG_LENGTH_VRS
-        header_len = 12 if explicit_long else 8
-        if len(head) < header_len:
-            raise ReadError(path, f"truncated: the file ends inside the header of {name} after the Pixel Data; "
-                                  f"the file is incomplete")
-        if implicit or explicit_long:
-            (length,) = struct.unpack(order + "I", head[header_len - 4:header_len])
-        else:
-            (length,) = struct.unpack(order + "H", head[6:8])
-        if length == _UNDEFINED:
-            return  # an undefined-length sequence after the pixels: not ours to walk
-        if pos + header_len + length > file_size:
-            raise ReadError(path, f"truncated: {name} after the Pixel Data declares {length} bytes, "
-                                  f"{file_size - pos - header_len} present; the file is incomplete")
-        pos += header_len + length
-
-
 def _expected_native_bytes(inst: Instance) -> int:
     bits = inst.bits_allocated
     pixels = inst.rows * inst.columns * max(1, inst.number_of_frames) * inst.samples_per_pixel
     if inst.photometric_interpretation == PhotometricInterpretation.YBR_FULL_422:
         pixels = pixels * 2 // 3
     return (pixels * bits + 7) // 8
-
-
-def _transfer_syntax_problem(ts: str) -> str | None:
-    """None when `ts` is a known transfer syntax UID (PS3.5 10, PS3.6 Annex A), else the reason."""
-    try:
-        uid = pydicom.uid.UID(ts)
-        if uid.is_transfer_syntax:
-            return None
-    except Exception:
-        pass
-    return (f"unknown Transfer Syntax UID (0002,0010) '{ts}': not a DICOM transfer syntax (PS3.5 10), so "
-            f"the pixel data cannot be decoded")
 
 
 def _read_dicom_instance(path: Path) -> Instance:
@@ -680,62 +394,6 @@ def _checked_dicom_instance(path: Path, fp: Any, file_size: int, ds: Dataset,
         except OSError as exc:
             raise ReadError(path, os_error_reason(exc)) from None
     return inst
-
-
-def _check_palette(path: Path, ds: Dataset) -> None:
-    """Palette Color Lookup Table descriptors and data (PS3.3 C.7.6.3.1.5, C.7.9): refuse what would not
-    decode to a colour image (0 or 7 bits per entry, wrong value count, missing data)."""
-    for colour in ("Red", "Green", "Blue"):
-        key = f"{colour}PaletteColorLookupTableDescriptor"
-        try:
-            desc = ds.get(key)
-            values = [] if desc is None else [int(v) for v in (desc.value if hasattr(desc, "value") else desc)]
-        except Exception:
-            values = None
-        name = f"{colour} Palette Color Lookup Table Descriptor"
-        if values is None or len(values) != 3:
-            raise ReadError(path, f"PALETTE COLOR image with a missing or malformed {name} "
-                                  f"(3 values expected, PS3.3 C.7.6.3.1.5)")
-        entries, _first, bits = values
-        if bits not in (8, 16):
-            raise ReadError(path, f"{name} declares {bits} bits per entry (8 or 16 expected, "
-                                  f"PS3.3 C.7.6.3.1.5); refused")
-        entries = entries or 65536
-        data = ds.get(f"{colour}PaletteColorLookupTableData")
-        segmented = f"Segmented{colour}PaletteColorLookupTableData" in ds
-        if data is None and not segmented:
-            raise ReadError(path, f"PALETTE COLOR image without {colour} Palette Color Lookup Table Data")
-        if data is not None and not segmented:
-            try:
-                value = data.value if hasattr(data, "value") else data
-                count = len(value) if isinstance(value, bytes | bytearray) else 2 * len(value)
-            except Exception:
-                count = 0
-            if count < entries:  # bytes; 8-bit entries may be packed two per 16-bit word
-                raise ReadError(path, f"{colour} Palette Color Lookup Table Data has {count} bytes; the "
-                                      f"descriptor declares {entries} entries of {bits} bits; refused")
-
-
-def _check_rescale(path: Path, ds: Dataset, frames: int, modality: str, bits_stored: int, signed: bool) -> None:
-    """Refuse a rescale that would make every modality value wrong: an unreadable Rescale Slope/Intercept
-    or one that overflows (:func:`rescale_problem`), for the first frame and every frame with its own Pixel
-    Value Transformation (PS3.3 C.7.6.16.2.9)."""
-    checked = [0]
-    if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
-        try:
-            per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-            checked += [k for k, item in enumerate(per_frame) if 0 < k < frames
-                        and "PixelValueTransformationSequence" in item]
-        except Exception:
-            pass
-    for frame in checked:
-        try:
-            values = header.rescale(ds, frame, modality)
-        except HeaderError as exc:
-            raise ReadError(path, str(exc)) from None
-        problem = values.problem(bits_stored, signed)
-        if problem:
-            raise ReadError(path, problem if len(checked) == 1 else f"frame {frame + 1}: {problem}")
 
 
 def _instance_from_header(path: Path, ds: Dataset, ts: str | None) -> Instance:
