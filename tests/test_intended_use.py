@@ -89,7 +89,7 @@ def test_ct_is_out_of_scope_by_modality_and_not_auto_run(shipped):
 
 def test_paediatric_demo_is_in_scope_and_flagged(shipped):
     a, pred = _run(shipped, PAEDIATRIC)
-    assert a.status == Status.IN_SCOPE and a.reasons == [] and a.checks["age"].value == "3 y"
+    assert a.status == Status.IN_SCOPE and a.reasons == () and a.checks["age"].value == "3 y"
     assert a.checks["view"].status == CheckStatus.UNKNOWN  # an empty View Position is unknown, never a failure
     assert pred.flagged == ["pneumonia"] and pred.regions
 
@@ -216,3 +216,55 @@ def test_cli_infer_dicom_results_follow_the_policy(tmp_path):
     assert regions("paediatric-cxr-pneumonia.dcm")  # the flagged region, as an image region (SCOORD)
     assert regions("RG1_UNCR.dcm") == []  # out of scope: no region recorded
     assert sr("RG1_UNCR.dcm").StudyInstanceUID == pydicom.dcmread(inputs[0], stop_before_pixels=True).StudyInstanceUID
+
+
+def test_assessment_is_a_frozen_typed_value_carried_to_every_view(shipped):
+    """The policy's Assessment travels typed on the prediction; the withhold rule is one property; to_dict() and
+    from_dict() are the edges (results.json) and give the same value back."""
+    import dataclasses
+
+    from medviewer.inference.applicability import (
+        OUT_OF_SCOPE_LABEL,
+        OVERRIDDEN_LABEL,
+        Assessment,
+        show_anyway,
+    )
+
+    a, pred = _run(shipped, pydicom_test_file("RG1_UNCR.dcm"))
+    assert pred.applicability is a and isinstance(a, Assessment)
+    assert a.status is Status.OUT_OF_SCOPE and a.withheld and pred.withheld and a.scope_label == OUT_OF_SCOPE_LABEL
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.overridden = True  # type: ignore[misc]
+    back = Assessment.from_dict(json.loads(json.dumps(a.to_dict())))
+    assert back == a and back.reasons == a.reasons and back.checks == a.checks and back.status is Status.OUT_OF_SCOPE
+    assert back.ood_score == pytest.approx(a.ood_score, abs=1e-4)
+    # the override is a new value; the old one stays withheld
+    withheld_flags = list(pred.suppressed_flags)
+    assert not pred.flagged and not pred.regions
+    assert show_anyway(pred) and pred.flagged == withheld_flags
+    assert pred.applicability.overridden and not pred.applicability.withheld and a.withheld
+    assert pred.applicability.scope_label == OVERRIDDEN_LABEL and not show_anyway(pred)
+    # a dict assigned to a prediction (results.json read back, older callers) becomes an Assessment
+    pred.applicability = {"status": "in_scope", "reasons": [], "ood_score": "inf"}
+    assert isinstance(pred.applicability, Assessment) and pred.applicability.status is Status.IN_SCOPE
+    assert pred.applicability.ood_score == float("inf") and not pred.withheld
+    with pytest.raises(ValueError):
+        Assessment.from_dict({"status": "maybe"})
+
+
+def test_export_and_inference_import_nothing_from_the_workstation():
+    """The policy and the overlay composition sit below export: no module of inference/ or export/ imports
+    medviewer.workstation (checked on the source with ast, module level and inside functions)."""
+    import ast
+
+    import medviewer
+
+    root = Path(medviewer.__file__).parent
+    bad = []
+    for pkg in ("inference", "export"):
+        for path in sorted((root / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                bad += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith("medviewer.workstation")]
+    assert not bad, bad

@@ -190,7 +190,7 @@ def _result_entry(o, model: str | None = None) -> dict:
         "scores": {} if pred is None else {k: round(v, 6) for k, v in pred.scores.items()},
         "flagged": [] if pred is None else list(pred.flagged),
         "regions": [] if pred is None else [r.to_dict() for r in pred.regions],
-        "applicability": None if pred is None else pred.applicability,
+        "applicability": None if pred is None or pred.applicability is None else pred.applicability.to_dict(),
         "energy": None if pred is None or pred.energy is None else round(pred.energy, 4),
         "seconds": round(o.seconds, 4),
         "error": o.error,
@@ -206,8 +206,7 @@ def write_results(out_dir: Path, package, session, outcomes, *, options: dict, w
 
     labels = list(package.card.labels)
     failed = sum(1 for o in outcomes if not o.ok)
-    out_of_scope = sum(1 for o in outcomes if o.prediction is not None and (o.prediction.applicability or {})
-                       .get("status") == "out_of_scope")
+    out_of_scope = sum(1 for o in outcomes if _out_of_scope(o))
     card = package.card
     doc = {
         "model": {"name": package.card.name, "version": package.card.version, "sha256": package.card.sha256,
@@ -244,11 +243,12 @@ def write_results(out_dir: Path, package, session, outcomes, *, options: dict, w
         for o in outcomes:
             pred = o.prediction
             scores = pred.scores if pred is not None else {}
-            app = (pred.applicability or {}) if pred is not None else {}
+            app = None if pred is None else pred.applicability
             ood = "" if pred is None or pred.ood_score is None else f"{pred.ood_score:.4f}"
             w.writerow([display_path(o.path), *([o.frame if o.frame is not None else ""] if frame_col else []),
                         *(f"{scores[lab]:.6f}" if lab in scores else "" for lab in labels),
-                        ";".join(pred.flagged if pred is not None else []), app.get("status", ""), ood,
+                        ";".join(pred.flagged if pred is not None else []), "" if app is None else app.status.value,
+                        ood,
                         o.error or ""])
     return json_path, csv_path
 
@@ -280,7 +280,7 @@ def _on_done_factory(args: argparse.Namespace, out_dir: Path, items: list, packa
 
     def on_done(outcome, display_u8, pred):
         extra: dict = {}
-        if skip_out_of_scope and (pred.applicability or {}).get("status") == "out_of_scope":
+        if skip_out_of_scope and pred.applicability is not None and pred.applicability.out_of_scope:
             return extra
         rgb = render_overlay(display_u8, pred, alpha=args.alpha, colormap=args.colormap, negative_label=negative)
         if args.overlays:
@@ -295,7 +295,8 @@ def _on_done_factory(args: argparse.Namespace, out_dir: Path, items: list, packa
                 extra["dicom"] = None  # PNG/JPEG: no study to put a DICOM result in
             else:
                 with lock:  # the writer numbers instances per study
-                    paths = writer.write(ds, pred, rgb, applicability=pred.applicability,
+                    app = None if pred.applicability is None else pred.applicability.to_dict()
+                    paths = writer.write(ds, pred, rgb, applicability=app,
                                          frame=getattr(item, "frame", None))
                 extra["dicom"] = [str(q.relative_to(out_dir)) for q in paths]
         return extra
@@ -368,10 +369,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"medviewer: ... and {len(failed) - 10} more failures (see {json_path})", file=sys.stderr)
     n_ok = len(outcomes) - len(failed)
     flagged = sum(1 for o in outcomes if o.prediction is not None and o.prediction.flagged)
-    scope = [o for o in outcomes if o.prediction is not None
-             and (o.prediction.applicability or {}).get("status") == "out_of_scope"]
+    scope = [o for o in outcomes if _out_of_scope(o)]
     for o in scope[:10]:
-        reasons = "; ".join(o.prediction.applicability.get("reasons", []))
+        reasons = "; ".join(o.prediction.applicability.reasons)
         verb = "shown anyway" if args.ignore_intended_use else "no findings reported"
         print(f"medviewer: outside intended use ({verb}): {o.path}: {reasons}", file=sys.stderr)
     not_written = [o for o in outcomes if o.extra.get("export_error")]
@@ -421,8 +421,10 @@ def _resolve_many(spec: str) -> list:
     return pkgs
 
 
-def _status(o) -> str | None:
-    return None if o.prediction is None else (o.prediction.applicability or {}).get("status")
+def _out_of_scope(o) -> bool:
+    """True when outcome ``o`` was scored and the intended-use policy found its image out of scope."""
+    app = None if o.prediction is None else o.prediction.applicability
+    return app is not None and app.out_of_scope
 
 
 def _model_info(package, session) -> dict:
@@ -450,14 +452,14 @@ def _combine(runs: list, n_items: int, ignore_intended_use: bool) -> tuple[list[
             failed += 1
             entries.append(_result_entry(per[0][1], None))
             continue
-        chosen = ok if ignore_intended_use else [(pkg, o) for pkg, o in ok if _status(o) != "out_of_scope"]
+        chosen = ok if ignore_intended_use else [(pkg, o) for pkg, o in ok if not _out_of_scope(o)]
         if not chosen:
             none_applies += 1
             chosen = ok
         entries += [_result_entry(o, pkg.card.name) for pkg, o in chosen]
         entries += [_result_entry(o, pkg.card.name) for pkg, o in per if not o.ok]
         left_out += [{"path": str(o.path), "frame": o.frame, "model": pkg.card.name,
-                      "reasons": list((o.prediction.applicability or {}).get("reasons", []))}
+                      "reasons": [] if o.prediction.applicability is None else list(o.prediction.applicability.reasons)}
                      for pkg, o in ok if all(o is not c for _p, c in chosen)]
     return entries, left_out, failed, none_applies
 
@@ -469,6 +471,7 @@ def _run_many(args: argparse.Namespace, ai, packages: list, out_dir: Path, items
 
     from medviewer import __version__
     from medviewer.audit import record_ai_run
+    from medviewer.inference.applicability import Status
 
     runs = []
     t0 = time.perf_counter()
@@ -497,7 +500,7 @@ def _run_many(args: argparse.Namespace, ai, packages: list, out_dir: Path, items
     wall = time.perf_counter() - t0
     entries, left_out, failed, none_applies = _combine(runs, len(items), bool(args.ignore_intended_use))
     by_model = {pkg.card.name: sum(1 for e in entries if e["model"] == pkg.card.name and e["error"] is None
-                                   and (e["applicability"] or {}).get("status") != "out_of_scope")
+                                   and (e["applicability"] or {}).get("status") != Status.OUT_OF_SCOPE)
                 for pkg, _s, _o in runs}
     options = {"inputs": list(args.inputs), "models": args.models, "batch": args.batch,
                "overlays": bool(args.overlays), "region_threshold": args.region_threshold,
@@ -529,11 +532,12 @@ def _run_many(args: argparse.Namespace, ai, packages: list, out_dir: Path, items
         w.writerow(["path", *(["frame"] if frame_col else []), "model", *labels, "flagged", "applicability",
                     "ood_score", "error"])
         for e in entries:
-            app = e["applicability"] or {}
+            app = e["applicability"] or {}  # the serialised form (results.json)
             ood = app.get("ood_score")
+            ood = ood if ood is None or isinstance(ood, str) else f"{ood:.4f}"
             w.writerow([display_path(e["path"]), *([e["frame"] if e["frame"] is not None else ""] if frame_col else []),
                         e["model"] or "", *(f"{e['scores'][lab]:.6f}" if lab in e["scores"] else "" for lab in labels),
-                        ";".join(e["flagged"]), app.get("status", ""), "" if ood is None else f"{ood:.4f}",
+                        ";".join(e["flagged"]), app.get("status", ""), "" if ood is None else ood,
                         e["error"] or ""])
     for e in [e for e in entries if e["error"]][:10]:
         where = "" if e["path"] in e["error"] else f"{e['path']}: "

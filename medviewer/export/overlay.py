@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 
 from medviewer.errors import MedViewerError
+from medviewer.inference.applicability import findings_withheld
 from medviewer.inference.heatmap import composite, to_rgb
+from medviewer.inference.overlay import REGION_COLOR, AiOverlay, ai_overlay_layer, overlay_layer
 from medviewer.inference.regions import Region
-from medviewer.workstation.intended_use import findings_withheld
-from medviewer.workstation.overlay import REGION_COLOR, AiOverlay, ai_overlay_layer, overlay_layer
 
 __all__ = ["REGION_COLOR", "draw_regions", "draw_caption", "overlay_label", "render_overlay", "save_image",
            "IMAGE_SUFFIXES"]

@@ -35,8 +35,9 @@ from PySide6.QtWidgets import (
 from medviewer.export.overlay import overlay_label
 from medviewer.gui import theme
 from medviewer.gui.viewport import numpy_to_qimage
+from medviewer.inference.applicability import Assessment, Status
+from medviewer.inference.session import operating_threshold
 from medviewer.providers import short_name
-from medviewer.workstation.intended_use import findings_withheld
 
 __all__ = ["AiPanel", "ScoreRow", "ColorBar"]
 
@@ -331,13 +332,14 @@ class AiPanel(QWidget):
         if pred is None or not lab:
             self.cam_note.setText("")
             return
-        app = getattr(pred, "applicability", None) or {}
-        if findings_withheld(app):
+        app = Assessment.coerce(getattr(pred, "applicability", None))
+        if app is not None and app.withheld:
             self.cam_note.setText("Outside the model's intended use: no heat map is shown.")
             self.cam_note.setStyleSheet(f"color: {theme.MUTED};")
         elif lab in pred.flagged:
             self.cam_note.setText(f"Where the model saw evidence for {lab} (flagged"
-                                  + (", shown anyway outside intended use)." if app.get("overridden") else ")."))
+                                  + (", shown anyway outside intended use)." if app is not None and app.overridden
+                                     else ")."))
             self.cam_note.setStyleSheet(f"color: {theme.FLAG};")
         else:
             self.cam_note.setText(f"{lab} is below its operating point: this map is not a finding.")
@@ -383,11 +385,11 @@ class AiPanel(QWidget):
         self.scores_box.setVisible(False)
         self.status.setText(text)
 
-    def _scope_banner(self, app: dict) -> QWidget:
+    def _scope_banner(self, app: Assessment) -> QWidget:
         """The intended-use message at the top of the result: reasons in plain words, and "Show anyway"."""
         box = QFrame()
         box.setObjectName("scopeBanner")
-        overridden = bool(app.get("overridden"))
+        overridden = app.overridden
         box.setStyleSheet(f"#scopeBanner {{ border: 1px solid {theme.FLAG}; border-radius: 4px; "
                           "background: #2b2418; }")
         lay = QVBoxLayout(box)
@@ -397,7 +399,7 @@ class AiPanel(QWidget):
         title.setWordWrap(True)
         title.setStyleSheet(f"color: {theme.FLAG}; font-weight: bold;")
         lay.addWidget(title)
-        for reason in app.get("reasons", []):
+        for reason in app.reasons:
             r = QLabel("• " + reason)
             r.setWordWrap(True)
             r.setStyleSheet("color: #e8dcc8; font-size: 9pt;")
@@ -417,24 +419,23 @@ class AiPanel(QWidget):
     def show_prediction(self, pred: Any, card: Any, provider: str, where: str = "") -> None:
         """Show a :class:`~medviewer.inference.Prediction` of ``card``'s model run on ``provider``.
 
-        An out-of-scope result (``pred.applicability["status"] == "out_of_scope"``, see
-        :mod:`medviewer.workstation.intended_use`) shows the reasons at the top, grey score bars and no
-        FLAGGED badge, unless the reader pressed "Show anyway".
+        An out-of-scope result (``pred.applicability.out_of_scope``, see
+        :mod:`medviewer.inference.applicability`) shows the reasons at the top, grey score bars and no
+        FLAGGED badge, unless the reader pressed "Show anyway" (:attr:`Assessment.withheld` decides).
         """
         self.clear_result()
         self.scores_box.setVisible(True)
         self.prediction = pred
         self.show_anyway_button = None
-        app = getattr(pred, "applicability", None) or {}
-        out_of_scope = app.get("status") == "out_of_scope"
-        muted = findings_withheld(app)
+        app = Assessment.coerce(getattr(pred, "applicability", None))
+        out_of_scope = app is not None and app.out_of_scope
+        muted = app is not None and app.withheld
         neg = getattr(card, "negative_label", None)
         for lab in pred.labels:
-            op = card.operating_point(lab)
-            row = ScoreRow(lab, pred.scores.get(lab, 0.0), op.threshold if op else None,
+            row = ScoreRow(lab, pred.scores.get(lab, 0.0), operating_threshold(card, lab),
                            lab in pred.flagged, lab == neg, muted=muted)
             self.scores_layout.addWidget(row)
-        if out_of_scope:
+        if app is not None and out_of_scope:
             head = self._scope_banner(app)
         elif pred.flagged:
             head = QLabel("Flagged: " + ", ".join(pred.flagged))
@@ -444,7 +445,7 @@ class AiPanel(QWidget):
             head = QLabel("No finding at the operating point")
             head.setStyleSheet(f"color: {theme.OK};")
         self.scores_layout.insertWidget(0, head)
-        if app.get("status") == "unknown":
+        if app is not None and app.status == Status.UNKNOWN:
             note = QLabel("The model card (schema 1) states no machine-readable intended use")
             note.setWordWrap(True)
             note.setStyleSheet(f"color: {theme.MUTED}; font-size: 8.5pt;")

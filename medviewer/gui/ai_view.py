@@ -16,10 +16,9 @@ from PySide6.QtCore import QObject, Signal
 
 from medviewer.export.overlay import overlay_label
 from medviewer.gui.viewport import AiOverlay
+from medviewer.inference.applicability import show_anyway as override_intended_use
 from medviewer.providers import short_name
 from medviewer.workstation.ai import AiController
-from medviewer.workstation.intended_use import findings_withheld
-from medviewer.workstation.intended_use import show_anyway as override_intended_use
 from medviewer.workstation.session import PredictionEntry
 
 __all__ = ["AiView"]
@@ -223,7 +222,7 @@ class AiView(QObject):
                     vp.set_ai(sr)
                 continue
             pred = entry.prediction
-            silent = findings_withheld(pred.applicability)  # out of scope: no heat map, no regions
+            silent = pred.withheld  # out of scope: no heat map, no regions (Assessment.withheld)
             label = (panel.cam_label_index() if vp is self.win.active
                      else pred.labels.index(overlay_label(pred, negative_label=entry.package.card.negative_label)))
             vp.set_ai(AiOverlay(vp.frame_uid(), pred, list(pred.labels), list(pred.flagged),

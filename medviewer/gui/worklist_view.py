@@ -41,6 +41,8 @@ from PySide6.QtWidgets import (
 
 from medviewer.gui.overlays import format_date, format_person_name
 from medviewer.gui.workers import FnTask, Task
+from medviewer.inference.applicability import Status
+from medviewer.workstation.worklist import NOT_SCORED
 
 __all__ = ["WorklistView", "show_worklist", "COLUMNS", "APPLICABILITY_TEXT", "patient_text"]
 
@@ -48,8 +50,8 @@ __all__ = ["WorklistView", "show_worklist", "COLUMNS", "APPLICABILITY_TEXT", "pa
 COLUMNS = ("Patient", "Study date", "Description", "Modalities", "Top finding", "Probability",
            "AI applicability", "Read")
 #: StudyTriage.applicability -> the text shown
-APPLICABILITY_TEXT = {"in_scope": "in scope", "out_of_scope": "out of scope", "unknown": "unknown",
-                      "not_scored": "not scored"}
+APPLICABILITY_TEXT = {Status.IN_SCOPE: "in scope", Status.OUT_OF_SCOPE: "out of scope", Status.UNKNOWN: "unknown",
+                      NOT_SCORED: "not scored"}
 _REFRESH_S = 0.5  # table refresh interval while a triage runs
 
 
@@ -258,7 +260,7 @@ class WorklistView(QWidget):
             return
         self.worklist = wl
         self.fill()
-        n_in = sum(e.applicability in ("in_scope", "unknown") for e in self.entries)
+        n_in = sum(e.applicability in (Status.IN_SCOPE, Status.UNKNOWN) for e in self.entries)
         n_img = sum(e.scored for e in self.entries)
         n_failed = sum(e.failed for e in self.entries)
         self._set_status(f"{len(self.entries)} stud{'y' if len(self.entries) == 1 else 'ies'}, {n_img} images "
@@ -318,11 +320,11 @@ class WorklistView(QWidget):
     def _tooltip(e: Any) -> str:
         if e.error:
             return e.error
-        if e.applicability == "out_of_scope":
+        if e.applicability == Status.OUT_OF_SCOPE:
             return "Outside the model's intended use: " + "; ".join(e.reasons)
-        if e.applicability == "unknown":
+        if e.applicability == Status.UNKNOWN:
             return "The model card states no intended use to check against"
-        if e.applicability == "not_scored":
+        if e.applicability == NOT_SCORED:
             return "Not scored (triage cancelled before this study)"
         extra = f"; {e.out_of_scope} image(s) out of scope: " + "; ".join(e.reasons) if e.out_of_scope else ""
         return f"{e.in_scope} of {e.scored} scored image(s) in the model's intended use{extra}"

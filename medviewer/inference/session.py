@@ -35,6 +35,7 @@ import numpy as np
 from medviewer.errors import InferenceError
 from medviewer.imaging.preprocess import ResizeGeometry, preprocess
 from medviewer.inference import _ort
+from medviewer.inference.applicability import Assessment
 from medviewer.inference.card import ModelCard, Task
 from medviewer.inference.gate import Gate
 from medviewer.inference.package import ModelPackage, input_size_problem
@@ -51,6 +52,7 @@ __all__ = [
     "open_session",
     "probabilities",
     "flag",
+    "operating_threshold",
 ]
 
 CPU = ExecutionProvider.CPU.value
@@ -67,6 +69,15 @@ def probabilities(logits: np.ndarray, task: Task) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def operating_threshold(card: ModelCard, label: str) -> float | None:
+    """The probability at or above which ``label`` is flagged: its operating point's threshold on the card
+    (:meth:`ModelCard.operating_point`), or None when the card has none for it (then :func:`flag` falls back
+    to the top label / 0.5). The one place the app reads an operating point: :func:`flag` decides with it,
+    the AI panel draws it as the tick on the score bar."""
+    op = card.operating_point(label)
+    return None if op is None else float(op.threshold)
+
+
 def flag(scores: dict[str, float], card: ModelCard) -> list[str]:
     """Labels flagged at the card's operating points, in label order.
 
@@ -77,10 +88,10 @@ def flag(scores: dict[str, float], card: ModelCard) -> list[str]:
     top = max(scores, key=scores.__getitem__) if scores else None
     out = []
     for label in card.positive_labels:
-        op = card.operating_point(label)
+        threshold = operating_threshold(card, label)
         p = scores[label]
-        if op is not None:
-            hit = p >= op.threshold
+        if threshold is not None:
+            hit = p >= threshold
         else:
             hit = label == top if card.task == Task.MULTICLASS else p >= 0.5
         if hit:
@@ -116,9 +127,11 @@ class Prediction:
         The free energy ``-logsumexp(logits)`` (Liu et al. 2020, "Energy-based Out-of-distribution
         Detection", NeurIPS): lower = more typical. Reported for research, not used for decisions.
     applicability
-        Set by the intended-use policy (:mod:`medviewer.workstation.intended_use`): a dict with ``status``
-        (``"in_scope"``, ``"out_of_scope"`` or ``"unknown"``), ``reasons``, ``checks``, ``ood_score``,
-        ``ood_threshold``, ``overridden``; None until the policy ran.
+        Set by the intended-use policy (:mod:`medviewer.inference.applicability`): a frozen
+        :class:`~medviewer.inference.applicability.Assessment` (``status``, ``reasons``, ``checks``, the OOD
+        score and threshold, ``overridden``; :attr:`~medviewer.inference.applicability.Assessment.withheld`
+        is the withhold rule); None until the policy ran. A dict assigned here (the ``to_dict()`` form, e.g.
+        read back from ``results.json``) is converted with ``Assessment.from_dict``.
     gate
         The applicability gate's class probabilities (card schema 3, :mod:`medviewer.inference.gate`):
         class -> probability; None when the package has no gate.
@@ -136,10 +149,21 @@ class Prediction:
     seconds: float = 0.0
     ood_score: float | None = None
     energy: float | None = None
-    applicability: dict | None = None
+    applicability: Assessment | None = None
     suppressed_flags: list[str] = field(default_factory=list)
     suppressed_regions: list[Region] = field(default_factory=list)
     gate: dict[str, float] | None = None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "applicability" and value is not None and not isinstance(value, Assessment):
+            value = Assessment.from_dict(value)  # type: ignore[arg-type]
+        object.__setattr__(self, name, value)
+
+    @property
+    def withheld(self) -> bool:
+        """:attr:`Assessment.withheld <medviewer.inference.applicability.Assessment.withheld>` of this result
+        (False before the policy ran): no flag, heat map or region may be shown."""
+        return self.applicability is not None and self.applicability.withheld
 
     def cam(self, label: str) -> np.ndarray:
         """float32 ``(H0, W0)`` normalised CAM of ``label``."""

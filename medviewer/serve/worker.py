@@ -81,8 +81,8 @@ class Scorer:
     """
 
     def __init__(self, spool: Spool, db: SpoolDB, packages: Sequence[Any], options: ScoringOptions | None = None) -> None:
+        from medviewer.inference.applicability import IntendedUsePolicy
         from medviewer.inference.session import open_session
-        from medviewer.workstation.intended_use import IntendedUsePolicy
 
         self.spool = spool
         self.db = db
@@ -144,7 +144,7 @@ class Scorer:
 
     def score_study(self, study: str) -> None:
         """Score one study with every model (see the module docstring)."""
-        from medviewer.workstation.intended_use import should_auto_run
+        from medviewer.inference.applicability import should_auto_run
 
         self._audit_received(study)
         images = self._screen(study)
@@ -207,12 +207,10 @@ class Scorer:
             try:
                 from pydicom.uid import generate_uid
 
-                from medviewer.export.dicom_ai import _StudySeries
-
                 sr, sc = self.db.series_uids(study, package.sha256, lambda: (generate_uid(), generate_uid()))
                 n = self.db.conn().execute("SELECT COUNT(*) FROM outputs WHERE study_uid=? AND model_sha=? AND kind='SR'",
                                            (study, package.sha256)).fetchone()[0]
-                writer._studies[study] = _StudySeries(sr_uid=sr, sc_uid=sc, sr_count=n, sc_count=n)
+                writer.continue_series(study, sr, sc, sr_count=n, sc_count=n)
             except (ImportError, AttributeError, TypeError):  # the writer changed: new series each time then
                 pass
         return writer
@@ -237,25 +235,27 @@ class Scorer:
         def on_done(outcome, display_u8, pred):
             item = items[outcome.index]
             inst = item.instance
-            app = pred.applicability or {}
-            if app.get("status") == "out_of_scope" and not self.options.report_out_of_scope:
+            app = pred.applicability  # an Assessment (medviewer.inference.applicability), set by the policy
+            state = None if app is None else json.dumps({"status": app.status.value, "reasons": list(app.reasons)})
+            if app is not None and app.out_of_scope and not self.options.report_out_of_scope:
                 # the model's intended use does not fit this image: it does not report on it (as `infer --models`)
-                why = "; ".join(app.get("reasons") or []) or "outside the model's intended use"
+                why = "; ".join(app.reasons) or "outside the model's intended use"
                 self.db.add_decision(sop_uid=inst.sop_instance_uid, study_uid=study, model_sha=sha, model=card.name,
                                      outcome="not-applicable", reason=f"out of scope: {why}",
-                                     applicability=json.dumps({"status": app.get("status"), "reasons": app.get("reasons")}))
+                                     applicability=state)
                 withheld[inst.sop_instance_uid] = f"{card.name}: out of scope: {why}"
                 return {}
             rgb = render_overlay(display_u8, pred, negative_label=card.negative_label)
             with lock:  # the writer numbers instances per study
-                paths = writer.write(inst.dataset, pred, rgb, applicability=pred.applicability, frame=item.frame)
+                paths = writer.write(inst.dataset, pred, rgb, applicability=None if app is None else app.to_dict(),
+                                     frame=item.frame)
             outputs = []
             for p in paths:
                 uid = str(dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
                 outputs.append((p.name[:2], uid, str(p)))
             self.db.add_decision(sop_uid=inst.sop_instance_uid, study_uid=study, model_sha=sha, model=card.name,
                                  outcome="scored", flagged=";".join(pred.flagged or []),
-                                 applicability=json.dumps({"status": app.get("status"), "reasons": app.get("reasons")}),
+                                 applicability=state,
                                  outputs=outputs)
             return {"dicom": [str(p) for p in paths]}
 

@@ -37,7 +37,7 @@ from typing import Any
 from psygnal import Signal, SignalGroup
 
 from medviewer.errors import MedViewerError, error_line
-from medviewer.workstation.intended_use import IntendedUsePolicy, should_auto_run
+from medviewer.inference.applicability import IntendedUsePolicy, should_auto_run
 from medviewer.workstation.session import PredictionEntry, PredictionKey, ReadingSession
 
 __all__ = ["AiController", "AiEvents", "AiJob", "choose_package"]

@@ -48,7 +48,8 @@ def write_result_dicom(source: Any, k: int, entry: Any, out_dir: Path, *, deiden
     rgb = render_overlay(img, entry.prediction, alpha=alpha, colormap=colormap, negative_label=card.negative_label)
     multi = int(getattr(inst, "number_of_frames", 1) or 1) > 1
     writer = DicomResultWriter(out_dir, card, deidentify=True if deidentify else None, key=key)
-    return writer.write(ds, entry.prediction, rgb, applicability=entry.prediction.applicability,
+    app = entry.prediction.applicability  # typed here; the SR writer takes the serialised form
+    return writer.write(ds, entry.prediction, rgb, applicability=None if app is None else app.to_dict(),
                         frame=frame if multi else None)
 
 

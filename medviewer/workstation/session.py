@@ -37,7 +37,6 @@ from typing import Any, NamedTuple
 from psygnal import Signal, SignalGroup
 
 from medviewer.workstation.frames import FrameSource, frame_identity, instance_identity
-from medviewer.workstation.intended_use import findings_withheld
 
 __all__ = ["ReadingSession", "SessionEvents", "Measurements", "MeasurementEvents", "PredictionKey", "PredictionEntry",
            "series_key"]
@@ -70,7 +69,8 @@ class PredictionEntry:
     key
         :class:`PredictionKey`.
     prediction
-        :class:`medviewer.inference.Prediction`, after the intended-use policy ran (``applicability`` set).
+        :class:`medviewer.inference.Prediction`, after the intended-use policy ran (``applicability``: a typed
+        :class:`~medviewer.inference.applicability.Assessment`).
     provider
         The execution provider that actually ran the model, e.g. ``"CPUExecutionProvider"``.
     note
@@ -91,9 +91,9 @@ class PredictionEntry:
         P=0.12)"`` or ``"<model>: outside intended use: <reasons>"`` (no probability is shown then)."""
         pred, card = self.prediction, self.package.card
         name = card.name
-        app = pred.applicability or {}
-        if findings_withheld(app):  # the one withhold rule (medviewer.workstation.intended_use)
-            return f"{name}: outside intended use: " + "; ".join(app.get("reasons", []))
+        app = pred.applicability
+        if app is not None and app.withheld:  # the one withhold rule (Assessment.withheld)
+            return f"{name}: outside intended use: " + "; ".join(app.reasons)
         scores = getattr(pred, "scores", {}) or {}
         if pred.flagged:
             return f"{name}: flagged " + ", ".join(

@@ -1,11 +1,13 @@
 """Triage worklist: studies scored in the background, listed by their highest in-scope finding probability.
 
 This is what the "CADt" (computer-aided triage) columns of a PACS worklist do: every study of a folder (or
-retrieved from a PACS query) is scored with the chosen model, each image is checked against the model's
-intended use (:class:`~medviewer.workstation.intended_use.IntendedUsePolicy`), and the study is ranked by
-the highest probability of a positive label over its *in-scope* images. Studies whose every image is out of
-scope are listed after all the others -- the model has nothing to say about them -- with the reasons; a
-study that could not be scored comes last with its error. Read/unread is the reader's own state, kept per
+retrieved from a PACS query) is scored with every installed model (or the chosen ones), each (image, model)
+result is checked against that model's intended use
+(:class:`~medviewer.inference.applicability.IntendedUsePolicy`), and the study is ranked by the highest
+probability of a positive label over its *in-scope* results, whichever model gave it (the entry names the
+model: :attr:`StudyTriage.top_model`). Studies with no in-scope result are listed after all the others -- no
+model has anything to say about them -- with the reasons; a study that could not be scored comes last with
+its error. Read/unread is the reader's own state, kept per
 Study Instance UID in a small JSON file.
 
 Qt-free: the GUI shows :meth:`Worklist.rows` in a table and calls :func:`triage_folder` /
@@ -26,9 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medviewer.workstation.intended_use import Status, findings_withheld
+from medviewer.inference.applicability import Assessment, Status
 
-__all__ = ["StudyTriage", "Worklist", "triage_folder", "triage_pacs", "read_state_file"]
+__all__ = ["StudyTriage", "Worklist", "triage_folder", "triage_pacs", "read_state_file", "NOT_SCORED"]
+
+#: :attr:`StudyTriage.applicability` of a study with no scored image (beside the :class:`Status` values)
+NOT_SCORED = "not_scored"
 
 
 def read_state_file() -> Path:
@@ -51,16 +56,18 @@ class StudyTriage:
     paths, modalities
         The study's image files (to open it) and its modalities, in the order met.
     images, scored, failed
-        Images seen, scored, and that could not be scored.
+        Images seen; (image, model) results scored, and that could not be scored (with one model: images).
     in_scope, out_of_scope, unknown
-        Scored images per applicability status (``unknown``: the card states no intended use).
-    top_probability, top_label, top_sop_instance_uid
-        The highest positive-label probability over the images that are not out of scope, its label and
-        image; None when no image is in scope.
+        Scored (image, model) results per applicability status (``unknown``: the card states no intended use).
+    top_probability, top_label, top_sop_instance_uid, top_model
+        The highest positive-label probability over the results that are not withheld (out of scope), its
+        label, image and model name; None when no result is in scope.
     flagged
-        Labels flagged (at the card's operating points) on in-scope images.
+        Labels flagged (at each card's operating points) on in-scope results.
+    flagged_by
+        label -> the names of the models that flagged it (in-scope results only).
     reasons
-        The out-of-scope reasons met (each once).
+        The out-of-scope reasons met (each once; prefixed by the model's name when given).
     read
         The reader has opened / marked it.
     error
@@ -84,35 +91,42 @@ class StudyTriage:
     top_probability: float | None = None
     top_label: str | None = None
     top_sop_instance_uid: str | None = None
+    top_model: str | None = None
     flagged: list[str] = field(default_factory=list)
+    flagged_by: dict[str, list[str]] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
     read: bool = False
     error: str | None = None
 
     @property
-    def applicability(self) -> str:
-        """``in_scope`` when any image is in scope, ``unknown`` when none is but some are unknown,
-        ``out_of_scope`` when every scored image is out of scope, ``not_scored`` otherwise."""
+    def applicability(self) -> Status | str:
+        """:attr:`Status.IN_SCOPE` when any result is in scope, :attr:`Status.UNKNOWN` when none is but some
+        are unknown, :attr:`Status.OUT_OF_SCOPE` when every scored result is out of scope (withheld),
+        :data:`NOT_SCORED` otherwise. (``Status`` is a ``str`` enum: it equals its value.)"""
         if self.in_scope:
-            return "in_scope"
+            return Status.IN_SCOPE
         if self.unknown:
-            return "unknown"
+            return Status.UNKNOWN
         if self.out_of_scope:
-            return "out_of_scope"
-        return "not_scored"
+            return Status.OUT_OF_SCOPE
+        return NOT_SCORED
 
-    def add(self, scores: dict[str, float], flagged: Iterable[str], applicability: dict[str, Any] | None,
-            positive_labels: Sequence[str], sop_instance_uid: str | None = None) -> None:
-        """Count one scored image."""
+    def add(self, scores: dict[str, float], flagged: Iterable[str],
+            applicability: Assessment | dict[str, Any] | None, positive_labels: Sequence[str],
+            sop_instance_uid: str | None = None, model: str | None = None) -> None:
+        """Count one scored (image, model) result: ``applicability`` is the policy's
+        :class:`~medviewer.inference.applicability.Assessment` (None: not assessed, counted as unknown);
+        ``model`` the model's name."""
         self.scored += 1
-        status = (applicability or {}).get("status", Status.UNKNOWN.value)
-        if findings_withheld(applicability):
+        app = Assessment.coerce(applicability)
+        if app is not None and app.withheld:  # the one withhold rule
             self.out_of_scope += 1
-            for r in (applicability or {}).get("reasons", []) or []:
+            for r in app.reasons:
+                r = f"{model}: {r}" if model else str(r)
                 if r not in self.reasons:
-                    self.reasons.append(str(r))
+                    self.reasons.append(r)
             return
-        if status == Status.IN_SCOPE.value:
+        if app is not None and app.status == Status.IN_SCOPE:
             self.in_scope += 1
         else:
             self.unknown += 1
@@ -120,14 +134,18 @@ class StudyTriage:
             p = float(scores.get(label, float("nan")))
             if p == p and (self.top_probability is None or p > self.top_probability):
                 self.top_probability, self.top_label, self.top_sop_instance_uid = p, label, sop_instance_uid
+                self.top_model = model
         for label in flagged:
             if label not in self.flagged:
                 self.flagged.append(label)
+            by = self.flagged_by.setdefault(label, [])
+            if model and model not in by:
+                by.append(model)
 
     def sort_key(self) -> tuple:
-        """Scored with in-scope images first, by descending top probability; then out of scope; then
-        failed / not scored. Ties: newer study first."""
-        group = {"in_scope": 0, "unknown": 0, "out_of_scope": 1}.get(self.applicability, 2)
+        """Scored with in-scope results first, by descending top probability (over all models); then out of
+        scope; then failed / not scored. Ties: newer study first."""
+        group = {Status.IN_SCOPE: 0, Status.UNKNOWN: 0, Status.OUT_OF_SCOPE: 1}.get(self.applicability, 2)
         prob = -(self.top_probability if self.top_probability is not None else -1.0)
         return group, prob, _neg_date(self.study_date), self.study_instance_uid
 
@@ -140,7 +158,10 @@ class StudyTriage:
             "paths": [str(p) for p in self.paths], "ModalitiesInStudy": list(self.modalities),
             "top_probability": None if self.top_probability is None else round(self.top_probability, 4),
             "top_label": self.top_label, "top_sop_instance_uid": self.top_sop_instance_uid,
-            "flagged": list(self.flagged), "applicability": self.applicability, "reasons": list(self.reasons),
+            "top_model": self.top_model, "flagged": list(self.flagged),
+            "flagged_by": {k: list(v) for k, v in self.flagged_by.items()},
+            "applicability": str(getattr(self.applicability, "value", self.applicability)),
+            "reasons": list(self.reasons),
             "images": self.images, "scored": self.scored, "failed": self.failed, "read": self.read,
             "error": self.error,
         }
@@ -211,13 +232,15 @@ class Worklist:
                       progress: Callable[[int, int], None] | None = None) -> None:
         """Score ``instances`` (from :func:`medviewer.io.scan`) and add them to their studies' entries.
 
-        ``policy`` defaults to the card's :class:`~medviewer.workstation.intended_use.IntendedUsePolicy`.
+        ``session``: one :class:`~medviewer.inference.Session`, or a sequence of them (one per model: every
+        image is scored by each, and each result is judged by that model's intended use). ``policy``
+        defaults to each card's :class:`~medviewer.inference.applicability.IntendedUsePolicy`. ``progress``
+        gets (results done, images x models).
         """
+        from medviewer.inference.applicability import IntendedUsePolicy
         from medviewer.inference.batch import score_instances
-        from medviewer.workstation.intended_use import IntendedUsePolicy
 
-        card = session.card
-        policy = policy or IntendedUsePolicy(card)
+        sessions = list(session) if isinstance(session, (list, tuple)) else [session]
         by_path: dict[str, Any] = {}
         for inst in instances:
             study = str(getattr(inst, "study_instance_uid", "") or f"file:{inst.path}")
@@ -235,32 +258,38 @@ class Worklist:
                     e.modalities.append(modality)
             by_path[str(inst.path)] = e
         done = [0]
+        total = len(instances) * len(sessions)
 
         def on_progress(outcome: Any) -> None:
             done[0] += 1
             if progress is not None:
-                progress(done[0], len(instances))
+                progress(done[0], total)
 
-        outcomes = score_instances(session, list(instances), batch_size=batch_size, policy=policy,
-                                   progress=on_progress, cancel=cancel)
-        for out in outcomes:
-            e = by_path.get(str(out.path))
-            if e is None:
-                continue
-            with self._lock:
-                if out.error is not None or out.prediction is None:
-                    e.failed += 1
-                    e.error = e.error or out.error
+        for sess in sessions:
+            if cancel is not None and cancel():
+                break
+            card = sess.card
+            outcomes = score_instances(sess, list(instances), batch_size=batch_size,
+                                       policy=policy or IntendedUsePolicy(card), progress=on_progress, cancel=cancel)
+            for out in outcomes:
+                e = by_path.get(str(out.path))
+                if e is None:
                     continue
-                pred = out.prediction
-                e.add(pred.scores, pred.flagged, getattr(pred, "applicability", None), card.positive_labels,
-                      out.sop_instance_uid)
+                with self._lock:
+                    if out.error is not None or out.prediction is None:
+                        e.failed += 1
+                        e.error = e.error or (f"{card.name}: {out.error}" if len(sessions) > 1 else out.error)
+                        continue
+                    pred = out.prediction
+                    e.add(pred.scores, pred.flagged, pred.applicability, card.positive_labels,
+                          out.sop_instance_uid, model=card.name)
 
 
 def triage_folder(session: Any, paths: Sequence[str | Path], *, worklist: Worklist | None = None,
                   cancel: Callable[[], bool] | None = None,
                   progress: Callable[[int, int], None] | None = None) -> Worklist:
-    """Score every image under ``paths`` (files or folders, scanned recursively) and return the worklist.
+    """Score every image under ``paths`` (files or folders, scanned recursively) with ``session`` (one
+    :class:`~medviewer.inference.Session` or a sequence, one per model) and return the worklist.
 
     Raises
     ------
