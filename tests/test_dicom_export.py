@@ -166,6 +166,47 @@ def test_applicability_taken_from_the_prediction(session, tmp_path):
     assert app["measurements"] == {}  # an infinite OOD score is not a number DICOM can carry
 
 
+class _TypedAssessment:
+    """Stands for a typed applicability value (not a Mapping): the writers convert it with ``to_dict()``."""
+
+    def __init__(self, d):
+        self._d = d
+
+    def to_dict(self):
+        return dict(self._d)
+
+
+@pytest.mark.parametrize("deidentify", [None, True], ids=["as-source", "deidentified"])
+def test_typed_assessment_is_converted_at_the_export_boundary(session, tmp_path, deidentify):
+    header, pred, _overlay = predict(session, "CT_small.dcm")
+    writer = DicomResultWriter(tmp_path, session.card, deidentify=deidentify)
+    (path,) = writer.write(header, pred, applicability=_TypedAssessment(APPLICABILITY))
+    app = next(g for g in read_sr_findings(pydicom.dcmread(path)) if g["tracking_identifier"] == "applicability")
+    assert app["evaluations"] == {"Model applicability": "Out of scope", "Intended use overridden": "Present"}
+    assert app["measurements"] == {"Out-of-distribution score": 41.5, "Out-of-distribution threshold": 12.25}
+    build_sr(header, pred, session.card, applicability=_TypedAssessment(APPLICABILITY)).save_as(tmp_path / "sr.dcm")
+    sr = pydicom.dcmread(tmp_path / "sr.dcm")
+    assert [g["evaluations"] for g in read_sr_findings(sr) if g["tracking_identifier"] == "applicability"] == [
+        app["evaluations"]]
+    with pytest.raises(DicomExportError, match="mapping or have to_dict"):
+        writer.write(header, pred, applicability=["out_of_scope"])
+
+
+def test_continue_series_numbers_on_in_the_given_series(session, tmp_path):
+    """The public replacement of the writer's private per-study record (used by ``medviewer serve``)."""
+    header, pred, overlay = predict(session, "CT_small.dcm")
+    writer = DicomResultWriter(tmp_path, session.card)
+    assert writer.series_of(header.StudyInstanceUID) is None
+    sr_uid, sc_uid = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    writer.continue_series(header.StudyInstanceUID, sr_uid, sc_uid, sr_count=4, sc_count=2)
+    sr_path, sc_path = writer.write(header, pred, overlay, applicability=APPLICABILITY)
+    sr, sc = pydicom.dcmread(sr_path), pydicom.dcmread(sc_path)
+    assert (sr.SeriesInstanceUID, sr.InstanceNumber) == (sr_uid, 5)
+    assert (sc.SeriesInstanceUID, sc.InstanceNumber) == (sc_uid, 3)
+    series = writer.series_of(header.StudyInstanceUID)
+    assert (series.sr_count, series.sc_count) == (5, 3)
+
+
 def test_multiframe_source_references_the_frame(session, tmp_path):
     header, pred, overlay = predict(session, "emri_small.dcm", frame=3)
     assert int(header.NumberOfFrames) > 3
