@@ -37,9 +37,9 @@ def pick_demo_image(data: str | Path, seed: int = 0) -> Path:
     """The first validation-split PNEUMONIA image (patient split of the default model, seed ``seed``) that
     the default model flags *and* calls in scope, with its strongest region clear of the image border and
     the bottom 15 % (the abdomen) -- so the demo shows a heat map honestly, on the lungs."""
+    from medviewer.inference.applicability import IntendedUsePolicy
     from medviewer.inference.registry import default_model
     from medviewer.inference.session import Session
-    from medviewer.workstation.intended_use import IntendedUsePolicy
     from training.data import discover, read_display_u8, split_by_patient
 
     index = discover(data)
