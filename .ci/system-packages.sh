@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # System packages the tests use (Debian/Ubuntu, as root): a real PACS (Orthanc with its DICOMweb plugin)
-# and dciodvfy (dicom3tools), which validates every DICOM object MedViewer writes; the DejaVu fonts the
+# and dciodvfy (dicom3tools), which validates every DICOM object MedViewer writes; dcmtk (storescp, storescu,
+# dcmqrscp: the uncompressed-only SCP of the PACS tests and the baseline of benchmarks/bench_serve.py); the DejaVu fonts the
 # documentation's screenshots are drawn with, and Xvfb with the X libraries Qt's xcb plugin loads, for
 # `make screenshots` on a machine without a display. Idempotent; without
 # root or apt-get it says so and exits 0 (the tests that need these then skip with that reason).
 set -euo pipefail
-PACKAGES=(orthanc orthanc-dicomweb dicom3tools fonts-dejavu-core fontconfig xvfb xauth libxcb-cursor0 libxcb-icccm4
+PACKAGES=(orthanc orthanc-dicomweb dicom3tools dcmtk fonts-dejavu-core fontconfig xvfb xauth libxcb-cursor0 libxcb-icccm4
           libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-randr0 libxcb-shape0 libxcb-xinerama0
           libxcb-xkb1 libxkbcommon-x11-0 libegl1 libdbus-1-3)
 missing=()
