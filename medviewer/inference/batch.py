@@ -176,126 +176,178 @@ def score_instances(
     list[Outcome]
         One per input, in input order (fewer only when cancelled).
     """
-    batch_size = max(1, int(batch_size))
-    workers = workers or min(4, os.cpu_count() or 1)
-    results: dict[int, Outcome] = {}
-    next_out = 0
+    return _BatchRun(session, instances, batch_size=batch_size, workers=workers, regions=regions,
+                     fraction=fraction, min_area_px=min_area_px, keep_cams=keep_cams, render=render,
+                     policy=policy, on_done=on_done, progress=progress, cancel=cancel,
+                     max_inflight_samples=max_inflight_samples).run()
 
-    def emit_ready() -> None:
-        nonlocal next_out
-        while next_out in results:
-            if progress is not None:
-                progress(results[next_out])
-            next_out += 1
 
-    def load(inst) -> tuple[np.ndarray, Prepared, float]:
+#: one decoded image waiting for the network: (outcome, item, display uint8, prepared input, decode seconds)
+_Batched = tuple[Outcome, Any, np.ndarray, Prepared, float]
+
+
+class _BatchRun:
+    """One run of :func:`score_instances` (see there for the parameters).
+
+    Stages: :meth:`_load` (worker thread: decode, render, preprocess) -> :meth:`_run_network` (calling
+    thread: one ONNX Runtime call per batch) -> :meth:`_finish` (worker thread: CAMs, regions, policy,
+    ``on_done``). Bookkeeping in the calling thread: :meth:`_refill` admits inputs under the memory budget,
+    :meth:`_settle` records a final outcome and :meth:`_emit_ready` reports outcomes in input order.
+    """
+
+    def __init__(self, session: Session, instances: Sequence[Any], *, batch_size: int, workers: int | None,
+                 regions: str | Sequence[str], fraction: float, min_area_px: int | None, keep_cams: bool,
+                 render: Callable[[Any], np.ndarray], policy: Callable[[Any, np.ndarray, Prediction], Any] | None,
+                 on_done: Callable[[Outcome, np.ndarray, Prediction], dict | None] | None,
+                 progress: Callable[[Outcome], None] | None, cancel: Callable[[], bool] | None,
+                 max_inflight_samples: int | None) -> None:
+        self.session = session
+        self.batch_size = max(1, int(batch_size))
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.regions = regions
+        self.fraction = fraction
+        self.min_area_px = min_area_px
+        self.keep_cams = keep_cams
+        self.render = render
+        self.policy = policy
+        self.on_done = on_done
+        self.progress = progress
+        self.cancel = cancel
+        self.budget = max(1, int(max_inflight_samples if max_inflight_samples is not None
+                                 else INFLIGHT_FRAMES * get_limits().max_frame_pixels))
+        self.results: dict[int, Outcome] = {}
+        self.next_out = 0
+        self.inflight: dict[int, int] = {}  # index -> declared samples, from admission until its outcome is final
+        self.sources = iter(enumerate(instances))
+        self.upcoming: list[tuple[int, Any]] = []  # the next source, peeked at while the budget is full
+        self.pending: deque[tuple[int, Any, Future | None]] = deque()
+        self.post: deque[Future] = deque()
+        self.prefetch = self.batch_size * 2 + self.workers
+        self.pool: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ worker-thread stages
+    def _load(self, inst: Any) -> tuple[np.ndarray, Prepared, float]:
         t0 = time.perf_counter()
-        img = render(inst)
-        prepared = session.prepare(img, getattr(inst, "pixel_spacing", None))
+        img = self.render(inst)
+        prepared = self.session.prepare(img, getattr(inst, "pixel_spacing", None))
         return img, prepared, time.perf_counter() - t0 - prepared.seconds
 
-    def finish(out: Outcome, item: Any, img: np.ndarray, prepared: Prepared, logits: np.ndarray, cam: np.ndarray,
-               feats: np.ndarray | None, share: float, decode_s: float) -> Outcome:
+    def _finish(self, out: Outcome, item: Any, img: np.ndarray, prepared: Prepared, logits: np.ndarray,
+                cam: np.ndarray, feats: np.ndarray | None, share: float, decode_s: float) -> Outcome:
         try:
-            pred = session.finish(prepared, logits, cam, net_seconds=share, regions=regions, fraction=fraction,
-                                  min_area_px=min_area_px, features=feats, keep_cams=keep_cams or on_done is not None)
-            if policy is not None:
-                policy(item, img, pred)
+            pred = self.session.finish(prepared, logits, cam, net_seconds=share, regions=self.regions,
+                                       fraction=self.fraction, min_area_px=self.min_area_px, features=feats,
+                                       keep_cams=self.keep_cams or self.on_done is not None)
+            if self.policy is not None:
+                self.policy(item, img, pred)
             out.seconds = decode_s + pred.seconds
-            if on_done is not None:
+            if self.on_done is not None:
                 try:
-                    extra = on_done(out, img, pred)
+                    extra = self.on_done(out, img, pred)
                 except Exception as exc:  # an export (overlay, SR/SC) that fails never unscores the image
                     extra = {"export_error": error_line(exc)}
                 if extra:
                     out.extra.update(extra)
-            if not keep_cams:
+            if not self.keep_cams:
                 pred.cams = np.zeros((pred.cams.shape[0], 0, 0), np.float32)
             out.prediction = pred
         except Exception as exc:  # one bad image must not stop the run
             out.error = error_line(exc)
         return out
 
-    budget = max(1, int(max_inflight_samples if max_inflight_samples is not None
-                        else INFLIGHT_FRAMES * get_limits().max_frame_pixels))
-    inflight: dict[int, int] = {}  # index -> declared samples, from admission until its outcome is final
-    sources = iter(enumerate(instances))
-    upcoming: list[tuple[int, Any]] = []  # the next source, peeked at while the budget is full
-    pending: deque[tuple[int, Any, Future | None]] = deque()
-    post: deque[Future] = deque()
-    prefetch = batch_size * 2 + workers
+    # ------------------------------------------------------------------ calling-thread bookkeeping
+    def _settle(self, out: Outcome) -> None:
+        self.results[out.index] = out
+        self.inflight.pop(out.index, None)
 
-    def settle(out: Outcome) -> None:
-        results[out.index] = out
-        inflight.pop(out.index, None)
+    def _emit_ready(self) -> None:
+        while self.next_out in self.results:
+            if self.progress is not None:
+                self.progress(self.results[self.next_out])
+            self.next_out += 1
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medviewer-infer") as pool:
-        def refill() -> None:
-            while len(pending) < prefetch:
-                if not upcoming:
-                    try:
-                        upcoming.append(next(sources))
-                    except StopIteration:
-                        return
-                i, inst = upcoming[0]
-                cost = 0 if isinstance(inst, Skipped) else _declared_samples(inst)
-                if inflight and sum(inflight.values()) + cost > budget:
-                    return  # admitted when earlier images are done (one always goes when none is in flight)
-                upcoming.pop()
-                inflight[i] = cost
-                pending.append((i, inst, None if isinstance(inst, Skipped) else pool.submit(load, inst)))
-
-        def collect(block: bool) -> None:
-            while post and (block or post[0].done()):
-                settle(post.popleft().result())
-            emit_ready()
-
-        refill()
-        batch: list[tuple[Outcome, Any, np.ndarray, Prepared, float]] = []
-        cancelled = False
-        while pending or upcoming:
-            if not pending:  # the budget is held by images being postprocessed: wait for the oldest
-                if post:
-                    settle(post.popleft().result())
-                    emit_ready()
-                refill()
-                continue
-            i, inst, fut = pending.popleft()
-            refill()
-            uid = getattr(inst, "sop_instance_uid", None) or None
-            out = Outcome(i, Path(inst.path), uid, getattr(inst, "frame", None))
-            if fut is None:
-                out.error = inst.reason
-                settle(out)
-            else:
+    def _refill(self) -> None:
+        """Admit inputs until ``prefetch`` are pending or the in-flight samples would exceed the budget (an
+        input is always admitted when nothing is in flight)."""
+        assert self.pool is not None
+        while len(self.pending) < self.prefetch:
+            if not self.upcoming:
                 try:
-                    img, prepared, decode_s = fut.result()
-                    batch.append((out, inst, img, prepared, decode_s))
-                except Exception as exc:
-                    out.error = error_line(exc)
-                    settle(out)
-            if batch and (len(batch) >= batch_size or not pending):
-                t0 = time.perf_counter()
-                try:
-                    logits, cams, feats = session.run_all(np.stack([b[3].x for b in batch]))
-                except Exception as exc:
-                    for b in batch:
-                        b[0].error = error_line(exc)
-                        settle(b[0])
-                else:
-                    share = (time.perf_counter() - t0) / len(batch)
-                    for k, (o, item, img, prepared, decode_s) in enumerate(batch):
-                        post.append(pool.submit(finish, o, item, img, prepared, logits[k], cams[k],
-                                                None if feats is None else feats[k], share, decode_s))
-                batch = []
-                if cancel is not None and cancel():
-                    cancelled = True
-            collect(block=False)
-            refill()
-            if cancelled:
-                for _, _, f in pending:
-                    if f is not None:
-                        f.cancel()
-                break
-        collect(block=True)
-    return [results[k] for k in sorted(results)]
+                    self.upcoming.append(next(self.sources))
+                except StopIteration:
+                    return
+            i, inst = self.upcoming[0]
+            cost = 0 if isinstance(inst, Skipped) else _declared_samples(inst)
+            if self.inflight and sum(self.inflight.values()) + cost > self.budget:
+                return  # admitted when earlier images are done
+            self.upcoming.pop()
+            self.inflight[i] = cost
+            self.pending.append((i, inst, None if isinstance(inst, Skipped) else self.pool.submit(self._load, inst)))
+
+    def _collect(self, block: bool) -> None:
+        while self.post and (block or self.post[0].done()):
+            self._settle(self.post.popleft().result())
+        self._emit_ready()
+
+    def _take_next(self, batch: list[_Batched]) -> None:
+        """The oldest pending input: its decoded image joins ``batch``, or its error is its outcome."""
+        i, inst, fut = self.pending.popleft()
+        self._refill()
+        uid = getattr(inst, "sop_instance_uid", None) or None
+        out = Outcome(i, Path(inst.path), uid, getattr(inst, "frame", None))
+        if fut is None:
+            out.error = inst.reason
+            self._settle(out)
+            return
+        try:
+            img, prepared, decode_s = fut.result()
+            batch.append((out, inst, img, prepared, decode_s))
+        except Exception as exc:
+            out.error = error_line(exc)
+            self._settle(out)
+
+    def _run_network(self, batch: list[_Batched]) -> None:
+        """One ONNX Runtime call for ``batch``; its postprocessing goes to the pool (a failed call is every
+        item's error)."""
+        assert self.pool is not None
+        t0 = time.perf_counter()
+        try:
+            logits, cams, feats = self.session.run_all(np.stack([b[3].x for b in batch]))
+        except Exception as exc:
+            for b in batch:
+                b[0].error = error_line(exc)
+                self._settle(b[0])
+            return
+        share = (time.perf_counter() - t0) / len(batch)
+        for k, (o, item, img, prepared, decode_s) in enumerate(batch):
+            self.post.append(self.pool.submit(self._finish, o, item, img, prepared, logits[k], cams[k],
+                                              None if feats is None else feats[k], share, decode_s))
+
+    def run(self) -> list[Outcome]:
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="medviewer-infer") as pool:
+            self.pool = pool
+            self._refill()
+            batch: list[_Batched] = []
+            cancelled = False
+            while self.pending or self.upcoming:
+                if not self.pending:  # the budget is held by images being postprocessed: wait for the oldest
+                    if self.post:
+                        self._settle(self.post.popleft().result())
+                        self._emit_ready()
+                    self._refill()
+                    continue
+                self._take_next(batch)
+                if batch and (len(batch) >= self.batch_size or not self.pending):
+                    self._run_network(batch)
+                    batch = []
+                    if self.cancel is not None and self.cancel():
+                        cancelled = True
+                self._collect(block=False)
+                self._refill()
+                if cancelled:
+                    for _, _, f in self.pending:
+                        if f is not None:
+                            f.cancel()
+                    break
+            self._collect(block=True)
+        return [self.results[k] for k in sorted(self.results)]
