@@ -19,7 +19,9 @@ match (rewritten without the key), a record without a MAC after keyed ones or ma
 one signed with another key. Keep the key where whoever can rewrite the log cannot read it (another
 account, a root-owned file readable by the application only). Removing records from the end, or a
 rewrite by someone holding the key, is only detectable against a copy of the last hash kept elsewhere:
-``medviewer audit --verify`` prints it, and :func:`verify` takes it as ``expect_last`` (an anchor).
+``medviewer audit --verify`` prints the last record's sequence number and hash, and ``medviewer audit
+--verify --expect-last N|HASH`` (:func:`verify` with ``expect_last``) fails when that record is no longer
+in the log (an anchor).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Any
 from medviewer.errors import MedViewerError
 
 __all__ = ["AuditEvent", "Outcome", "AUDIT_DIR_ENV", "AUDIT_KEY_ENV", "audit_path", "audit_key_path", "record", "read",
-           "verify", "VerifyResult", "record_ai_run", "GENESIS", "object_refs"]
+           "verify", "parse_anchor", "VerifyResult", "record_ai_run", "GENESIS", "object_refs"]
 
 AUDIT_DIR_ENV = "MEDVIEWER_AUDIT_DIR"
 AUDIT_KEY_ENV = "MEDVIEWER_AUDIT_KEY_FILE"
@@ -323,13 +325,18 @@ def read(since: datetime | None = None, path: Path | None = None) -> list[dict[s
 @dataclass
 class VerifyResult:
     """Outcome of :func:`verify`: ``ok`` when every record's hash and link check out; ``problems`` lists
-    ``"line N: cause"``; ``last_hash`` is the hash to keep elsewhere to detect truncation later."""
+    ``"line N: cause"``; ``last_hash``/``last_seq`` identify the last record (the anchor to keep elsewhere
+    to detect truncation later); ``warnings`` are findings that do not make the log invalid (no key to
+    check the MACs with, a key file others can read)."""
 
     records: int = 0
     problems: list[str] = field(default_factory=list)
     last_hash: str = GENESIS
+    #: sequence number of the last record (0 for an empty log)
+    last_seq: int = 0
     #: records whose MAC was checked with the audit key
     keyed: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -337,22 +344,56 @@ class VerifyResult:
         return not self.problems
 
 
-def verify(path: Path | None = None, *, expect_last: str | None = None) -> VerifyResult:
+_HEX_RE = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def parse_anchor(text: str) -> int | str:
+    """An ``expect_last`` anchor: a record's sequence number (``"1234"`` -> 1234) or its SHA-256 ``hash``
+    (64 hex digits, or a prefix of at least 16; returned lower-case). Raises :class:`ValueError` otherwise."""
+    t = str(text).strip().lower()
+    if t.isdigit() and len(t) < 16:
+        if int(t) < 1:
+            raise ValueError(f"{text!r}: audit sequence numbers start at 1")
+        return int(t)
+    if _HEX_RE.match(t):
+        return t
+    raise ValueError(f"{text!r} is neither an audit record's sequence number nor its hash (16 to 64 hex digits)")
+
+
+def verify(path: Path | None = None, *, expect_last: int | str | None = None) -> VerifyResult:
     """Recompute the hash chain of the audit log and, when the audit key is at hand, every record's MAC
-    (see the module docstring). ``expect_last``: the last hash noted earlier (an anchor kept elsewhere):
-    a log whose last record is another one was truncated or rewritten."""
+    (see the module docstring).
+
+    ``expect_last``: the anchor noted earlier and kept elsewhere -- the last record's sequence number (int
+    or decimal string) or hash (see :func:`parse_anchor`). A log that no longer holds that record (its
+    last entries were cut off, or it was rewritten) fails; records appended after the anchor are fine.
+    A hash chain alone cannot see a truncation: the shortened log is still a valid chain. Raises
+    :class:`ValueError` for a malformed anchor.
+    """
     path = path or audit_path()
+    anchor = parse_anchor(str(expect_last)) if expect_last is not None and str(expect_last).strip() else None
     res = VerifyResult()
+    key_path = audit_key_path()
     key = _load_key(create=False)
+    if key is not None and hasattr(os, "getuid"):
+        try:
+            mode = key_path.stat().st_mode & 0o777
+            if mode & 0o077:
+                res.warnings.append(f"the audit key {key_path} can be read by other accounts (mode {mode:o}); "
+                                    f"chmod 600 it")
+        except OSError:
+            pass
     keyed_seen = False
+    hashes: list[str] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        return res
+        lines = []
     except OSError as exc:
         res.problems.append(f"cannot read ({exc.strerror or exc})")
         return res
     prev, seq = GENESIS, 0
+    unkeyable = 0
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -380,10 +421,18 @@ def verify(path: Path | None = None, *, expect_last: str | None = None) -> Verif
                     res.keyed += 1
             elif keyed_seen or str(rec.get("time", "")) >= key.created:
                 res.problems.append(f"line {n}: no MAC on a record made after the audit key (rewritten without it?)")
+        elif "mac" in rec:
+            unkeyable += 1
         prev, seq = rec.get("hash"), rec.get("seq") if isinstance(rec.get("seq"), int) else seq + 1
-        res.last_hash = str(rec.get("hash"))
-    anchor = (expect_last or "").strip().lower()
-    if anchor and anchor != res.last_hash and not any(f'"hash": "{anchor}"' in ln for ln in lines):
+        res.last_hash, res.last_seq = str(rec.get("hash")), seq
+        hashes.append(str(rec.get("hash")))
+    if unkeyable:
+        res.warnings.append(f"{unkeyable} records carry a MAC that was not checked: no audit key at {key_path} "
+                            f"(${AUDIT_KEY_ENV} names it)")
+    if isinstance(anchor, int) and anchor > res.last_seq:
+        res.problems.append(f"the log ends at record {res.last_seq} but record {anchor} was expected: "
+                            f"{anchor - res.last_seq} records removed from its end, or the log was rewritten")
+    elif isinstance(anchor, str) and not any(h.startswith(anchor) for h in hashes):
         # an anchor that is an earlier record is fine (records were appended since); one not in the log is not
         res.problems.append(f"the anchor {anchor[:16]}... is not in the log: records were removed from its end, "
                             "or the log was rewritten")

@@ -17,6 +17,7 @@ STUDY = "1.3.6.1.4.1.14519.5.2.1.21087345762211724523378497892240459677"
 def log_dir(tmp_path, monkeypatch):
     d = tmp_path / "audit"
     monkeypatch.setenv(audit.AUDIT_DIR_ENV, str(d))
+    monkeypatch.setenv(audit.AUDIT_KEY_ENV, str(tmp_path / "keys" / "audit.key"))  # not the user's own key
     return d
 
 

@@ -1,15 +1,18 @@
-"""``medviewer audit [--since DATE] [--json] [--verify]``: read and check the audit trail.
+"""``medviewer audit [--since DATE] [--json] [--verify [--expect-last N|HASH]]``: read and check the audit trail.
 
 Prints one line per record (time, user, action, outcome, objects, model); ``--json`` prints the records
-as a JSON list; ``--verify`` recomputes the hash chain and exits 1 when a record was changed, inserted
-or removed (see :mod:`medviewer.audit`). Reading the log is itself audited (``audit-log-used``, DCM
-110101), as IHE ATNA asks.
+as a JSON list; ``--verify`` recomputes the hash chain and each record's HMAC under the audit key, and
+exits 1 when a record was changed, inserted or removed, or rewritten without the key (see
+:mod:`medviewer.audit`). A chain cannot see its last records cut off; ``--expect-last`` with the sequence
+number or hash of the last record noted earlier (``--verify`` prints both) can. Reading the log is itself
+audited (``audit-log-used``, DCM 110101), as IHE ATNA asks.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import datetime, timezone
 
 from medviewer.errors import MedViewerError
@@ -20,10 +23,17 @@ _EPILOG = """examples:
   medviewer audit                                # every record, one line each
   medviewer audit --since 2026-01-31             # from that day (UTC) on
   medviewer audit --since 2026-01-31T08:00+01:00 --json > audit.json
-  medviewer audit --verify                       # recompute the hash chain
+  medviewer audit --verify                       # recompute the hash chain and the MACs
+  medviewer audit --verify --expect-last 1234    # ... and fail when record 1234 is gone (truncated)
+  medviewer audit --verify --expect-last 9f86d081884c7d65  # ... the same by (a prefix of) its hash
 
-Reading the log is itself recorded (audit-log-used, DCM 110101).
-Exit status: 0 ok, 1 an unreadable log or (with --verify) a broken hash chain."""
+Each record carries an HMAC-SHA256 under the audit key, kept outside the log: $MEDVIEWER_AUDIT_KEY_FILE,
+else audit.key in the user config directory (~/.config/medviewer on Linux), created with mode 0600 on
+the first record. --verify prints the last record's sequence number and hash: keep them elsewhere (a
+ticket, another machine) and pass one to --expect-last later; the hash also catches a log cut off and
+then appended to. Reading the log is itself recorded (audit-log-used, DCM 110101).
+Exit status: 0 ok, 1 an unreadable log or (with --verify) a broken chain, a MAC mismatch or a missing
+--expect-last record."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -36,7 +46,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="DATE", default=None,
                    help="only records at or after DATE (YYYY-MM-DD or ISO 8601 date-time, UTC unless an offset is given)")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
-    p.add_argument("--verify", action="store_true", help="check the hash chain; exit 1 when it is broken")
+    p.add_argument("--verify", action="store_true",
+                   help="check the hash chain and the records' MACs; exit 1 when either is broken")
+    p.add_argument("--expect-last", metavar="N|HASH", default=None,
+                   help="with --verify: the sequence number or hash (16+ hex digits) of the last record noted "
+                        "earlier; exit 1 when that record is no longer in the log (records cut off its end)")
     p.set_defaults(run=run)
     return p
 
@@ -72,11 +86,23 @@ def run(args: argparse.Namespace) -> int:
 
     since = parse_since(args.since) if args.since else None
     path = audit.audit_path()
+    if args.expect_last is not None and not args.verify:
+        raise MedViewerError("--expect-last needs --verify")
     if args.verify:
-        res = audit.verify(path)
+        try:
+            anchor = audit.parse_anchor(args.expect_last) if args.expect_last is not None else None
+        except ValueError as exc:
+            raise MedViewerError(f"--expect-last: {exc}") from None
+        res = audit.verify(path, expect_last=anchor)
         _used("verify")
+        for warning in res.warnings:
+            print(f"medviewer: warning: {warning}", file=sys.stderr)
         if res.ok:
-            print(f"{path}: {res.records} records, hash chain intact; last hash {res.last_hash}")
+            macs = (f", {res.keyed} MACs checked with the audit key {audit.audit_key_path()}" if res.keyed
+                    else ", no MACs checked")
+            found = f"; record {anchor} found" if anchor is not None else ""
+            print(f"{path}: {res.records} records, hash chain intact{macs}{found}; "
+                  f"last record {res.last_seq} hash {res.last_hash}")
             return 0
         for problem in res.problems[:20]:
             print(f"medviewer: error: {path}: {problem}")
