@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ from medviewer.inference.card import load_card, sha256_file
 from training.cli import main
 from training.data import DatasetIndex, Sample, synthetic_squares
 from training.engine import FitConfig, PreparedData, fit, fit_arrays, load_checkpoint_model
-from training.export import check_parity, export_onnx, export_package, monai_cam
+from training.export import ExportOptions, check_parity, export_onnx, export_package, monai_cam
 from training.models import MODELS, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +149,7 @@ def test_fit_kermany_subset_export_evaluate(kermany_dir: Path, tmp_path: Path) -
     assert by["train"] and by["val"] and not by["train"] & by["val"]
 
     pkg = tmp_path / "pkg"
-    out, parity = export_package(run / "best.pt", pkg, name="test-cxr", parity_images=8)
+    out, parity = export_package(run / "best.pt", pkg, ExportOptions(name="test-cxr", parity_images=8))
     assert parity.ok and parity.n_images == 8
     card = load_card(pkg)
     assert card.labels == ["normal", "pneumonia"] and card.negative_label == "normal"
@@ -208,6 +209,20 @@ def test_fit_kermany_subset_export_evaluate(kermany_dir: Path, tmp_path: Path) -
                  "--bootstrap", "20"]) == 0
     ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert ev["metrics"]["n"] == 12 and ev["metrics"]["confusion_matrix"][0][0] + ev["metrics"]["confusion_matrix"][0][1] == 6
+
+
+def test_export_options_are_typed(tmp_path: Path) -> None:
+    """export_package takes an ExportOptions (fields may be overridden one by one); a misspelt option is a
+    TypeError before any checkpoint is read, not a silently ignored keyword."""
+    base = ExportOptions(name="cxr", transfer=True)
+    with pytest.raises(TypeError, match="tranfser"):
+        export_package(tmp_path / "missing.pt", tmp_path / "pkg", base, tranfser=False)
+    with pytest.raises(TypeError, match="name"):
+        export_package(tmp_path / "missing.pt", tmp_path / "pkg")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.name = "other"  # type: ignore[misc]
+    assert dataclasses.replace(base, version="2.0.0").transfer is True
+    assert not (tmp_path / "pkg").exists()
 
 
 def test_baselines_run_on_kermany_subset(kermany_dir: Path, tmp_path: Path) -> None:

@@ -387,7 +387,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from training.export import SHIFT_SEVERITY, export_package
+    from training.export import SHIFT_SEVERITY, ExportOptions, export_package
     from training.multilabel_tasks import is_multilabel
 
     if is_multilabel(args.checkpoint):
@@ -404,13 +404,15 @@ def _run_export(args: argparse.Namespace) -> int:
               f"CAM {parity.cam_max_rel:.1e}, MONAI CAM {parity.monai_max_rel:.1e})")
         return 0
 
-    out, parity = export_package(
-        args.checkpoint, args.out, args.name, args.version, args.description, args.intended_use, args.limitations,
-        args.comparisons, args.dataset, args.citation, args.data_licence, args.license, args.reproduce or "",
-        args.parity_images, operating_point=args.operating_point, transfer=args.transfer, op_split=args.op_split,
-        temperature_scaling=not args.no_temperature,
+    options = ExportOptions(
+        name=args.name, version=args.version, description=args.description, intended_use=args.intended_use,
+        limitations=args.limitations, comparisons=args.comparisons, dataset=args.dataset, citation=args.citation,
+        data_licence=args.data_licence, license=args.license, command=args.reproduce or "",
+        parity_images=args.parity_images, operating_point=args.operating_point, transfer=args.transfer,
+        op_split=args.op_split, temperature_scaling=not args.no_temperature,
         shift_severity=args.shift_severity if args.shift_severity is not None else SHIFT_SEVERITY,
         shift_copies=args.shift_copies, previous=args.previous)
+    out, parity = export_package(args.checkpoint, args.out, options)
     print(f"wrote {out} (parity on {parity.n_images} images: prob {parity.prob_max_abs:.1e}, "
           f"CAM {parity.cam_max_rel:.1e}, MONAI CAM {parity.monai_max_rel:.1e})")
     return 0

@@ -22,8 +22,9 @@ import json
 import logging
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +58,7 @@ __all__ = [
     "export_onnx",
     "check_parity",
     "monai_cam",
+    "ExportOptions",
     "export_package",
     "render_readme",
 ]
@@ -478,39 +480,39 @@ def _transfer_note(report: dict, fit_op: dict) -> str:
             f"covers {ct['mean_mask_fraction']:.0%} of an image on average).")
 
 
-def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str = "1.0.0",
-                   description: str | None = None, intended_use: str | None = None,
-                   limitations: str | None = None, comparisons: str | Path | None = None,
-                   dataset: str | None = None, citation: str | None = None, data_licence: str | None = None,
-                   license: str = "CC-BY-4.0", command: str = "", parity_images: int = 16,
-                   authors: list[str] | None = None, negative_label: str | None = None,
-                   operating_point: str | None = None, applicability: Applicability | None = None,
-                   ood: bool = True, transfer: bool = False, op_split: str = "shifted",
-                   temperature_scaling: bool = True, shift_severity: float = SHIFT_SEVERITY, shift_copies: int = 3,
-                   previous: str | Path | None = None) -> tuple[Path, ParityReport]:
-    """Write a complete, validated model package from a ``best.pt`` checkpoint of :func:`training.engine.fit`.
+@dataclass(frozen=True)
+class ExportOptions:
+    """What :func:`export_package` writes into the card and how it evaluates the exported graph.
 
-    Parameters
+    Attributes
     ----------
-    checkpoint
-        ``best.pt``; its run directory must hold ``split.csv`` and ``metrics.json`` (and ``plots/``).
-    out_dir
-        Package directory (created; an existing ``model.onnx``/``model.json`` is replaced).
+    name, version
+        The package's name (a folder name) and semantic version.
+    description, intended_use, limitations
+        Card text; default: the paediatric chest X-ray wording of the built-in model.
     comparisons
         Optional ``baselines.json`` from ``medviewer-train baseline`` (default: the run's, if present).
     dataset, citation, data_licence
         Provenance; default to Kermany et al. (2018), CC BY 4.0 when the data path names it.
+    license, authors
+        The package's licence (SPDX id) and authors.
+    command
+        The command that reproduces the run (default: the run's own).
+    parity_images
+        Validation images on which ONNX Runtime and torch must agree (:func:`check_parity`).
+    negative_label
+        The card's negative label (default: the other class of a two-class run).
+    operating_point
+        Re-choose the operating point with this criterion (``youden``, ``sensitivity>=X``) from the run's
+        validation predictions (``val_predictions.csv``) instead of the one chosen at the end of ``fit``;
+        the validation metrics are recomputed at the new threshold.
     applicability
         The card's machine-readable intended use; default: :data:`KERMANY_APPLICABILITY` when the data
         path names Kermany, else none (every header check "unknown").
     ood
         Fit the out-of-distribution detector (``ood.npz``) on the run's training split and calibrate it on
         its validation split (:func:`fit_intended_use`).
-    operating_point
-        Re-choose the operating point with this criterion (``youden``, ``sensitivity>=X``) from the run's
-        validation predictions (``val_predictions.csv``) instead of the one chosen at the end of ``fit``;
-        the validation metrics are recomputed at the new threshold.
-    transfer
+    transfer, op_split, temperature_scaling, shift_severity, shift_copies
         Evaluate the exported graph itself (:func:`training.evaluation.transfer_report`): fold a temperature
         fitted on validation into the classifier (``temperature_scaling``), choose the operating point with
         ``operating_point`` (default: Youden) on ``op_split`` (``"shifted"``: ``shift_copies`` acquisition-
@@ -520,17 +522,65 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
     previous
         The package this one replaces: its card's metrics go into ``history`` (with its own history), and
         with ``transfer`` it is measured by the same protocol at its own operating point, as a comparison row.
+    """
+
+    name: str
+    version: str = "1.0.0"
+    description: str | None = None
+    intended_use: str | None = None
+    limitations: str | None = None
+    comparisons: str | Path | None = None
+    dataset: str | None = None
+    citation: str | None = None
+    data_licence: str | None = None
+    license: str = "CC-BY-4.0"
+    command: str = ""
+    parity_images: int = 16
+    authors: list[str] | None = None
+    negative_label: str | None = None
+    operating_point: str | None = None
+    applicability: Applicability | None = None
+    ood: bool = True
+    transfer: bool = False
+    op_split: str = "shifted"
+    temperature_scaling: bool = True
+    shift_severity: float = SHIFT_SEVERITY
+    shift_copies: int = 3
+    previous: str | Path | None = None
+
+
+def export_package(checkpoint: str | Path, out_dir: str | Path, options: ExportOptions | None = None,
+                   **fields: Any) -> tuple[Path, ParityReport]:
+    """Write a complete, validated model package from a ``best.pt`` checkpoint of :func:`training.engine.fit`.
+
+    Parameters
+    ----------
+    checkpoint
+        ``best.pt``; its run directory must hold ``split.csv`` and ``metrics.json`` (and ``plots/``).
+    out_dir
+        Package directory (created; an existing ``model.onnx``/``model.json`` is replaced).
+    options
+        The card's text and the evaluation choices (:class:`ExportOptions`).
+    **fields
+        :class:`ExportOptions` fields given one by one (``name="pneumonia-cxr", transfer=True``); they
+        override ``options``. A misspelt field is a ``TypeError``.
 
     Raises
     ------
     ModelPackageError
         Parity failed, or the run directory lacks metrics.
+    TypeError
+        Neither ``options`` nor ``name`` given, or an unknown field.
     """
+    opts = replace(options, **fields) if options is not None else ExportOptions(**fields)
+    return _export_package(Path(checkpoint), Path(out_dir), opts)
+
+
+def _export_package(checkpoint: Path, out: Path, o: ExportOptions) -> tuple[Path, ParityReport]:
+    """:func:`export_package` with its options resolved."""
     from training.engine import load_checkpoint_model
 
-    checkpoint = Path(checkpoint)
     run_dir = checkpoint.parent
-    out = Path(out_dir)
     model, ck = load_checkpoint_model(checkpoint, "cpu")
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file() or "operating_point" not in ck:
@@ -541,39 +591,39 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
     spec = Preprocessing.model_validate(ck["preprocessing"])
     classes: list[str] = list(ck["classes"])
     positive = ck["positive"]
-    neg = negative_label or (next(c for c in classes if c != positive) if len(classes) == 2 else None)
+    neg = o.negative_label or (next(c for c in classes if c != positive) if len(classes) == 2 else None)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = export_onnx(model, out / "model.onnx", inp)
-    images = _validation_images(run_dir, spec, inp, parity_images)
+    images = _validation_images(run_dir, spec, inp, o.parity_images)
     parity = check_parity(model, onnx_path, images, spec)
     if not parity.ok:
         raise ModelPackageError(out, f"export parity failed: {parity}")
     import onnx
 
-    opset = next(o.version for o in onnx.load(str(onnx_path), load_external_data=False).opset_import
-                 if o.domain in ("", "ai.onnx"))
+    opset = next(imp.version for imp in onnx.load(str(onnx_path), load_external_data=False).opset_import
+                 if imp.domain in ("", "ai.onnx"))
     op = ck["operating_point"]
     fit_op = dict(op)
     rechosen = None
     report: dict | None = None
-    prev_card = load_card(Path(previous)) if previous else None
-    if transfer:
+    prev_card = load_card(Path(o.previous)) if o.previous else None
+    if o.transfer:
         model, onnx_path, parity, report = _transfer(model, out, onnx_path, parity, run_dir, spec, inp, classes, positive,
-                                                     operating_point or "youden", op_split, temperature_scaling,
-                                                     shift_severity, shift_copies, int(cfg.get("bootstrap", 1000)),
+                                                     o.operating_point or "youden", o.op_split, o.temperature_scaling,
+                                                     o.shift_severity, o.shift_copies, int(cfg.get("bootstrap", 1000)),
                                                      int(cfg["seed"]), images)
         op = {"threshold": report["threshold"], "criterion": report["criterion"],
               "sensitivity": report[report["op_split"]]["sensitivity"],
               "specificity": report[report["op_split"]]["specificity"]}
         mj["validation"] = report["validation"]
         rechosen = [report["y_val"], report["p_val"]]
-    elif operating_point and operating_point != op["criterion"]:
-        op, mj["validation"], *rechosen = _rechoose(run_dir, positive, operating_point, int(cfg.get("bootstrap", 1000)),
+    elif o.operating_point and o.operating_point != op["criterion"]:
+        op, mj["validation"], *rechosen = _rechoose(run_dir, positive, o.operating_point, int(cfg.get("bootstrap", 1000)),
                                          int(cfg["seed"]))
-        mj["reproduce"] = _with_criterion(mj.get("reproduce") or cfg.get("command", ""), operating_point)
+        mj["reproduce"] = _with_criterion(mj.get("reproduce") or cfg.get("command", ""), o.operating_point)
     is_kermany = "kermany" in str(cfg["data"]).lower()
     comp_rows: list[ComparisonRow] = []
-    comp_file = Path(comparisons) if comparisons else run_dir / "baselines.json"
+    comp_file = Path(o.comparisons) if o.comparisons else run_dir / "baselines.json"
     if comp_file.is_file():
         for r in json.loads(comp_file.read_text()).get("rows", []):
             comp_rows.append(ComparisonRow(name=r["name"], description=r.get("description", ""),
@@ -605,11 +655,11 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
             if f"plots/{p.name}" not in plots:
                 plots.append(f"plots/{p.name}")
     if report is not None and prev_card is not None:
-        comp_rows.insert(0, _previous_row(prev_card, Path(previous), run_dir, spec, classes, positive, report,
+        comp_rows.insert(0, _previous_row(prev_card, Path(o.previous), run_dir, spec, classes, positive, report,
                                           int(cfg.get("bootstrap", 1000)), int(cfg["seed"])))
     arch = f"{cfg['model']} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), input {inp.height}x{inp.width}"
     ood_spec = None
-    if ood:
+    if o.ood:
         rows = _split_rows(run_dir)
         blocks = model.ood_block_sizes(inp.channels, inp.height, inp.width)
         train_rows = [r for r in rows.get("train", []) if Path(r["path"]).is_file()]
@@ -621,12 +671,12 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
 
         save_ood(arrays, out / ood_spec.file)
     card = ModelCard(
-        name=name, version=version,
-        description=description or (f"Classifies frontal chest radiographs as {' / '.join(classes)} and shows "
+        name=o.name, version=o.version,
+        description=o.description or (f"Classifies frontal chest radiographs as {' / '.join(classes)} and shows "
                                     f"where the evidence for {positive} lies (class activation map)."),
-        intended_use=intended_use or ("Research and teaching: a second look at paediatric frontal chest X-rays "
+        intended_use=o.intended_use or ("Research and teaching: a second look at paediatric frontal chest X-rays "
                                       "(AP/PA). Not a medical device; not for diagnosis."),
-        limitations=limitations or (
+        limitations=o.limitations or (
             "Trained on one centre's paediatric images (Guangzhou Women and Children's Medical Center, ages 1-5) "
             "resized to 224x224; expect lower accuracy on adults, lateral views, other scanners and other "
             "diseases. Bacterial and viral pneumonia are not distinguished. The operating point was chosen on "
@@ -639,15 +689,15 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, name: str, versi
                                          sensitivity=op["sensitivity"],
                                          specificity=op["specificity"])],
         metrics=metrics, comparisons=comp_rows,
-        training=Provenance(dataset=dataset or (KERMANY_DATASET if is_kermany else str(cfg["data"])),
-                            citation=citation or (KERMANY_CITATION if is_kermany else "unspecified"),
-                            data_licence=data_licence or ("CC BY 4.0" if is_kermany else "unspecified"),
+        training=Provenance(dataset=o.dataset or (KERMANY_DATASET if is_kermany else str(cfg["data"])),
+                            citation=o.citation or (KERMANY_CITATION if is_kermany else "unspecified"),
+                            data_licence=o.data_licence or ("CC BY 4.0" if is_kermany else "unspecified"),
                             split=mj["split"], counts=counts, epochs=int(mj.get("epochs_run", ck.get("epoch", 0))),
-                            seed=int(cfg["seed"]), command=command or mj.get("reproduce") or cfg.get("command", ""),
+                            seed=int(cfg["seed"]), command=o.command or mj.get("reproduce") or cfg.get("command", ""),
                             architecture=arch),
-        authors=authors or ["MedViewer developers"], license=license, onnx_opset=int(opset),
+        authors=o.authors or ["MedViewer developers"], license=o.license, onnx_opset=int(opset),
         sha256=sha256_file(onnx_path),
-        applicability=applicability or (KERMANY_APPLICABILITY if is_kermany else None),
+        applicability=o.applicability or (KERMANY_APPLICABILITY if is_kermany else None),
         ood=ood_spec, outputs=OutputSpec(features="features"),
         files={f.relative_to(out).as_posix(): sha256_file(f) for f in (onnx_path, out / "ood.npz") if f.is_file()},
         history=_history(prev_card) if prev_card is not None else [],
