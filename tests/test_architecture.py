@@ -61,11 +61,9 @@ KNOWN_UPWARD_IMPORTS: set[str] = set()
 KNOWN_CYCLES: set[frozenset[str]] = {
     frozenset({"medviewer.inference.gate", "medviewer.inference.package"}),
 }
-#: TEMPORARY: files over 600 lines that are being split. Must end empty.
-KNOWN_OVERSIZED: set[str] = {
-    "medviewer/gui/viewport.py",
-    "medviewer/workstation/viewport.py",
-}
+#: TEMPORARY: files over 600 lines that are being split (ai_panel.py: by the typed-applicability work,
+#: which owns it). Must end empty.
+KNOWN_OVERSIZED: set[str] = {"medviewer/gui/ai_panel.py"}
 
 
 def _python_files() -> list[Path]:
