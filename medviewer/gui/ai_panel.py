@@ -1,10 +1,18 @@
-"""The AI panel: model selector, Run/Cancel, per-label scores, heatmap controls, flagged regions.
+"""The AI panel: model selector, Run/Cancel, per-label scores grouped by model, heatmap controls, flagged regions.
 
 Scores are shown the way commercial chest X-ray AI shows them: one row per label with a probability
 bar and the model card's operating point as a tick; labels at or above their operating point are
 flagged (amber, bold, "FLAGGED"). The panel only displays and asks: the Qt-free
 :class:`~medviewer.workstation.ai.AiController` runs the model, and :class:`~medviewer.gui.ai_view.AiView`
 passes each :class:`~medviewer.inference.Prediction` of the active image to the panel.
+
+With several models installed an image is scored by every model whose intended use it meets
+(:meth:`medviewer.workstation.ai.AiController.results`); :meth:`AiPanel.show_results` then groups the findings
+by model: the first model with findings to show fills "Findings" (titled with its name and version), every
+other model gets a :class:`ModelSection` under "Other models" -- a header with its name, version and verdict,
+its score rows with their operating points -- and a model outside its intended use for the image is listed
+collapsed with its one-line reason. The heat-map selector lists each shown model's labels, named with the
+model ("Effusion · nih-cxr14-64").
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSizePolicy,
     QSlider,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -39,7 +48,7 @@ from medviewer.inference.applicability import Assessment, Status
 from medviewer.inference.session import operating_threshold
 from medviewer.providers import short_name
 
-__all__ = ["AiPanel", "ScoreRow", "ColorBar"]
+__all__ = ["AiPanel", "ScoreRow", "ColorBar", "ModelSection"]
 
 
 class ScoreRow(QWidget):
@@ -212,6 +221,15 @@ class AiPanel(QWidget):
         self.scores_layout = QVBoxLayout(self.scores_box)
         self.scores_layout.setSpacing(6)
         outer.addWidget(self.scores_box)
+        #: the other models' sections (several models installed), one :class:`ModelSection` each
+        self.others_box = QGroupBox("Other models")
+        self.others_layout = QVBoxLayout(self.others_box)
+        self.others_layout.setSpacing(4)
+        self.others_box.setVisible(False)
+        outer.addWidget(self.others_box)
+        self.sections: list[ModelSection] = []
+        self.main_sha: str | None = None  #: SHA-256 of the model shown under "Findings"
+        self.results_state: tuple = ()  #: what :meth:`show_results` last showed (ids of results)
 
         heat = QGroupBox("Heatmap")
         hl = QVBoxLayout(heat)
@@ -327,8 +345,11 @@ class AiPanel(QWidget):
 
     def _update_cam_note(self, *_: Any) -> None:
         """Say whether the mapped label is flagged: a map of an unflagged label is not a finding."""
-        pred = self.prediction
+        pred = self.current_cam_prediction() if self.sections else self.prediction
+        data = self.cam_combo.currentData()
         lab = self.cam_combo.currentText()
+        if pred is not None and isinstance(data, tuple) and 0 <= int(data[1]) < len(pred.labels):
+            lab = pred.labels[int(data[1])]  # "Effusion · nih-cxr14-64" -> Effusion of that model
         if pred is None or not lab:
             self.cam_note.setText("")
             return
@@ -346,7 +367,16 @@ class AiPanel(QWidget):
             self.cam_note.setStyleSheet(f"color: {theme.MUTED};")
 
     def cam_label_index(self) -> int:
+        """Index of the mapped label within its model's labels."""
+        data = self.cam_combo.currentData()
+        if isinstance(data, tuple):
+            return int(data[1])
         return max(0, self.cam_combo.currentIndex())
+
+    def cam_model_sha(self) -> str | None:
+        """SHA-256 of the model whose map is selected (None: the model under "Findings")."""
+        data = self.cam_combo.currentData()
+        return str(data[0]) if isinstance(data, tuple) else self.main_sha
 
     def next_cam_label(self) -> None:
         n = self.cam_combo.count()
@@ -375,7 +405,10 @@ class AiPanel(QWidget):
 
     def clear_result(self, text: str = "No result yet") -> None:
         self.prediction = None
+        self.results_state = ()
         self.show_anyway_button: QPushButton | None = None
+        self._clear_sections()
+        self.scores_box.setTitle("Findings")
         while self.scores_layout.count():
             w = self.scores_layout.takeAt(0).widget()
             if w is not None:
@@ -478,6 +511,144 @@ class AiPanel(QWidget):
             it.setData(Qt.UserRole, -1)
             it.setFlags(Qt.NoItemFlags)
             self.regions.addItem(it)
+
+
+    # -- several models --------------------------------------------------------------------------------
+    def _clear_sections(self) -> None:
+        for sec in self.sections:
+            self.others_layout.removeWidget(sec)
+            sec.deleteLater()
+        self.sections = []
+        self.others_box.setVisible(False)
+
+    def show_results(self, results: list[Any], where: str = "") -> None:
+        """Show every model's say on the active image, grouped by model.
+
+        ``results``: :class:`~medviewer.workstation.ai.ModelResult` s, the preferred model first (at least one
+        with an ``entry``). The first model whose findings may be shown (in scope, or shown anyway) -- else the
+        first that ran -- fills "Findings" as :meth:`show_prediction` does; the others follow as
+        :class:`ModelSection` s: models with findings expanded, models outside their intended use (withheld or
+        not run) collapsed with the reason.
+        """
+        ran = [r for r in results if r.entry is not None]
+        shown = [r for r in ran if r.shown]
+        main = (shown or ran)[0]
+        rest = [r for r in results if r is not main]
+        rest = [r for r in rest if r.shown] + [r for r in rest if not r.shown]
+        entry = main.entry
+        self.show_prediction(entry.prediction, main.package.card, entry.provider, where)
+        self.main_sha = str(main.package.sha256)
+        self.results_state = tuple(id(r.entry if r.entry is not None else r.assessment) for r in results)
+        if not rest:
+            return
+        card = main.package.card
+        self.scores_box.setTitle(f"Findings · {card.name} {card.version}")
+        self.cam_combo.blockSignals(True)  # the main model's labels keep their plain names; data: (sha, index)
+        for i in range(self.cam_combo.count()):
+            self.cam_combo.setItemData(i, (self.main_sha, i))
+        for r in rest:
+            sec = ModelSection(r, self)
+            sec.showAnywayRequested.connect(self.showAnywayRequested)
+            self.sections.append(sec)
+            self.others_layout.addWidget(sec)
+            if r.shown:
+                for i, lab in enumerate(r.entry.prediction.labels):
+                    self.cam_combo.addItem(f"{lab} · {r.package.card.name}", (str(r.package.sha256), i))
+        self.cam_combo.blockSignals(False)
+        self.others_box.setVisible(True)
+
+    def current_cam_prediction(self) -> Any:
+        """The prediction whose map the selector points at (the main one, or a shown section's)."""
+        sha = self.cam_model_sha()
+        for sec in self.sections:
+            if sec.result.entry is not None and str(sec.result.package.sha256) == sha:
+                return sec.result.entry.prediction
+        return self.prediction
+
+
+class ModelSection(QFrame):
+    """One model's part of the AI panel when several models scored the image (see the module docstring).
+
+    A header button -- ``"▾ nih-cxr14-64 0.1.0 · flagged Effusion"`` or ``"▸ pneumonia-cxr 2.1.0 · outside
+    intended use: patient age 64 y; model: 1–5 y"`` -- that folds the body: its score rows (each with its
+    operating-point tick) or, outside the intended use, the reasons and grey rows (or nothing, when routing did
+    not run the model). Expanded when the model's findings may be shown, collapsed otherwise.
+    """
+
+    showAnywayRequested = Signal()  # noqa: N815 - the preferred model's withheld result, shown anyway
+
+    def __init__(self, result: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.result = result
+        card = result.package.card
+        app = result.assessment
+        pred = None if result.entry is None else result.entry.prediction
+        self.setObjectName("modelSection")
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 2, 0, 2)
+        lay.setSpacing(4)
+        if pred is None:
+            verdict = "not run: " + "; ".join(app.reasons if app is not None else ())
+        elif app is not None and app.withheld:
+            verdict = "outside intended use: " + "; ".join(app.reasons)
+        elif pred.flagged:
+            verdict = "flagged " + ", ".join(pred.flagged)
+        else:
+            verdict = "no finding at the operating points"
+        self.verdict = verdict
+        self.header = QToolButton()
+        self.header.setCheckable(True)
+        self.header.setChecked(result.shown)
+        self.header.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.header.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.header.setText(f"{card.name} {card.version} · {verdict}")
+        self.header.setToolTip(f"{card.name} {card.version}: {verdict}\nIntended use: {card.intended_use}")
+        colour = theme.FLAG if (result.shown and pred is not None and pred.flagged) else (
+            theme.OK if result.shown else theme.MUTED)
+        self.header.setStyleSheet(f"QToolButton {{ border: none; color: {colour}; text-align: left; }}")
+        lay.addWidget(self.header)
+        self.body = QWidget()
+        bl = QVBoxLayout(self.body)
+        bl.setContentsMargins(14, 0, 0, 0)
+        bl.setSpacing(4)
+        ops = [f"{op.label} {op.threshold:.2f} ({op.criterion})" for op in card.operating_points]
+        if ops:
+            note = QLabel("Operating points: " + ", ".join(ops))
+            note.setWordWrap(True)
+            note.setStyleSheet(f"color: {theme.MUTED}; font-size: 8pt;")
+            bl.addWidget(note)
+        if app is not None and app.out_of_scope:
+            for reason in app.reasons:
+                r = QLabel("• " + reason)
+                r.setWordWrap(True)
+                r.setStyleSheet("color: #e8dcc8; font-size: 9pt;")
+                bl.addWidget(r)
+        self.rows: list[ScoreRow] = []
+        if pred is not None:
+            muted = app is not None and app.withheld
+            neg = getattr(card, "negative_label", None)
+            for lab in pred.labels:
+                row = ScoreRow(lab, pred.scores.get(lab, 0.0), operating_threshold(card, lab), lab in pred.flagged,
+                               lab == neg, muted=muted)
+                self.rows.append(row)
+                bl.addWidget(row)
+            if muted and result.preferred:
+                btn = QPushButton("Show anyway")
+                btn.setToolTip("Show the withheld findings, heat map and regions, labelled as outside intended use")
+                btn.clicked.connect(self.showAnywayRequested)
+                bl.addWidget(btn, 0, Qt.AlignLeft)
+        lay.addWidget(self.body)
+        self.header.toggled.connect(self._fold)
+        self._fold(result.shown)
+
+    def _fold(self, expanded: bool) -> None:
+        self.header.setArrowType(Qt.DownArrow if expanded else Qt.RightArrow)
+        self.body.setVisible(expanded)
+
+    @property
+    def expanded(self) -> bool:
+        """True when the body (score rows) is shown."""
+        return self.header.isChecked()
 
 
 def scrollable(panel: QWidget) -> QScrollArea:

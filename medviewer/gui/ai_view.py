@@ -109,26 +109,32 @@ class AiView(QObject):
 
     def maybe_auto_run(self) -> None:
         """Run on open: the first visible viewport (the active one first) whose image the controller says to run
-        (:meth:`AiController.auto_run_check`: no result yet, the card's modality gate); one run at a time, the
-        next starts when it finishes."""
+        with at least one model (:meth:`AiController.auto_run_packages`: every installed model without a result
+        for it whose intended use its header meets -- the preferred model by its card's modality gate); one run
+        at a time, the next starts when it finishes."""
         win = self.win
         if not (self.panel.auto_run.isChecked() or win.force_auto_run) or self.ai.package is None or self.ai.busy:
             return
         for vp in [win.active] + [v for v in win.viewports if v is not win.active and v.isVisibleTo(win)]:
             if not vp.has_image():
                 continue
-            decision = self.ai.auto_run_check(vp.source, vp.state.frame)
+            decision = self.ai.auto_run_packages(vp.source, vp.state.frame)
             if decision is None:
                 continue
-            if not decision[0]:
-                win.set_status(f"Run on open skipped: {decision[1]} (press Run AI to run anyway)")
+            packages, reason = decision
+            if not packages:
+                if reason:
+                    win.set_status(f"Run on open skipped: {reason} (press Run AI to run anyway)")
+                self.sync()  # the models routing left out are listed with their reasons
                 continue
-            self.run(vp)
+            self.run(vp, packages)
             return
 
-    def run(self, vp: Any = None) -> None:
-        """Run the selected model on the image ``vp`` shows (default: the active viewport) in the controller's
-        worker; the model card's intended-use policy is applied to the result (as ``medviewer infer`` does)."""
+    def run(self, vp: Any = None, packages: list[Any] | None = None) -> None:
+        """Run the selected model -- and every other installed model whose intended use the image's header meets
+        (:meth:`AiController.route`), or ``packages`` -- on the image ``vp`` shows (default: the active
+        viewport) in the controller's worker; each model card's intended-use policy is applied to its result
+        (as ``medviewer infer --models auto`` does)."""
         win = self.win
         vp = vp if vp in win.viewports else win.active
         if self.ai.package is None:
@@ -137,8 +143,9 @@ class AiView(QObject):
         if vp.source is None or vp.frame_uid() is None:
             win.set_status("Open an image first")
             return
-        self._shown_job = self.ai.run(vp.source, vp.state.frame)
-        self.panel.set_busy(True, f"Running {self.ai.package.card.name} on image {vp.state.frame + 1}…")
+        self._shown_job = self.ai.run(vp.source, vp.state.frame, packages)
+        names = ", ".join(p.card.name for p in self._shown_job.packages)
+        self.panel.set_busy(True, f"Running {names} on image {vp.state.frame + 1}…")
 
     def cancel(self) -> bool:
         """Cancel the run under way (its result is dropped); False when none runs."""
@@ -205,17 +212,41 @@ class AiView(QObject):
                 panel.set_warning(None)
         else:
             self._panel_state = ("pred", uid)
-            if panel.prediction is not entry.prediction:
+            results = self.ai.results(vp.source, vp.state.frame)
+            state = tuple(id(r.entry if r.entry is not None else r.assessment) for r in results)
+            if len(results) > 1:  # several models: grouped by model
+                if panel.prediction is None or panel.results_state != state:
+                    panel.show_results(results, f"image {uid[1] + 1}")
+                    panel.set_warning(*entry.note)
+            elif panel.prediction is not entry.prediction or panel.sections:
                 panel.show_prediction(entry.prediction, entry.package.card, entry.provider, f"image {uid[1] + 1}")
                 panel.set_warning(*entry.note)
         self.update_layers()
+
+    def drawn_entry(self, vp: Any) -> PredictionEntry | None:
+        """The result whose heat map and regions ``vp`` draws: for the active viewport the model whose map the
+        panel's selector points at (the model under "Findings" by default); elsewhere the first model (the
+        preferred first) whose findings may be shown, else the preferred model's result. None without one."""
+        entry = self.entry_for(vp)
+        if entry is None:
+            return None
+        results = [r for r in self.ai.results(vp.source, vp.state.frame) if r.entry is not None]
+        if len(results) <= 1:
+            return entry
+        if vp is self.win.active and self.panel.prediction is not None:
+            sha = self.panel.cam_model_sha()
+            chosen = next((r.entry for r in results if str(r.package.sha256) == sha), None)
+            if chosen is not None:
+                return chosen
+        shown = [r.entry for r in results if r.shown]
+        return shown[0] if shown else entry
 
     def update_layers(self) -> None:
         """Redraw every viewport's AI layer with the panel's heat-map settings (and save them)."""
         s, panel = self.win.settings, self.panel
         s.heatmap_opacity, s.colormap, s.heatmap_on = panel.opacity_value(), panel.colormap(), panel.heatmap_on()
         for vp in self.win.viewports:
-            entry = self.entry_for(vp)
+            entry = self.drawn_entry(vp)
             if entry is None:
                 sr = self._sr_overlay(vp)  # regions of an AI report (DICOM SR) on this image, if any
                 if sr is not None or vp.ai is not None:
@@ -223,8 +254,9 @@ class AiView(QObject):
                 continue
             pred = entry.prediction
             silent = pred.withheld  # out of scope: no heat map, no regions (Assessment.withheld)
-            label = (panel.cam_label_index() if vp is self.win.active
+            label = (panel.cam_label_index() if vp is self.win.active and panel.prediction is not None
                      else pred.labels.index(overlay_label(pred, negative_label=entry.package.card.negative_label)))
+            label = min(label, len(pred.labels) - 1)
             vp.set_ai(AiOverlay(vp.frame_uid(), pred, list(pred.labels), list(pred.flagged),
                                 panel.heatmap_on() and not silent, panel.opacity_value(), panel.colormap(), label,
                                 panel.regions_check.isChecked() and not silent, verdict=entry.summary()))
@@ -256,6 +288,10 @@ class AiView(QObject):
     def zoom_to_region(self, i: int) -> None:
         """Centre and zoom the active viewport on flagged region ``i`` of its result."""
         entry = self.entry_for(self.win.active)
+        main = self.panel.prediction  # the region list is the model's under "Findings"
+        if entry is not None and main is not None and entry.prediction is not main:
+            entry = next((r.entry for r in self.ai.results(self.win.active.source, self.win.active.state.frame)
+                          if r.entry is not None and r.entry.prediction is main), entry)
         if entry is None or not (0 <= i < len(entry.prediction.regions)):
             return
         r = entry.prediction.regions[i]

@@ -141,6 +141,11 @@ class ResultsDialog(QDialog):
             self.status.setText("Choose a PACS node")
             return False
         source, k = vp.source, vp.state.frame
+        # one report per model: every model whose findings may be shown for this image (several models
+        # installed), else the selected model's result (it records why it is not assessed)
+        ai = getattr(win, "ai", None)
+        results = ai.results(source, k) if ai is not None and hasattr(ai, "results") else []
+        entries = [r.entry for r in results if r.entry is not None and r.shown] or [entry]
         settings = win.settings
         alpha, cmap = float(settings.heatmap_opacity), str(settings.colormap)
         folder = None if self.to_pacs else Path(self.folder.text().strip() or ".")
@@ -152,15 +157,22 @@ class ResultsDialog(QDialog):
 
             out = folder if folder is not None else Path(tempfile.mkdtemp(prefix="medviewer-send-"))
             try:
-                paths = write_result_dicom(source, k, entry, out, deidentify=deid, key=key, alpha=alpha,
-                                           colormap=cmap)
+                paths, per_model = [], []
+                for e in entries:  # several models: each report in a folder named after its model
+                    where = out / e.package.card.name if len(entries) > 1 else out
+                    written = write_result_dicom(source, k, e, where, deidentify=deid, key=key, alpha=alpha,
+                                                 colormap=cmap)
+                    uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in written]
+                    paths += written
+                    per_model.append((e.package, uids, len(written)))
+                    task.check()
                 heads = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
                 res: dict[str, Any] = {
                     "paths": [str(p) for p in paths] if folder is not None else [],
                     "sop_uids": [str(h.SOPInstanceUID) for h in heads],
                     "study_uids": sorted({str(h.StudyInstanceUID) for h in heads}),
                     "stored": [], "failed": [], "cancelled": False, "node": node, "deidentified": deid,
-                    "model": entry.package,
+                    "model": entries[0].package, "reports": per_model,
                 }
                 task.emit("progress", 1, len(paths) + 1)
                 task.check()
@@ -208,10 +220,12 @@ class ResultsDialog(QDialog):
                 self.status.setText(f"Stored the SR and the SC on {res['node']}")
                 win.set_status(f"AI results stored on {res['node']}")
         else:
-            if audit is not None:
-                audit.exported("dicom-sr-sc", res["sop_uids"], deidentified=res["deidentified"], model=res["model"],
-                               detail={"objects": len(res["paths"])})
-            self.status.setText("Wrote " + ", ".join(Path(p).name for p in res["paths"]))
+            if audit is not None:  # one record per model's report
+                for package, uids, n in res.get("reports") or [(res["model"], res["sop_uids"], len(res["paths"]))]:
+                    audit.exported("dicom-sr-sc", uids, deidentified=res["deidentified"], model=package,
+                                   detail={"objects": n})
+            self.status.setText("Wrote " + ", ".join(Path(p).name for p in res["paths"])
+                                + (f" ({len(res['reports'])} models)" if len(res.get("reports") or []) > 1 else ""))
             win.set_status(f"AI results written to {Path(res['paths'][0]).parent}")
         self.done_with.emit(res)
 

@@ -113,6 +113,7 @@ class WorklistView(QWidget):
         self.paths: list[str] = []
         self._task: Task | None = None
         self._last_refresh = 0.0
+        self.models: list[str] = []  #: the names of the models of the last triage
 
         self.table = _Table(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
@@ -196,19 +197,21 @@ class WorklistView(QWidget):
     def _run(self, score: Any, what: str = "") -> Task | None:
         from medviewer.workstation.worklist import Worklist
 
-        package = self.win.ai.package
+        ai = self.win.ai
+        package = ai.package
         if package is None:
             self._set_status("No model selected: choose one in the AI panel first")
             return None
         self.cancel()
         wl = Worklist(self.state_file)
         self.worklist = wl
-        ai = self.win.ai
+        packages = ai.ordered_packages()  # every installed model, the preferred first
+        self.models = [p.card.name for p in packages]
 
         def work(task: Task) -> Any:
-            session = ai.session(package)  # process-wide cache: opened once per model and provider
+            sessions = [ai.session(p) for p in packages]  # process-wide cache: opened once per model and provider
             task.check()
-            return score(session, wl, task)
+            return score(sessions, wl, task)
 
         task = FnTask(work, "triage")
         self._task = task
@@ -218,7 +221,8 @@ class WorklistView(QWidget):
         task.signals.finished.connect(self._finished)
         self.progress.setRange(0, 0)  # busy until the scan has counted the images
         self._busy(True)
-        self._set_status(f"Triage{' of ' + what if what else ''} with {package.card.name} {package.card.version} …")
+        names = ", ".join(f"{p.card.name} {p.card.version}" for p in packages)
+        self._set_status(f"Triage{' of ' + what if what else ''} with {names} …")
         self.fill()
         self.win.start(task)
         return task
@@ -263,6 +267,12 @@ class WorklistView(QWidget):
         n_in = sum(e.applicability in (Status.IN_SCOPE, Status.UNKNOWN) for e in self.entries)
         n_img = sum(e.scored for e in self.entries)
         n_failed = sum(e.failed for e in self.entries)
+        if len(self.models) > 1:  # scored counts (image, model) results
+            n_img = sum(e.images for e in self.entries)
+            self._set_status(f"{len(self.entries)} stud{'y' if len(self.entries) == 1 else 'ies'}, {n_img} images "
+                             f"scored by {len(self.models)} models ({n_failed} results failed); {n_in} with images "
+                             "in a model's intended use.")
+            return
         self._set_status(f"{len(self.entries)} stud{'y' if len(self.entries) == 1 else 'ies'}, {n_img} images "
                          f"scored ({n_failed} failed); {n_in} with images in the model's intended use.")
 
@@ -295,8 +305,11 @@ class WorklistView(QWidget):
         for r, e in enumerate(self.entries):
             prob = "" if e.top_probability is None else f"{e.top_probability:.2f}"
             finding = e.top_label or ""
-            if finding and finding in e.flagged:
-                finding += "  (flagged)"
+            if finding and len(self.models) > 1 and e.top_model:
+                finding += f" · {e.top_model}"  # several models: which one gave the top probability
+            if e.top_label and e.top_label in e.flagged:
+                finding += "  (flagged" + (f" by {', '.join(e.flagged_by.get(e.top_label, []))}"
+                                          if len(self.models) > 1 and e.flagged_by.get(e.top_label) else "") + ")"
             texts = (patient_text(e.patient_name, e.patient_id), format_date(e.study_date), e.study_description,
                      "/".join(e.modalities), finding, prob, APPLICABILITY_TEXT.get(e.applicability, e.applicability),
                      "read" if e.read else "unread")
@@ -326,8 +339,10 @@ class WorklistView(QWidget):
             return "The model card states no intended use to check against"
         if e.applicability == NOT_SCORED:
             return "Not scored (triage cancelled before this study)"
-        extra = f"; {e.out_of_scope} image(s) out of scope: " + "; ".join(e.reasons) if e.out_of_scope else ""
-        return f"{e.in_scope} of {e.scored} scored image(s) in the model's intended use{extra}"
+        extra = f"; {e.out_of_scope} out of scope: " + "; ".join(e.reasons) if e.out_of_scope else ""
+        flags = "; ".join(f"{lab} flagged by {', '.join(models)}" for lab, models in e.flagged_by.items() if models)
+        return (f"{e.in_scope} of {e.scored} scored (image, model) result(s) in the model's intended use{extra}"
+                + (f"\n{flags}" if flags else ""))
 
     def selected_study(self) -> str | None:
         """Study Instance UID of the selected row, or None."""

@@ -2,8 +2,14 @@
 
 :class:`AiController` is what both front ends use to run a model:
 
-* the **model choice**: which package is selected (:meth:`AiController.choose`: the one asked for, else the
+* the **model choice**: which package is *preferred* (:func:`choose_package`: the one asked for, else the
   saved one, else :data:`~medviewer.inference.DEFAULT_MODEL_NAME`, else the first found);
+* **routing over several models**: a run scores the image with the preferred model and with every other
+  installed model whose intended use the image's header meets (:meth:`AiController.route`: the card's
+  modality gate and header checks, :func:`~medviewer.inference.applicability.check_header`); the pixels are
+  then judged by each model's policy. A model the header rules out is not run: its out-of-scope
+  :class:`~medviewer.inference.applicability.Assessment` is kept, so a view can say why
+  (:meth:`AiController.results`: one :class:`ModelResult` per model, the preferred first);
 * the **session cache**: ONNX Runtime sessions come from :func:`medviewer.inference.open_session` -- one per
   (model, SHA-256, provider) for the whole process, shared by the workstation and ``medviewer infer``;
 * **run / cancel** of single images on a :class:`concurrent.futures.ThreadPoolExecutor` (one inference at a
@@ -37,10 +43,17 @@ from typing import Any
 from psygnal import Signal, SignalGroup
 
 from medviewer.errors import MedViewerError, error_line
-from medviewer.inference.applicability import IntendedUsePolicy, should_auto_run
+from medviewer.inference.applicability import (
+    Assessment,
+    IntendedUsePolicy,
+    Status,
+    assess,
+    header_facts,
+    should_auto_run,
+)
 from medviewer.workstation.session import PredictionEntry, PredictionKey, ReadingSession
 
-__all__ = ["AiController", "AiEvents", "AiJob", "choose_package"]
+__all__ = ["AiController", "AiEvents", "AiJob", "ModelResult", "choose_package", "header_route"]
 
 
 def choose_package(packages: Sequence[Any], requested: Any = None, saved: str | None = None) -> Any:
@@ -57,6 +70,51 @@ def choose_package(packages: Sequence[Any], requested: Any = None, saved: str | 
     return (match or default or pkgs or [None])[0]
 
 
+def header_route(card: Any, instance: Any) -> Assessment | None:
+    """Whether a model that was not asked for by name is run on ``instance``, from the header alone: None to run
+    it, else the out-of-scope :class:`~medviewer.inference.applicability.Assessment` that says why not.
+
+    It is not run when the card's modality gate says no (:func:`should_auto_run`: a chest model on a CT slice;
+    a schema-1 card on anything but a projection radiograph) or a present tag contradicts the card's intended
+    use (:func:`~medviewer.inference.applicability.check_header`: "patient age 64 y; model: 1-5 y"). Missing
+    tags never stop it: the pixels are then judged after the run, by the model's policy.
+    """
+    inst = getattr(instance, "instance", instance)
+    ok, reason = should_auto_run(card, inst)
+    if not ok:
+        return Assessment(Status.OUT_OF_SCOPE, (reason or "modality outside the model's intended use",))
+    a = assess(card, header_facts(inst), None)
+    return a if a.reasons else None
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One installed model's say on one image: its result (``entry``), or -- not run because the header ruled
+    it out (:func:`header_route`) -- the reason (``assessment`` only).
+
+    Attributes
+    ----------
+    package
+        The :class:`~medviewer.inference.ModelPackage`.
+    entry
+        Its :class:`~medviewer.workstation.session.PredictionEntry`, or None when it was not run.
+    assessment
+        The intended-use :class:`~medviewer.inference.applicability.Assessment`: the result's, or the header's.
+    preferred
+        The reader's selected model.
+    """
+
+    package: Any
+    entry: PredictionEntry | None
+    assessment: Assessment | None
+    preferred: bool = False
+
+    @property
+    def shown(self) -> bool:
+        """True when the model's findings may be shown: it ran and its result is not withheld."""
+        return self.entry is not None and not (self.assessment is not None and self.assessment.withheld)
+
+
 class AiEvents(SignalGroup):
     """Events of an :class:`AiController` (psygnal; see the module doc for the threads they come from)."""
 
@@ -71,13 +129,18 @@ class AiEvents(SignalGroup):
 
 @dataclass(eq=False)
 class AiJob:
-    """One inference on one frame: its key, the future of its :class:`PredictionEntry`, whether it was cancelled."""
+    """One run on one frame: the key of its first model's result, the future of that
+    :class:`PredictionEntry`, whether it was cancelled; a routed run (several models) has every model's key in
+    ``keys`` and, once done, every entry in ``entries`` (a model that failed has none)."""
 
     key: PredictionKey
     package: Any
     frame_index: int
     future: Future = field(default_factory=Future)
     _cancel: threading.Event = field(default_factory=threading.Event)
+    packages: list[Any] = field(default_factory=list)
+    keys: list[PredictionKey] = field(default_factory=list)
+    entries: list[PredictionEntry] = field(default_factory=list)
 
     @property
     def cancelled(self) -> bool:
@@ -117,6 +180,7 @@ class AiController:
         self._job: AiJob | None = None
         self._outstanding: set[Future] = set()
         self._auto_tried: set[PredictionKey] = set()
+        self._not_run: dict[PredictionKey, Assessment] = {}  # models the header ruled out, with the reason
         self._models_gen = 0
 
     # -- models ----------------------------------------------------------------------------------------
@@ -217,6 +281,74 @@ class AiController:
         """The selected model's result for frame ``k`` of ``source``, or None (another model's never counts)."""
         return self.reading.prediction(self.key(source, k))
 
+    # -- routing over the installed models -------------------------------------------------------------
+    def ordered_packages(self) -> list[Any]:
+        """The installed packages, the preferred (selected) one first, then the others in discovery order."""
+        pref = self.package
+        others = [p for p in self.packages if pref is None or str(p.path) != str(pref.path)]
+        return ([pref] if pref is not None else []) + others
+
+    def route(self, source: Any, k: int, *, preferred: bool = True) -> list[Any]:
+        """The packages a run on frame ``k`` of ``source`` scores: the preferred model (when ``preferred``:
+        the reader asked for it; run again if it has a result) and every other installed model without a
+        result for this image that :func:`header_route` lets through; the others' reasons are kept for
+        :meth:`results`."""
+        inst = source.instance(k)
+        chosen = []
+        for pkg in self.ordered_packages():
+            if preferred and pkg is self.package:
+                chosen.append(pkg)
+                continue
+            key = self.reading.prediction_key(source, k, pkg.sha256)
+            if key in self.reading:
+                continue  # kept: another model's result is not re-run when the reader re-runs the preferred one
+            why = header_route(pkg.card, inst)
+            if why is None:
+                chosen.append(pkg)
+            else:
+                self._not_run[key] = why
+        return chosen
+
+    def results(self, source: Any, k: int) -> list[ModelResult]:
+        """Every installed model's say on frame ``k`` of ``source``, the preferred model first: its result when
+        it ran, or the header's reason when routing left it out; models not decided yet are absent."""
+        out = []
+        for pkg in self.ordered_packages():
+            key = self.reading.prediction_key(source, k, pkg.sha256)
+            entry = self.reading.prediction(key)
+            if entry is not None:
+                out.append(ModelResult(pkg, entry, entry.prediction.applicability, pkg is self.package))
+            elif key in self._not_run:
+                out.append(ModelResult(pkg, None, self._not_run[key], pkg is self.package))
+        return out
+
+    def auto_run_packages(self, source: Any, k: int) -> tuple[list[Any], str | None] | None:
+        """Run on open over every installed model: None when every model was decided for this image before;
+        else ``(packages to run, reason)`` -- the preferred model by its card's modality gate
+        (:func:`should_auto_run`, ``reason`` says why it is skipped), each other model by :func:`header_route`.
+        Each image and model is decided once."""
+        if source is None:
+            return None
+        inst = source.instance(k)
+        decided, run, reason = False, [], None
+        for pkg in self.ordered_packages():
+            key = self.reading.prediction_key(source, k, pkg.sha256)
+            if key in self.reading or key in self._auto_tried:
+                continue
+            self._auto_tried.add(key)
+            decided = True
+            if pkg is self.package:
+                ok, reason = should_auto_run(pkg.card, inst)
+                if ok:
+                    run.append(pkg)
+                continue
+            why = header_route(pkg.card, inst)
+            if why is None:
+                run.append(pkg)
+            else:
+                self._not_run[key] = why
+        return (run, reason) if decided else None
+
     def auto_run_check(self, source: Any, k: int) -> tuple[bool, str | None] | None:
         """Run on open for frame ``k`` of ``source``: None when there is nothing to decide (no model, a result or an
         earlier decision for this image and model), else ``(run, reason)`` from the card's intended use
@@ -244,22 +376,31 @@ class AiController:
         with self._lock:
             return any(not f.done() for f in self._outstanding)
 
-    def run(self, source: Any, k: int) -> AiJob:
-        """Score frame ``k`` of ``source`` (a :class:`~medviewer.workstation.frames.FrameSource`) with the selected
-        model in a worker: decode (the viewer's pixels, :meth:`FrameSource.decode`), render
-        (:func:`medviewer.imaging.display_image`), predict, apply the intended-use policy, keep the result in the
-        reading session. A previous run still under way is cancelled. Events: ``started`` now, then from the
-        worker ``prediction_ready`` or ``failed``, and ``finished``.
+    def run(self, source: Any, k: int, packages: Sequence[Any] | None = None) -> AiJob:
+        """Score frame ``k`` of ``source`` (a :class:`~medviewer.workstation.frames.FrameSource`) in a worker with
+        ``packages`` -- default :meth:`route`: the selected model and every other installed model whose intended
+        use the header meets -- one after the other, the first first: decode once (the viewer's pixels,
+        :meth:`FrameSource.decode`), render (:func:`medviewer.imaging.display_image`), then per model predict,
+        apply its intended-use policy and keep the result in the reading session. A previous run still under
+        way is cancelled. Events: ``started`` now, then from the worker ``prediction_ready`` per model (or
+        ``failed``, with the model's name when several run), and ``finished`` once. ``job.future`` gives the
+        first model's entry (the first that succeeded); ``job.entries`` all of them.
 
         Raises
         ------
         MedViewerError
-            No model is selected.
+            No model is selected (and none given).
         """
-        package = self.package
-        if package is None:
-            raise MedViewerError("no model selected")
-        job = AiJob(self.reading.prediction_key(source, k, package.sha256), package, k)
+        if packages is None:
+            if self.package is None:
+                raise MedViewerError("no model selected")
+            packages = self.route(source, k)
+        packages = list(packages)
+        if not packages:
+            raise MedViewerError("no model to run")
+        package = packages[0]
+        keys = [self.reading.prediction_key(source, k, p.sha256) for p in packages]
+        job = AiJob(keys[0], package, k, packages=packages, keys=keys)
         inst, frame = source.frames[k]
         spacing = source.spacing(k)
         with self._lock:
@@ -267,31 +408,48 @@ class AiController:
         if previous is not None:
             self._cancel(previous)
 
+        def one(pkg: Any, key: PredictionKey, img: Any) -> PredictionEntry | None:
+            session = self.session(pkg)
+            pred = session.predict([img], [spacing])[0]
+            self.policy(pkg).apply(inst, pred, img)
+            note = (session.fallback_warning, True) if session.fallback_warning else (session.notice, False)
+            entry = PredictionEntry(key, pred, session.provider, note, pkg)
+            with self._lock:  # a cancel is atomic with keeping the result
+                if job.cancelled:
+                    return None
+                if self._job is job and len(job.entries) + 1 >= len(packages):
+                    self._job = None
+            job.entries.append(entry)
+            self.reading.add_prediction(entry)
+            self.events.prediction_ready.emit(entry)
+            return entry
+
         def work() -> PredictionEntry | None:
             from medviewer.imaging import check_not_blank, display_image
 
             try:
                 if job.cancelled:
                     return None
-                session = self.session(package)
+                self.session(package)  # the first model's session (an error here is the run's error)
                 stored = source.decode(k)
                 img = display_image(inst, frame=frame, stored=stored)  # what the reader sees
                 # a constant image is refused, as `medviewer infer` refuses it: never "no finding" on a blank
                 check_not_blank(img, getattr(inst, "path", ""), frame if len(source) > 1 else None, stored)
-                if job.cancelled:
-                    return None
-                pred = session.predict([img], [spacing])[0]
-                self.policy(package).apply(inst, pred, img)
-                note = (session.fallback_warning, True) if session.fallback_warning else (session.notice, False)
-                entry = PredictionEntry(job.key, pred, session.provider, note, package)
-                with self._lock:  # a cancel is atomic with keeping the result
+                errors: list[str] = []
+                for pkg, key in zip(packages, keys, strict=True):
                     if job.cancelled:
                         return None
-                    if self._job is job:
-                        self._job = None
-                self.reading.add_prediction(entry)
-                self.events.prediction_ready.emit(entry)
-                return entry
+                    try:
+                        one(pkg, key, img)
+                    except Exception as exc:  # one model failing does not stop the others
+                        if len(packages) == 1:
+                            raise
+                        errors.append(f"{pkg.card.name}: {error_line(exc)}")
+                if errors and not job.entries:
+                    raise MedViewerError("; ".join(errors))
+                if errors and not job.cancelled:  # said once, after the models that worked
+                    self.events.failed.emit(job, "; ".join(errors))
+                return job.entries[0] if job.entries else None
             except Exception as exc:
                 with self._lock:
                     mine = self._job is job
