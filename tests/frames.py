@@ -1,5 +1,5 @@
-"""A Qt-free frame source over real instances for viewport-model tests (the interface of
-:class:`medviewer.gui.series.FrameSource`, which lives in the Qt package): decoding is explicit."""
+"""A frame source over real instances for viewport-model tests (the interface of
+:class:`medviewer.workstation.frames.FrameSource`) whose decoding is explicit."""
 
 from __future__ import annotations
 

@@ -245,6 +245,20 @@ def test_qt_only_under_gui():
     assert bad == []
 
 
+def test_every_gui_module_uses_qt():
+    """Qt-free code lives below ``gui`` (workstation models, measurements, key bindings, corner text); a
+    module under ``medviewer/gui/`` either imports Qt or is a re-export shim of a moved module."""
+    bad = []
+    for path in sorted((ROOT / "medviewer" / "gui").glob("*.py")):
+        names = [n for _line, n in _imported_names(path)]
+        if any(n.split(".")[0] in QT for n in names) or path.name == "__init__.py":
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        if not doc.startswith("Moved"):
+            bad.append(path.name)
+    assert bad == []
+
+
 def test_medviewer_never_imports_torch_or_training():
     bad = [a for top in ("torch", "training") for a in _foreign(top) if a.startswith("medviewer")]
     assert bad == []

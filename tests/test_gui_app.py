@@ -16,9 +16,9 @@ from PySide6.QtGui import QWheelEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication, QLabel  # noqa: E402
 
 from medviewer.gui.main_window import MainWindow  # noqa: E402
-from medviewer.gui.measure import Shape, distance  # noqa: E402
 from medviewer.gui.settings import Settings  # noqa: E402
 from medviewer.imaging import presets_for  # noqa: E402
+from medviewer.workstation.measure import Shape, distance  # noqa: E402
 
 TIMEOUT = 15000
 
@@ -95,7 +95,7 @@ def test_wheel_scrolls_frames_and_keys(qtbot, settings):
     QApplication.sendEvent(vp, ev)
     assert vp.state.frame == 1
     qtbot.waitUntil(vp.has_image, timeout=TIMEOUT)
-    from medviewer.gui.keybindings import Command
+    from medviewer.workstation.keybindings import Command
 
     win.toggle_cine()  # cine plays through the frames
     qtbot.waitUntil(lambda: vp.state.frame >= 3, timeout=TIMEOUT)
@@ -306,8 +306,8 @@ def test_tag_browser_search_and_dialogs(qtbot, settings, model_dir):
     import pydicom
 
     from medviewer.gui.dialogs import ModelCardDialog, ShortcutsDialog, TagBrowser
-    from medviewer.gui.keybindings import KEYS
     from medviewer.inference import ModelPackage
+    from medviewer.workstation.keybindings import KEYS
 
     ds = pydicom.dcmread(pydicom_test_file("CT_small.dcm"), stop_before_pixels=True)
     tags = TagBrowser(ds)
@@ -562,7 +562,7 @@ def test_folder_first_image_shows_before_the_scan_ends(qtbot, settings, ct_serie
 def test_measurements_belong_to_the_image_in_the_reading_session(qtbot, settings):
     """A distance drawn on an image is kept by the reading session: another viewport showing the same image
     draws it too (pixels differ with and without it), and deleting it there removes it everywhere."""
-    from medviewer.gui.measure import Measurement
+    from medviewer.workstation.measure import Measurement
 
     win = _window(qtbot, settings)
     win.set_layout("1x2")

@@ -16,9 +16,9 @@ from PySide6.QtCore import QSettings  # noqa: E402
 from medviewer.export.presentation_state import Annotation, ReadingState, build_presentation_state  # noqa: E402
 from medviewer.gui.browser import STATE_ROLE  # noqa: E402
 from medviewer.gui.main_window import MainWindow  # noqa: E402
-from medviewer.gui.measure import Shape  # noqa: E402
 from medviewer.gui.presentation import save_reading_state  # noqa: E402
 from medviewer.gui.settings import Settings  # noqa: E402
+from medviewer.workstation.measure import Shape  # noqa: E402
 
 TIMEOUT = 20000
 
@@ -80,7 +80,7 @@ def test_states_listed_in_the_browser_and_another_chosen(qtbot, tmp_path, study)
 
     # the reader draws a measurement of their own, then chooses FIRST: SECOND's go, theirs and FIRST's are shown
     key = vp.source_key
-    from medviewer.gui.measure import Measurement
+    from medviewer.workstation.measure import Measurement
 
     own = Measurement(Shape.DISTANCE, (10.0, 10.0), (60.0, 10.0))
     win.reading.measurements.add((key, 4), own)

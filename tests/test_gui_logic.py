@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from medviewer.gui.keybindings import KEYS, PRESET_KEYS, Command, key_for, shortcut_table
-from medviewer.gui.measure import Measurement, Shape, describe, distance, roi_stats
-from medviewer.gui.overlays import corner_text, format_person_name, orientation_labels
-from medviewer.gui.series import valid_spacing
-from medviewer.gui.viewstate import ViewState, nice_scale_length_mm
+from medviewer.workstation.frames import valid_spacing
+from medviewer.workstation.keybindings import KEYS, PRESET_KEYS, Command, key_for, shortcut_table
+from medviewer.workstation.measure import Measurement, Shape, describe, distance, roi_stats
+from medviewer.workstation.text_overlays import corner_text, format_person_name, orientation_labels
+from medviewer.workstation.viewstate import ViewState, nice_scale_length_mm
 
 
 def test_image_screen_round_trip_with_rotation_flip_and_aspect():

@@ -15,9 +15,9 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QSettings  # noqa: E402
 
 from medviewer.gui.main_window import MainWindow  # noqa: E402
-from medviewer.gui.measure import Measurement, Shape, distance  # noqa: E402
 from medviewer.gui.presentation import save_reading_state  # noqa: E402
 from medviewer.gui.settings import Settings  # noqa: E402
+from medviewer.workstation.measure import Measurement, Shape, distance  # noqa: E402
 
 TIMEOUT = 20000
 

@@ -11,10 +11,10 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QSettings  # noqa: E402
 
-from medviewer.gui.keybindings import Command, key_for  # noqa: E402
 from medviewer.gui.main_window import MainWindow  # noqa: E402
 from medviewer.gui.priors import HangLabel  # noqa: E402
 from medviewer.gui.settings import Settings  # noqa: E402
+from medviewer.workstation.keybindings import Command, key_for  # noqa: E402
 from tests.conftest import pydicom_test_file  # noqa: E402
 from tests.priors_data import relabel  # noqa: E402
 

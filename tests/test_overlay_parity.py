@@ -22,13 +22,13 @@ pytest.importorskip("pytestqt")
 from PySide6.QtGui import QImage  # noqa: E402
 
 from medviewer.export import render_overlay  # noqa: E402
-from medviewer.gui.series import FrameSource  # noqa: E402
 from medviewer.gui.viewport import AiOverlay, Viewport  # noqa: E402
 from medviewer.imaging import display_image  # noqa: E402
 from medviewer.inference.heatmap import composite  # noqa: E402
 from medviewer.inference.package import ModelPackage  # noqa: E402
 from medviewer.inference.session import Session  # noqa: E402
 from medviewer.io import read_instance  # noqa: E402
+from medviewer.workstation.frames import FrameSource  # noqa: E402
 from medviewer.workstation.overlay import REGION_COLOR, ai_overlay_layer  # noqa: E402
 
 TOLERANCE = 1  # grey levels, see the module docstring

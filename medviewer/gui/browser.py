@@ -21,9 +21,9 @@ from PySide6.QtCore import QByteArray, QMimeData, QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
-from medviewer.gui.overlays import format_date, format_person_name
 from medviewer.gui.viewport import SERIES_MIME, numpy_to_qimage
 from medviewer.workstation.session import ReadingSession, series_key  # re-exported: the key is the session's
+from medviewer.workstation.text_overlays import format_date, format_person_name
 
 __all__ = ["SeriesBrowser", "series_key"]
 

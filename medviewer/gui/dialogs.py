@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from medviewer.gui import theme
-from medviewer.gui.keybindings import shortcut_table
+from medviewer.workstation.keybindings import shortcut_table
 
 __all__ = ["show_error", "batch_message_box", "ModelCardDialog", "TagBrowser", "ShortcutsDialog", "ExportDialog", "card_html"]
 
@@ -220,7 +220,7 @@ class TagBrowser(QDialog):
 
 
 class ShortcutsDialog(QDialog):
-    """Help > Shortcuts: every binding of :mod:`medviewer.gui.keybindings`."""
+    """Help > Shortcuts: every binding of :mod:`medviewer.workstation.keybindings`."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)

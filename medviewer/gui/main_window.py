@@ -30,16 +30,16 @@ from medviewer.gui.ai_panel import AiPanel, scrollable
 from medviewer.gui.ai_view import AiView
 from medviewer.gui.browser import SeriesBrowser
 from medviewer.gui.dialogs import ExportDialog, ModelCardDialog, ShortcutsDialog, TagBrowser, show_error
-from medviewer.gui.keybindings import Command
 from medviewer.gui.linking import install_linking
 from medviewer.gui.loading import SeriesLoader
-from medviewer.gui.measure import Shape
 from medviewer.gui.menus import build_menus, update_presets_menu
 from medviewer.gui.settings import LAYOUTS, Settings
 from medviewer.gui.viewport import Viewport
 from medviewer.gui.workers import Task, warm_imports
 from medviewer.workstation.ai import AiController
 from medviewer.workstation.audit_trail import AuditTrail
+from medviewer.workstation.keybindings import Command
+from medviewer.workstation.measure import Shape
 from medviewer.workstation.session import PredictionEntry, ReadingSession
 
 __all__ = ["MainWindow"]
@@ -376,7 +376,7 @@ class MainWindow(QMainWindow):
         if inst is None:
             self.setWindowTitle("MedViewer")
             return
-        from medviewer.gui.overlays import format_person_name
+        from medviewer.workstation.text_overlays import format_person_name
 
         bits = [format_person_name(getattr(inst, "patient_name", "")), str(getattr(inst, "study_description", "") or ""),
                 Path(str(inst.path)).name]

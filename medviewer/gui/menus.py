@@ -1,4 +1,4 @@
-"""The main window's menus and actions: one QAction per key binding of :mod:`medviewer.gui.keybindings`,
+"""The main window's menus and actions: one QAction per key binding of :mod:`medviewer.workstation.keybindings`,
 the window presets of the active image's modality, recent folders, the AI menu's extras (the triage
 worklist dock of :mod:`medviewer.gui.worklist_view`, created on first use).
 
@@ -15,8 +15,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QMenu
 
-from medviewer.gui.keybindings import KEYS, PRESET_KEYS, Command
-from medviewer.gui.measure import Shape
+from medviewer.workstation.keybindings import KEYS, PRESET_KEYS, Command
+from medviewer.workstation.measure import Shape
 
 __all__ = ["build_menus", "update_recent_menu", "update_presets_menu", "TOOLS", "PROVIDERS"]
 

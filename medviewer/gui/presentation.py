@@ -21,7 +21,7 @@ from typing import Any
 
 from PySide6.QtCore import QTimer
 
-from medviewer.gui.measure import Measurement, Shape, distance, roi_stats
+from medviewer.workstation.measure import Measurement, Shape, distance, roi_stats
 from medviewer.workstation.presentation import (
     FoundState,
     apply_to_viewport,

@@ -4,8 +4,8 @@ The widget holds no imaging logic and no state about what is shown: the model (Q
 state, the VOI choice, the frame and the render cache, and emits ``psygnal`` events the widget repaints on.
 Grey-scale rendering is :class:`medviewer.imaging.DisplayPipeline` (through the model), the AI overlay
 (heat map, regions, labels) is :func:`medviewer.workstation.overlay.ai_overlay_layer` drawn 1:1, so an
-export shows exactly what the reader saw; measurements are :mod:`medviewer.gui.measure`, corner text and
-orientation labels :mod:`medviewer.gui.overlays`. Pixels are decoded by a
+export shows exactly what the reader saw; measurements are :mod:`medviewer.workstation.measure`, corner text and
+orientation labels :mod:`medviewer.workstation.text_overlays`. Pixels are decoded by a
 :class:`~medviewer.gui.workers.PrefetchTask`; the widget only reads the cache.
 """
 
@@ -29,8 +29,8 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QWidget
 
 from medviewer.gui import theme
-from medviewer.gui.measure import Measurement, Shape
 from medviewer.gui.viewport_paint import ViewportPainting
+from medviewer.workstation.measure import Measurement, Shape
 from medviewer.workstation.overlay import AiOverlay
 from medviewer.workstation.session import Measurements
 from medviewer.workstation.viewport import ViewportModel, ViewState

@@ -2,7 +2,7 @@
 orientation labels, measurements with their values, the status line and the link badge.
 
 A mixin of the viewport widget (it reads the widget's model, state and source); the texts come from
-:mod:`medviewer.gui.overlays`, the measurement values from :mod:`medviewer.gui.measure`.
+:mod:`medviewer.workstation.text_overlays`, the measurement values from :mod:`medviewer.workstation.measure`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen, QTransform
 
 from medviewer.gui import theme
-from medviewer.gui.measure import Shape, describe
-from medviewer.gui.overlays import corner_text, orientation_labels
+from medviewer.workstation.measure import Shape, describe
+from medviewer.workstation.text_overlays import corner_text, orientation_labels
 from medviewer.workstation.viewport import nice_scale_length_mm
 
 __all__ = ["ViewportPainting"]

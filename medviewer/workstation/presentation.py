@@ -9,7 +9,7 @@ first) and :func:`apply_to_viewport` puts one back: window, geometry and the mea
 at the same pixels (so the same mm).
 
 Measurements are duck-typed (``shape`` with a ``value`` of ``distance``/``rect``/``ellipse``, points ``p0`` and
-``p1`` in image pixels), as :class:`medviewer.gui.measure.Measurement` is; the caller passes the factory.
+``p1`` in image pixels), as :class:`medviewer.workstation.measure.Measurement` is; the caller passes the factory.
 """
 
 from __future__ import annotations
