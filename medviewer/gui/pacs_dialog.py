@@ -1,8 +1,12 @@
 """The PACS dialog: saved nodes, study query, results table, retrieve with progress and cancel.
 
-All network work (echo, C-FIND/QIDO-RS, C-GET/WADO-RS) runs on the global ``QThreadPool`` as
-:class:`~medviewer.gui.workers.FnTask` s; results come back through queued signals, so the GUI never
-waits on the network. A retrieval can be cancelled (it stops after the instance in flight; what arrived
+The dialog is a view of a Qt-free :class:`~medviewer.workstation.pacs_browser.PacsBrowser`: its ``run_*``
+methods (echo, C-FIND/QIDO-RS, C-GET/WADO-RS, audited) run on the global ``QThreadPool`` as
+:class:`~medviewer.gui.workers.FnTask` s, their outcomes come back through queued signals and are applied
+to the browser, and the dialog redraws from the browser's state, so the GUI never waits on the network.
+The PACS client's warnings (a PACS that ignored the modality or date key, a C-GET/C-MOVE that ended with
+failed sub-operations, instances missing after a retrieval) are shown in an amber line under the status,
+not dropped. A retrieval can be cancelled (it stops after the instance in flight; what arrived
 stays in the folder and a later retrieval resumes from there). When a study has been retrieved completely
 the dialog emits :attr:`PacsDialog.studyRetrieved` with its folder, for the main window to open.
 
@@ -39,6 +43,7 @@ from PySide6.QtWidgets import (
 )
 
 from medviewer.gui.workers import FnTask, Task
+from medviewer.workstation.pacs_browser import PacsBrowser, RetrieveOutcome
 
 __all__ = ["PacsDialog", "default_download_dir", "COLUMNS"]
 
@@ -69,8 +74,11 @@ class PacsDialog(QDialog):
     #: (node, our AE title, Study Instance UIDs, destination folder): "Triage these studies" was pressed
     triageRequested = Signal(str, str, list, str)  # noqa: N815 - Qt naming
 
-    def __init__(self, parent: QWidget | None = None, *, pool: QThreadPool | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, *, pool: QThreadPool | None = None,
+                 browser: PacsBrowser | None = None) -> None:
         super().__init__(parent)
+        #: the Qt-free state this dialog shows (studies, status, the PACS client's warnings)
+        self.browser = browser or PacsBrowser()
         self.setWindowTitle("PACS")
         self.resize(980, 560)
         self._pool = pool or QThreadPool.globalInstance()
@@ -79,7 +87,6 @@ class PacsDialog(QDialog):
         self._running = False
         self._delivered = False
         self._what = ""
-        self.matches: list[dict[str, Any]] = []
 
         self.node = QComboBox(editable=True)
         self.node.setToolTip("http(s)://host:port/path (DICOMweb), dicom://AET@host:port (DIMSE) or a saved name")
@@ -116,6 +123,13 @@ class PacsDialog(QDialog):
         self.status = QLabel("")
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.status.setWordWrap(True)
+        #: the PACS client's warnings of the last operation (hidden when there are none)
+        self.notes = QLabel("")
+        self.notes.setObjectName("pacsNotes")
+        self.notes.setWordWrap(True)
+        self.notes.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.notes.setStyleSheet("QLabel#pacsNotes { color: #b36b00; }")
+        self.notes.setVisible(False)
 
         form = QFormLayout()
         node_row = QHBoxLayout()
@@ -143,6 +157,7 @@ class PacsDialog(QDialog):
         layout.addLayout(out_row)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addWidget(self.notes)
 
         self.echo_button.clicked.connect(self.echo)
         self.search_button.clicked.connect(self.search)
@@ -151,9 +166,15 @@ class PacsDialog(QDialog):
         self.cancel_button.clicked.connect(self.cancel)
         self.table.itemDoubleClicked.connect(lambda _item: self.retrieve())
         browse.clicked.connect(self._browse)
+        self._unsubscribe = self.browser.subscribe(self._browser_changed)
         self.reload_nodes()
 
     # -- helpers ----------------------------------------------------------------------------------------
+    @property
+    def matches(self) -> list[dict[str, Any]]:
+        """The studies listed, as :meth:`StudyMatch.to_json` dicts (DICOM keywords)."""
+        return [m.to_json() for m in self.browser.matches]
+
     def reload_nodes(self) -> None:
         """Fill the node box with the saved nodes (a broken saved-nodes file is shown, not raised)."""
         from medviewer.pacs import load_nodes
@@ -163,7 +184,7 @@ class PacsDialog(QDialog):
         try:
             self.node.addItems(list(load_nodes()))
         except Exception as exc:
-            self.status.setText(str(exc))
+            self.browser.show_message(str(exc))
         if text:
             self.node.setEditText(text)
 
@@ -177,18 +198,29 @@ class PacsDialog(QDialog):
             w.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
 
-    def _connect(self) -> Any:
-        from medviewer.pacs import connect
+    def _target(self) -> tuple[str, str]:
+        """(node, our AE title) as typed."""
+        return self.node.currentText().strip(), self.aet.text().strip() or "MEDVIEWER"
 
-        return connect(self.node.currentText().strip(), aet=self.aet.text().strip() or "MEDVIEWER", timeout=30.0)
+    def _browser_changed(self, outcome: Any) -> None:
+        """The browser's state changed: redraw the status, the warnings and (after a search) the table."""
+        self.status.setText(self.browser.status)
+        notes = self.browser.notes
+        self.notes.setText("\n".join(f"⚠ {n}" for n in notes))
+        self.notes.setToolTip("Warnings from the PACS client about the last operation" if notes else "")
+        self.notes.setVisible(bool(notes))
+        if outcome is not None and hasattr(outcome, "matches"):
+            self._fill_table()
+        if isinstance(outcome, RetrieveOutcome) and outcome.complete:
+            self.studyRetrieved.emit(outcome.result.study_dir())
 
-    def _start(self, fn, on_result, what: str, cancel: threading.Event | None = None) -> FnTask:
+    def _start(self, fn, what: str, cancel: threading.Event | None = None) -> FnTask:
         self._busy(True)
         self._cancel = cancel
-        self.status.setText(what + " …")
+        self.browser.show_busy(what)
         task = FnTask(fn, what)
         # bound methods, not lambdas: Qt drops the connections when the dialog is deleted first
-        task.signals.result.connect(on_result)
+        task.signals.result.connect(self._succeeded)
         task.signals.progress.connect(self._progress)
         task.signals.failed.connect(self._failed)
         task.signals.finished.connect(self._finished)
@@ -205,11 +237,17 @@ class PacsDialog(QDialog):
         sender = self.sender()
         return sender is not None and (self._task is None or sender is not self._task.signals)
 
+    def _succeeded(self, outcome: Any) -> None:
+        if self._stale():
+            return
+        self._delivered = True
+        self.browser.show(outcome)
+
     def _failed(self, reason: str) -> None:
         if self._stale():
             return
         self._delivered = True
-        self.status.setText(f"{self._what} failed: {reason}")
+        self.browser.show_failure(self._what, reason)
 
     def _finished(self) -> None:
         if self._stale():
@@ -225,17 +263,8 @@ class PacsDialog(QDialog):
     # -- actions ----------------------------------------------------------------------------------------
     def echo(self) -> None:
         """C-ECHO / QIDO-RS ping of the node, in the background."""
-        def work(_task: Task) -> float:
-            with self._connect() as client:
-                return client.echo()
-
-        self._start(work, self._echoed, "Echo")
-
-    def _echoed(self, seconds: float) -> None:
-        if self._stale():
-            return
-        self._delivered = True
-        self.status.setText(f"{self.node.currentText()}: OK ({seconds * 1000:.0f} ms)")
+        node, aet = self._target()
+        self._start(lambda _task: self.browser.run_echo(node, aet), "Echo")
 
     def search(self) -> None:
         """Study-level query with the fields' values, in the background; fills the table."""
@@ -244,28 +273,22 @@ class PacsDialog(QDialog):
         query = StudyQuery(patient_id=self.patient_id.text().strip(), patient_name=self.patient_name.text().strip(),
                            study_date=self.study_date.text().strip(), modality=self.modality.text().strip(),
                            accession_number=self.accession.text().strip())
-
-        def work(_task: Task) -> list[dict[str, Any]]:
-            with self._connect() as client:
-                return [m.to_json() for m in client.find_studies(query)]
-
-        self._start(work, self._show_matches, "Search")
+        node, aet = self._target()
+        self._start(lambda _task: self.browser.run_search(node, aet, query), "Search")
 
     def triage(self) -> None:
         """Hand every listed study to the triage worklist (``triageRequested``): it retrieves and scores them."""
-        uids = [str(m.get("StudyInstanceUID")) for m in self.matches if m.get("StudyInstanceUID")]
+        uids = [m.study_instance_uid for m in self.browser.matches if m.study_instance_uid]
         if not uids:
-            self.status.setText("Search first: the studies listed are the ones triaged")
+            self.browser.show_message("Search first: the studies listed are the ones triaged")
             return
-        self.triageRequested.emit(self.node.currentText().strip(), self.aet.text().strip() or "MEDVIEWER", uids,
-                                  self.out_dir.text().strip() or str(default_download_dir()))
-        self.status.setText(f"Triage of {len(uids)} stud{'y' if len(uids) == 1 else 'ies'} started in the worklist")
+        node, aet = self._target()
+        self.triageRequested.emit(node, aet, uids, self.out_dir.text().strip() or str(default_download_dir()))
+        self.browser.show_message(f"Triage of {len(uids)} stud{'y' if len(uids) == 1 else 'ies'} started in the "
+                                  "worklist")
 
-    def _show_matches(self, matches: list[dict[str, Any]]) -> None:
-        if self._stale():
-            return
-        self._delivered = True
-        self.matches = matches
+    def _fill_table(self) -> None:
+        matches = self.matches
         self.table.setRowCount(len(matches))
         for row, m in enumerate(matches):
             for col, (_header, key) in enumerate(COLUMNS):
@@ -276,54 +299,35 @@ class PacsDialog(QDialog):
                 self.table.setItem(row, col, QTableWidgetItem(text))
         if matches:
             self.table.selectRow(0)
-        self.status.setText(f"{len(matches)} stud{'y' if len(matches) == 1 else 'ies'}")
 
     def selected_study(self) -> str | None:
         """Study Instance UID of the selected row, or None."""
         rows = self.table.selectionModel().selectedRows()
-        if not rows:
+        if not rows or rows[0].row() >= len(self.browser.matches):
             return None
-        return self.matches[rows[0].row()]["StudyInstanceUID"]
+        return self.browser.matches[rows[0].row()].study_instance_uid
 
     def retrieve(self) -> None:
         """Retrieve the selected study into the folder, in the background, with progress and cancel."""
-        from medviewer.pacs import retrieve_study
-
         study = self.selected_study()
         if study is None:
-            self.status.setText("Select a study first.")
+            self.browser.show_message("Select a study first.")
             return
         out = Path(self.out_dir.text().strip() or default_download_dir())
         cancel = threading.Event()
+        node, aet = self._target()
 
         def work(task: Task) -> Any:
-            with self._connect() as client:
-                return retrieve_study(client, study, out, cancel=cancel,
-                                      progress=lambda done, total: task.emit("progress", done, total))
+            return self.browser.run_retrieve(node, aet, study, out, cancel=cancel,
+                                             progress=lambda done, total: task.emit("progress", done, total))
 
-        self._start(work, self._retrieved, "Retrieve", cancel)
+        self._start(work, "Retrieve", cancel)
 
     def _progress(self, done: int, total: int) -> None:
         if self._stale():
             return
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(done)
-
-    def _retrieved(self, result: Any) -> None:
-        if self._stale():
-            return
-        self._delivered = True
-        total = len(result.expected)
-        have = total - len(result.missing)
-        if result.cancelled:
-            self.status.setText(f"Cancelled: {have} of {total} instances in {result.study_dir()} "
-                                "(retrieve again to resume).")
-        elif result.missing:
-            self.status.setText(f"Partial: {len(result.missing)} of {total} instances missing "
-                                f"(e.g. {result.missing[0].sop_instance_uid}); retrieve again to resume.")
-        else:
-            self.status.setText(f"Retrieved {total} instances ({len(result.written)} new) into {result.study_dir()}")
-            self.studyRetrieved.emit(result.study_dir())
 
     def cancel(self) -> None:
         """Stop the running task: a retrieval stops after the instance in flight and reports what it has;
@@ -332,10 +336,10 @@ class PacsDialog(QDialog):
             return
         if self._cancel is not None:
             self._cancel.set()
-            self.status.setText("Cancelling …")
+            self.browser.show_message("Cancelling …")
         elif self._task is not None:
             self._task.cancel()
-            self.status.setText("Cancelled.")
+            self.browser.show_message("Cancelled.")
             self._finished()
 
     def done(self, r: int) -> None:

@@ -305,7 +305,7 @@ class DimseClient(PacsClient):
                     if cancel is not None and cancel.is_set():
                         break
                     t0 = time.perf_counter()
-                    for status, _ident in send(assoc, q):
+                    for status, ident in send(assoc, q):
                         if status is None or "Status" not in status:
                             raise PacsError(f"{self.node}: {op}: {self._no_response(assoc, op, t0)}")
                         code = int(status.Status)
@@ -316,6 +316,8 @@ class DimseClient(PacsClient):
                             raise PacsError(f"{self.node}: {op} refused: the PACS does not know move "
                                             f"destination {self.aet!r} (add it with this host and port "
                                             f"{self.move_port})")
+                        if code == 0xB000:  # PS3.4 C.4.2.1.5/C.4.3.1.4: done, some sub-operations failed
+                            self.add_note(_suboperations_note(op, series_instance_uid, status, ident))
                         if code not in (0x0000, 0xFF00, 0xB000, 0xFE00):
                             if errors:  # the sub-operations failed because we could not keep what came
                                 raise PacsError(f"{self.node}: could not store a received instance: {errors[0]}")
@@ -383,6 +385,23 @@ class DimseClient(PacsClient):
                 else:
                     out.failed.append((uid, _status_text(status)))
         return out
+
+
+def _suboperations_note(op: str, series: str, status: Dataset, identifier: Dataset | None) -> str:
+    """One line for a C-GET/C-MOVE final response with status B000 (sub-operations complete, one or more
+    failures or warnings; PS3.4 C.4.2.1.5, C.4.3.1.4): its Number of Completed/Failed/Warning Sub-operations
+    (0000,1021-1023) and the first of the identifier's Failed SOP Instance UID List (0008,0058)."""
+    def count(keyword: str) -> str:
+        value = status.get(keyword, None)
+        return "?" if value in (None, "") else str(int(value))
+
+    failed = identifier.get("FailedSOPInstanceUIDList", None) if identifier is not None else None
+    uids = [str(u) for u in (failed if isinstance(failed, (list, tuple)) or type(failed).__name__ == "MultiValue"
+                             else [failed] if failed else [])]
+    example = f", e.g. {uids[0]}" if uids else ""
+    return (f"{op} of series {series} ended with failures (status B000): {count('NumberOfCompletedSuboperations')} "
+            f"instances sent, {count('NumberOfFailedSuboperations')} failed, "
+            f"{count('NumberOfWarningSuboperations')} with warnings{example}")
 
 
 def _transfer_syntax(ds: Dataset) -> str:

@@ -217,8 +217,15 @@ class PacsClient(ABC):
     :class:`~medviewer.pacs.node.PacsError` (one line) on failure."""
 
     node: Node
-    #: warnings of the last :meth:`find_studies` (e.g. the PACS ignored a matching key), for the caller to show
+    #: warnings for the caller to show, one line each: from the last :meth:`find_studies` (the PACS ignored a
+    #: matching key), and what :meth:`retrieve` and :meth:`store` add (a C-GET/C-MOVE that ended with failed
+    #: sub-operations, a STOW-RS answered without a Store Instances Response). :meth:`find_studies` and
+    #: :func:`~medviewer.pacs.retrieve.retrieve_study` start a new list; the caller clears it before a store.
     notes: list[str] = []
+
+    def add_note(self, text: str) -> None:
+        """Append one warning line to :attr:`notes` (a new list per client: the class default is shared)."""
+        self.notes = [*self.notes, text]
 
     @abstractmethod
     def echo(self) -> float:

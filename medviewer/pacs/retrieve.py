@@ -75,6 +75,9 @@ class RetrieveResult:
         SOP Instance UIDs received that the query did not list (also written).
     cancelled
         True when the retrieval was cancelled before it finished.
+    notes
+        The client's warnings about this retrieval (:attr:`~medviewer.pacs.model.PacsClient.notes`: e.g. a
+        C-GET/C-MOVE that ended with failed sub-operations), one line each.
     """
 
     out: Path
@@ -84,6 +87,7 @@ class RetrieveResult:
     missing: list[InstanceRef] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     cancelled: bool = False
+    notes: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -129,6 +133,7 @@ def retrieve_study(client: PacsClient, study_instance_uid: str, out: Path, *,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PacsError(f"{out}: cannot create the folder ({exc.strerror or exc})") from None
+    client.notes = []
     expected = client.list_instances(study_instance_uid, series_instance_uid)
     if not expected:
         what = f"series {series_instance_uid} of study" if series_instance_uid else "study"
@@ -187,6 +192,10 @@ def retrieve_study(client: PacsClient, study_instance_uid: str, out: Path, *,
         if bar is not None:
             bar.close()
     result.cancelled = bool(cancel is not None and cancel.is_set())
+    result.notes = list(client.notes)
+    if result.unexpected:
+        result.notes.append(f"{len(result.unexpected)} instances arrived that the PACS's query did not list "
+                            f"(kept; e.g. {result.unexpected[0]})")
     result.missing = [r for r in expected if not instance_path(
         out, r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid).is_file()]
     return result

@@ -210,6 +210,9 @@ class WebClient(PacsClient):
             reason = item.get("FailureReason", None)
             failed[str(item.get("ReferencedSOPInstanceUID", ""))] = (
                 f"failure reason 0x{int(reason):04X}" if reason not in (None, "") else "failed (no reason given)")
+        if code in (200, 202) and not referenced and not failed:
+            self.add_note(f"STOW-RS: HTTP {code} without a Store Instances Response (no Referenced or Failed SOP "
+                          f"Sequence): {len(datasets)} instance{'s' * (len(datasets) != 1)} not confirmed")
         for ds in datasets:
             uid = str(ds.SOPInstanceUID)
             if uid in failed:
