@@ -81,7 +81,8 @@ def test_both_models_sections_for_a_child_and_for_an_adult(qtbot, win, tmp_path)
     assert any(r.flagged and r.label == "pneumonia" for r in panel.scores_box.findChildren(ScoreRow))
     adult = _section(win, "adult-cxr")
     assert panel.others_box.isVisible() and not adult.expanded and not adult.body.isVisible()
-    assert "not run" in adult.header.text() and "patient age 3 y; model: 18\u2013150 y" in adult.header.text()
+    assert adult.header.text().startswith("adult-cxr ") and adult.verdict_label.isVisible()
+    assert adult.verdict == "not run: patient age 3 y; model: 18\u2013150 y"
     assert adult.result.assessment.status is Status.OUT_OF_SCOPE and not adult.rows
     # the heat map drawn is pneumonia-cxr's, and the overlay's verdict line names the model
     assert win.active.ai.heatmap_on and win.active.ai.verdict.startswith(f"{DEFAULT_MODEL_NAME}: flagged pneumonia")
@@ -102,16 +103,17 @@ def test_both_models_sections_for_a_child_and_for_an_adult(qtbot, win, tmp_path)
     assert set(rows) == set(ADULT_LABELS) and rows["Effusion"].threshold == pytest.approx(0.05)
     assert not any(r.muted for r in rows.values())
     pneu = _section(win, DEFAULT_MODEL_NAME)
-    assert not pneu.expanded and "outside intended use: " in pneu.header.text()
-    assert "patient age 64 y" in pneu.header.text()
+    assert not pneu.expanded and pneu.verdict.startswith("outside intended use: patient age 64 y")
+    assert pneu.verdict_label.text().startswith("Outside intended use: patient age 64 y")
     assert pneu.rows and all(r.muted and not r.flagged for r in pneu.rows)
     pneu.header.click()  # unfolds: the reasons and the grey rows
     assert pneu.expanded and pneu.body.isVisible()
     # the heat map is the in-scope model's; picking a map names the model
     assert win.active.ai.verdict.startswith("adult-cxr: ")
     assert panel.cam_model_sha() == grown.package.sha256
-    # the status bar keeps the preferred model's line
-    assert win.status_msg.text() == win.prediction_for(win.active).summary()
+    # the status bar: each model's verdict, the one in scope first; the preferred model stays the selected one
+    assert win.status_msg.text() == f"{grown.entry.summary()} · {paed.entry.summary()}"
+    assert win.status_msg.text().startswith("adult-cxr: ")
     assert win.prediction_for(win.active).package.card.name == DEFAULT_MODEL_NAME
 
 

@@ -472,6 +472,7 @@ class AiPanel(QWidget):
             head = self._scope_banner(app)
         elif pred.flagged:
             head = QLabel("Flagged: " + ", ".join(pred.flagged))
+            head.setWordWrap(True)  # a multi-label model may flag several findings
             head.setObjectName("warning")
             head.setStyleSheet(f"color: {theme.FLAG}; font-weight: bold;")
         else:
@@ -569,10 +570,11 @@ class AiPanel(QWidget):
 class ModelSection(QFrame):
     """One model's part of the AI panel when several models scored the image (see the module docstring).
 
-    A header button -- ``"▾ nih-cxr14-64 0.1.0 · flagged Effusion"`` or ``"▸ pneumonia-cxr 2.1.0 · outside
-    intended use: patient age 64 y; model: 1–5 y"`` -- that folds the body: its score rows (each with its
-    operating-point tick) or, outside the intended use, the reasons and grey rows (or nothing, when routing did
-    not run the model). Expanded when the model's findings may be shown, collapsed otherwise.
+    A header button with the model's name and version that folds the body, the verdict line under it (always
+    shown: ``"Flagged Effusion"``, ``"Outside intended use: patient age 64 y; model: 1–5 y"``, ``"Not run:
+    ..."``), and the body: the operating points, its score rows (each with its operating-point tick) or,
+    outside the intended use, the reasons and grey rows (none when routing did not run the model). Expanded
+    when the model's findings may be shown, collapsed otherwise.
     """
 
     showAnywayRequested = Signal()  # noqa: N815 - the preferred model's withheld result, shown anyway
@@ -601,12 +603,16 @@ class ModelSection(QFrame):
         self.header.setChecked(result.shown)
         self.header.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
         self.header.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
-        self.header.setText(f"{card.name} {card.version} · {verdict}")
+        self.header.setText(f"{card.name} {card.version}")
         self.header.setToolTip(f"{card.name} {card.version}: {verdict}\nIntended use: {card.intended_use}")
+        self.header.setStyleSheet("QToolButton { border: none; font-weight: bold; text-align: left; }")
+        lay.addWidget(self.header)
         colour = theme.FLAG if (result.shown and pred is not None and pred.flagged) else (
             theme.OK if result.shown else theme.MUTED)
-        self.header.setStyleSheet(f"QToolButton {{ border: none; color: {colour}; text-align: left; }}")
-        lay.addWidget(self.header)
+        self.verdict_label = QLabel(verdict[:1].upper() + verdict[1:])  # always visible, wrapped (never elided)
+        self.verdict_label.setWordWrap(True)
+        self.verdict_label.setStyleSheet(f"color: {colour}; font-size: 9pt; margin-left: 14px;")
+        lay.addWidget(self.verdict_label)
         self.body = QWidget()
         bl = QVBoxLayout(self.body)
         bl.setContentsMargins(14, 0, 0, 0)

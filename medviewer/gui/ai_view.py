@@ -174,7 +174,7 @@ class AiView(QObject):
         win.provider_label.setText(f"AI: {short_name(entry.provider).upper()} · {pred.seconds * 1000:.0f} ms")
         active = self.entry_for(win.active)
         if active is not None:  # the status bar follows the active viewport, not the last result to arrive
-            self.last_result_line = active.summary()
+            self.last_result_line = self.result_line(win.active)
             win.set_status(self.last_result_line)
         self.sync()
         win.predictionShown.emit(pred)
@@ -185,7 +185,7 @@ class AiView(QObject):
         one stays when it has none)."""
         entry = self.entry_for(self.win.active)
         if entry is not None:
-            self.last_result_line = entry.summary()
+            self.last_result_line = self.result_line(self.win.active)
             self.win.set_status(self.last_result_line)
         self.sync()
 
@@ -222,6 +222,18 @@ class AiView(QObject):
                 panel.show_prediction(entry.prediction, entry.package.card, entry.provider, f"image {uid[1] + 1}")
                 panel.set_warning(*entry.note)
         self.update_layers()
+
+    def result_line(self, vp: Any) -> str:
+        """The status-bar line of ``vp``'s image: the selected model's verdict
+        (:meth:`PredictionEntry.summary`); with several models, each model's verdict, those whose findings may be
+        shown first (``"nih-cxr14-64: flagged Effusion (P=0.41) · pneumonia-cxr: outside intended use: ..."``)."""
+        entry = self.entry_for(vp)
+        if entry is None:
+            return ""
+        ran = [r for r in self.ai.results(vp.source, vp.state.frame) if r.entry is not None]
+        if len(ran) <= 1:
+            return entry.summary()
+        return " · ".join(r.entry.summary() for r in [r for r in ran if r.shown] + [r for r in ran if not r.shown])
 
     def drawn_entry(self, vp: Any) -> PredictionEntry | None:
         """The result whose heat map and regions ``vp`` draws: for the active viewport the model whose map the
@@ -282,7 +294,7 @@ class AiView(QObject):
             return
         self.panel.prediction = None  # re-render
         self.sync()
-        self.last_result_line = entry.summary()
+        self.last_result_line = self.result_line(self.win.active)
         self.win.set_status("Shown anyway: the image is outside the model's intended use")
 
     def zoom_to_region(self, i: int) -> None:
