@@ -49,6 +49,7 @@ demo: $(APP_STAMP)
 
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check medviewer training tests benchmarks tools
+	$(PY) -m mypy  # medviewer/workstation, inference, io: the files and settings are in pyproject.toml [tool.mypy]
 
 # Orthanc and dicom3tools for the PACS and DICOM-conformance tests (installed when root; they skip otherwise)
 system-packages:

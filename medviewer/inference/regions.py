@@ -138,9 +138,9 @@ def find_regions(cam01: np.ndarray, label: str, pixel_spacing: tuple[float, floa
         found.append(Region(
             label=label,
             bbox=bbox,
-            bbox_mm=None if rs is None else (x * cs, y * rs, (x + w) * cs, (y + h) * rs),
+            bbox_mm=None if rs is None or cs is None else (x * cs, y * rs, (x + w) * cs, (y + h) * rs),
             area_px=area,
-            area_mm2=None if rs is None else area * rs * cs,
+            area_mm2=None if rs is None or cs is None else area * rs * cs,
             peak=float(vals.max()),
             mean=float(vals.mean()),
             contour=outline,

@@ -7,9 +7,12 @@ the strings in a header and serialise to them in JSON (``medviewer info --json``
 from __future__ import annotations
 
 from enum import Enum
+from typing import TypeVar
 
 __all__ = ["DefinedTerm", "PhotometricInterpretation", "PixelSpacingSource", "PixelRepresentation", "RescaleType",
            "RASTER_MODALITY"]
+
+_Term = TypeVar("_Term", bound="DefinedTerm")
 
 #: Modality reported for PNG/JPEG images ("Other", PS3.3 C.7.3.1.1.1).
 RASTER_MODALITY = "OT"
@@ -25,7 +28,7 @@ class DefinedTerm(str, Enum):
         return format(str(self.value), spec)
 
     @classmethod
-    def lookup(cls, value: object) -> DefinedTerm | None:
+    def lookup(cls: type[_Term], value: object) -> _Term | None:
         """The member for a (possibly padded or lower-case) string or member, else ``None``."""
         if isinstance(value, cls):
             return value

@@ -247,7 +247,8 @@ class Instance:
                 except Exception:
                     # bare datasets (no file meta), deflated or odd files: read fully once, keep it
                     object.__setattr__(self, "_full", _read_full(self.path, self.dataset))
-            return np.asarray(pixel_array(self._full, index=index))
+            full = self._full if self._full is not None else _read_full(self.path, self.dataset)
+            return np.asarray(pixel_array(full, index=index))
         except ReadError:
             raise
         except MemoryError:

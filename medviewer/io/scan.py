@@ -238,9 +238,10 @@ def order_instances(instances: list[Instance]) -> tuple[list[Instance], SliceOrd
     normal = slice_normal(first) if first else None
     same_plane = normal is not None and all(
         i.image_position_patient is not None and i.image_orientation_patient is not None
-        and np.allclose(i.image_orientation_patient, first, atol=1e-3) for i in instances)
+        and np.allclose(i.image_orientation_patient, first or (), atol=1e-3) for i in instances)
     if same_plane:
-        dist = np.array([float(np.dot(i.image_position_patient, normal)) for i in instances])
+        assert normal is not None  # same_plane implies it
+        dist = np.array([float(np.dot(i.image_position_patient or (0.0, 0.0, 0.0), normal)) for i in instances])
         order = sorted(range(len(instances)), key=lambda k: (dist[k], _by_number(instances[k])))
         numbers = [instances[k].instance_number for k in order]
         if all(n is not None for n in numbers) and len(set(numbers)) > 1:
@@ -472,11 +473,12 @@ def scan(paths: str | Path | Iterable[str | Path],
     if on_first is not None and total > 1:
         for i, path in enumerate(files[:FIRST_TRIES]):
             try:
-                early[i] = read_instance(path)
+                first_instance = read_instance(path)
             except Exception as exc:  # recorded below, in order, like any other file
                 early[i] = exc
                 continue
-            on_first(early[i])
+            early[i] = first_instance
+            on_first(first_instance)
             break
     for done, path in enumerate(files, start=1):
         try:

@@ -123,7 +123,7 @@ class ViewportLinker:
             return
         self.models.append(model)
         self._remember(model)
-        handlers = [
+        handlers: list[tuple[Any, Callable[..., None]]] = [
             (model.frame_changed, lambda k, m=model: self._on_frame(m, k)),
             (model.window_changed, lambda c, w, m=model: self._on_window(m, c, w)),
             (model.view_changed, lambda m=model: self._on_view(m)),

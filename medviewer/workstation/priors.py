@@ -257,7 +257,9 @@ def _pacs_studies(node: str, current: StudyFacts, modality: str, connect: Callab
     from medviewer.pacs.model import check_matches
 
     if connect is None:
-        from medviewer.pacs import connect
+        from medviewer.pacs import connect as default_connect
+
+        connect = default_connect
     query = StudyQuery(patient_id=current.patient_id, study_date=f"-{current.study_date}", modality=modality)
     try:
         with connect(node) as client:
@@ -330,7 +332,9 @@ def fetch_prior(search: PriorSearch, out: str | Path, *, connect: Callable[[str]
     from medviewer.pacs import retrieve_study
 
     if connect is None:
-        from medviewer.pacs import connect
+        from medviewer.pacs import connect as default_connect
+
+        connect = default_connect
     reasons: list[str] = []
     retrievals = 0
     for cand in search.candidates:

@@ -257,7 +257,7 @@ class ViewportModel:
             if w is None:  # colour or identity display: no window
                 self.state.center_w = self.state.width_w = None
             else:
-                self.state.center_w, self.state.width_w = self._default_window
+                self.state.center_w, self.state.width_w = float(w.center), float(w.width)
                 self.window_changed.emit(self.state.center_w, self.state.width_w)
         self.image_ready.emit(k)
         return True
@@ -408,8 +408,8 @@ class ViewportModel:
 
         s = self.state
         untouched_lut = pipe.voi_luts and not pipe.windows and (s.center_w, s.width_w) == self._default_window
-        if s.width_w and not untouched_lut:  # an untouched VOI LUT Sequence is shown as display_image does
-            # the file's VOI LUT Function (e.g. SIGMOID) is kept while dragging
+        if s.width_w and s.center_w is not None and not untouched_lut:  # an untouched VOI LUT Sequence is
+            # shown as display_image does; the file's VOI LUT Function (e.g. SIGMOID) is kept while dragging
             return Window(float(s.center_w), float(s.width_w), pipe.voi_function)
         return None
 
