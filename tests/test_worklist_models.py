@@ -153,3 +153,30 @@ def test_worklist_ranks_by_the_highest_in_scope_flag_over_all_models(two_models,
     assert {r.paths[0].name: r.out_of_scope for r in one.sorted()} == {PAEDIATRIC.name: 0, adult_file.name: 1,
                                                                         "CT_small.dcm": 1}
     assert all(r.startswith("pneumonia-cxr: ") for e in one.sorted() for r in e.reasons)
+
+
+def test_sr_regions_name_their_model_when_several_reports_reference_an_image():
+    """One report per model on one image: each region's tag names its model (from the SR's Series Description
+    "AI results <model> <version>"); with one report the tags stay the finding alone."""
+    from medviewer.workstation.sr_reports import SrReport, SrReports, report_source
+
+    def finding(name: str, x: float) -> dict:
+        return {"referenced_sop_instance_uid": "1.2.3", "polyline": [[x, 10.0], [x + 20, 10.0], [x + 20, 30.0]],
+                "graphic_type": "POLYGON", "finding": name, "measurements": {"probability": 0.9}}
+
+    a = SrReport("SR_a.dcm", "9.1", "7.1", "AI results pneumonia-cxr 2.1.0", "MedViewer", [finding("pneumonia", 5)])
+    b = SrReport("SR_b.dcm", "9.2", "7.1", "AI results adult-cxr 0.0.1", "MedViewer", [finding("Effusion", 50)])
+    other = SrReport("x.dcm", "9.3", "7.1", "", "ACME AI", [finding("Nodule", 80)])
+    assert report_source(a) == "pneumonia-cxr 2.1.0" and report_source(other) == "ACME AI"
+    one = SrReports()
+    one.add([a])
+    assert [r.label for r in one.regions("1.2.3", 0)] == ["pneumonia"]
+    both = SrReports()
+    both.add([a, b])
+    assert [r.label for r in both.regions("1.2.3", 0)] == ["pneumonia · pneumonia-cxr 2.1.0",
+                                                           "Effusion · adult-cxr 0.0.1"]
+    assert both.overlay_prediction("1.2.3", 0).flagged == ["pneumonia · pneumonia-cxr 2.1.0",
+                                                           "Effusion · adult-cxr 0.0.1"]
+    mixed = SrReports()  # ours beside another vendor's: one of ours, so the tags stay as they were
+    mixed.add([a, other])
+    assert [r.label for r in mixed.regions("1.2.3", 0)] == ["pneumonia", "Nodule"]

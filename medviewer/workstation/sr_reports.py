@@ -6,7 +6,8 @@ UID (and frame) of the image they reference, and :meth:`SrReports.overlay_predic
 regions into what the one AI overlay (:mod:`medviewer.workstation.overlay`) draws: outlines with their tags, no
 heat map. SCOORD coordinates (PS3.3 C.18.6.1.1: ``(0, 0)`` the top-left corner of the top-left pixel) become the
 overlay's pixel-index contours by subtracting 0.5. Regions in patient coordinates (SCOORD3D) are listed, not
-drawn.
+drawn. When several of our reports reference one image (``medviewer infer --models`` and the workstation write
+one report per model), each region's tag names the report's model (:func:`report_source`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SR_SOP_CLASSES", "SrReport", "SrReports", "find_sr_reports", "finding_text"]
+__all__ = ["SR_SOP_CLASSES", "SrReport", "SrReports", "find_sr_reports", "finding_text", "report_source"]
 
 #: Comprehensive 3D SR, Comprehensive SR, Enhanced SR (PS3.4 B.5)
 SR_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.22")
@@ -81,6 +82,19 @@ def find_sr_reports(paths: Iterable[str | Path], cancel: Any = None) -> list[SrR
                                 str(ds.get("SeriesDescription", "") or ""), str(ds.get("Manufacturer", "") or ""),
                                 findings))
     return reports
+
+
+#: the Series Description our TID 1500 reports start with (``medviewer.export.sr_writer``: "AI results <model> <version>")
+_OURS = "AI results "
+
+
+def report_source(report: SrReport) -> str:
+    """Who made ``report``, in a few words: the model of our reports (their Series Description is ``"AI results
+    <model> <version>"``), else the Series Description, the Manufacturer or the file name."""
+    desc = report.description.strip()
+    if desc.startswith(_OURS):
+        return desc[len(_OURS):].strip() or desc
+    return desc or report.manufacturer.strip() or report.name
 
 
 def finding_text(f: dict[str, Any]) -> str:
@@ -146,13 +160,16 @@ class SrReports:
         out = []
         hits = self._by_image.get((str(sop_instance_uid), frame), []) + self._by_image.get((str(sop_instance_uid),
                                                                                           None), [])
-        for _report, f in hits:
+        # several of our reports (one per model) on this image: each region names its model
+        several = len({id(r) for r, _f in hits if r.description.startswith(_OURS)}) > 1
+        for report, f in hits:
             contour = _contour(str(f.get("graphic_type") or "POLYLINE"), np.asarray(f["polyline"], float))
             x0, y0 = np.floor(contour.min(0)).astype(int)
             x1, y1 = np.ceil(contour.max(0)).astype(int) + 1
             values = list((f.get("measurements") or {}).values())
-            out.append(SimpleNamespace(label=str(f.get("finding") or "finding"), bbox=(int(x0), int(y0), int(x1),
-                                       int(y1)), contour=contour, peak=float(values[0]) if values else 0.0))
+            label = str(f.get("finding") or "finding") + (f" · {report_source(report)}" if several else "")
+            out.append(SimpleNamespace(label=label, bbox=(int(x0), int(y0), int(x1), int(y1)), contour=contour,
+                                       peak=float(values[0]) if values else 0.0))
         return out
 
     def overlay_prediction(self, sop_instance_uid: str, frame: int = 0) -> Any:
