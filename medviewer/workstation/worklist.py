@@ -145,7 +145,8 @@ class StudyTriage:
     def sort_key(self) -> tuple:
         """Scored with in-scope results first, by descending top probability (over all models); then out of
         scope; then failed / not scored. Ties: newer study first."""
-        group = {Status.IN_SCOPE: 0, Status.UNKNOWN: 0, Status.OUT_OF_SCOPE: 1}.get(self.applicability, 2)
+        groups: dict[str, int] = {Status.IN_SCOPE: 0, Status.UNKNOWN: 0, Status.OUT_OF_SCOPE: 1}
+        group = groups.get(self.applicability, 2)
         prob = -(self.top_probability if self.top_probability is not None else -1.0)
         return group, prob, _neg_date(self.study_date), self.study_instance_uid
 
@@ -272,17 +273,17 @@ class Worklist:
             outcomes = score_instances(sess, list(instances), batch_size=batch_size,
                                        policy=policy or IntendedUsePolicy(card), progress=on_progress, cancel=cancel)
             for out in outcomes:
-                e = by_path.get(str(out.path))
-                if e is None:
+                entry = by_path.get(str(out.path))
+                if entry is None:
                     continue
                 with self._lock:
                     if out.error is not None or out.prediction is None:
-                        e.failed += 1
-                        e.error = e.error or (f"{card.name}: {out.error}" if len(sessions) > 1 else out.error)
+                        entry.failed += 1
+                        entry.error = entry.error or (f"{card.name}: {out.error}" if len(sessions) > 1 else out.error)
                         continue
                     pred = out.prediction
-                    e.add(pred.scores, pred.flagged, pred.applicability, card.positive_labels,
-                          out.sop_instance_uid, model=card.name)
+                    entry.add(pred.scores, pred.flagged, pred.applicability, card.positive_labels,
+                              out.sop_instance_uid, model=card.name)
 
 
 def triage_folder(session: Any, paths: Sequence[str | Path], *, worklist: Worklist | None = None,
@@ -325,7 +326,7 @@ def triage_pacs(session: Any, client: Any, study_instance_uids: Sequence[str], o
 
     wl = worklist if worklist is not None else Worklist()
     folders = []
-    stop = _Stop(cancel) if cancel is not None else None
+    stop: Any = _Stop(cancel) if cancel is not None else None  # what retrieve_study polls (is_set())
     for uid in study_instance_uids:
         if cancel is not None and cancel():
             break
