@@ -202,12 +202,24 @@ def test_refuses_mixed_orientation(capsys, tmp_path, ct_series):
     assert "mixed orientation" in line and "1-067.dcm" in line
 
 
-def test_refuses_gantry_tilt(capsys, tmp_path, ct_series):
+def test_gantry_tilt_is_shear_corrected_not_refused(capsys, tmp_path, ct_series):
     def tilt(k, ds):  # 15 degree gantry tilt: each slice origin moves in-plane (y) as z advances
         x, y, z = (float(v) for v in ds.ImagePositionPatient)
         ds.ImagePositionPatient = [x, y + (k - 60) * 3.0 * math.tan(math.radians(15)), z]
+    folder = _copy(ct_series, tmp_path, edit=tilt)
+    code, out, err = run_cli(capsys, "render", folder, "--plane", "coronal", "--out", tmp_path / "c.png")
+    assert code == 0 and "Traceback" not in err, err
+    assert cv2.imread(str(tmp_path / "c.png"), cv2.IMREAD_GRAYSCALE).shape == (round(12 * 3 / 1.07421875), 512)
+    vol = build_volume(scan(folder).series[0])
+    assert vol.tilt_deg == pytest.approx(15.0, abs=0.01) and vol.spacing[0] == pytest.approx(3.0)
+
+
+def test_refuses_gantry_tilt_beyond_45_degrees(capsys, tmp_path, ct_series):
+    def tilt(k, ds):
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + (k - 60) * 3.0 * math.tan(math.radians(60)), z]
     line = _refusal(capsys, _copy(ct_series, tmp_path, edit=tilt), tmp_path)
-    assert "gantry/detector tilt of 15.0 degrees" in line
+    assert "gantry/detector tilt of 60.0 degrees (more than 45)" in line
 
 
 def test_refuses_unequal_spacing_and_duplicates(ct_series, tmp_path):

@@ -10,9 +10,17 @@ Geometry (PS3.3 C.7.6.2.1.1): Image Orientation (Patient) gives the unit row dir
 column index grows) and column direction (along which the row index grows); Pixel Spacing is
 ``(row spacing, column spacing)`` -- the distance between rows, then between columns. The distance between
 slices is measured from Image Position (Patient) projected on the slice normal, never from Slice Thickness
-(which is the reconstructed thickness, not the spacing, and often differs from it). A stack whose slice
-positions do not move along the normal (gantry/detector tilt) is sheared: it is refused with the tilt angle
-rather than shown with wrong geometry.
+(which is the reconstructed thickness, not the spacing, and often differs from it).
+
+Gantry/detector tilt: a stack whose slice positions do not move along the slice normal (a tilted CT gantry:
+Image Orientation (Patient) tilted while the table moves along z; or untilted slices whose Image Position
+(Patient) moves in-plane) is sheared. It is shear-corrected: each slice is shifted in-plane by its own
+offset (bilinear, ``cv2.warpAffine``; exact for whole-pixel offsets) so that the volume is an orthogonal grid
+of the acquired slice planes, spaced by the distance along the normal (3 mm table steps at 15 degrees:
+2.898 mm). Every voxel then sits at its true patient position, so reformats, crosshair and measurements in
+mm are right; the edge shifted in is padded with the lowest stored value of the first slice (outside the
+field of view), and :attr:`Volume.notes` says so. A tilt over :data:`MAX_TILT_DEG`, or one that shifts the
+last slice by more than half the field of view, is refused with the angle.
 
 Patient coordinates are DICOM LPS millimetres (x to the patient's Left, y to Posterior, z to Superior).
 Planes are oriented as radiologists read them: axial seen from the feet (patient's right on the screen's
@@ -50,7 +58,7 @@ from medviewer.imaging.window import Window
 from medviewer.limits import get_limits
 
 __all__ = ["Volume", "VolumeError", "Plane", "PlaneName", "Projection", "build_volume", "volume_problem",
-           "orientation_label", "PLANES"]
+           "orientation_label", "PLANES", "ACQUIRED", "MAX_TILT_DEG"]
 
 #: patient axis (LPS) normal to each plane
 _NORMALS = {"axial": 2, "coronal": 1, "sagittal": 0}
@@ -61,6 +69,10 @@ _SCREEN = {
     "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),  # right = posterior, down = inferior
 }
 PLANES = ("axial", "coronal", "sagittal")
+#: name of the plane of the slices as acquired (volume axis 0, rows down and columns right as in the files)
+ACQUIRED = "acquired"
+#: the largest gantry/detector tilt that is shear-corrected (degrees); a larger one is refused
+MAX_TILT_DEG = 45.0
 _LETTERS = (("R", "L"), ("A", "P"), ("F", "H"))  # negative, positive direction of x, y, z (PS3.3 C.7.6.1.1.1)
 
 
@@ -116,7 +128,8 @@ class Plane:
     Attributes
     ----------
     name
-        ``"axial"``, ``"coronal"`` or ``"sagittal"`` (the patient plane it is closest to).
+        ``"axial"``, ``"coronal"`` or ``"sagittal"`` (the patient plane it is closest to), or ``"acquired"``
+        (:meth:`Volume.acquired_plane`: the slices as stored).
     axis
         Volume axis (0 slices, 1 rows, 2 columns) held fixed; the plane's index runs along it.
     h_axis, v_axis
@@ -209,6 +222,14 @@ class Volume:
         slice), shared by all planes.
     source
         What it was built from (list of instances), for names in messages.
+    tilt_deg
+        Gantry/detector tilt that was shear-corrected (degrees; 0 for an orthogonal stack).
+    shifts
+        ``(slices, 2)`` float64 in-plane shift (rows, columns) applied to each slice by the shear correction;
+        ``None`` when there was none. Voxel ``(k, i, j)`` holds the file's pixel ``(i - shifts[k, 0],
+        j - shifts[k, 1])`` of slice ``k``.
+    notes
+        Lines for the user about how the volume was made (shear correction).
     """
 
     stored: np.ndarray
@@ -218,6 +239,9 @@ class Volume:
     spacing: np.ndarray
     default_window: Window | None = None
     source: list[Any] = field(default_factory=list, repr=False)
+    tilt_deg: float = 0.0
+    shifts: np.ndarray | None = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list)
     _planes: dict[str, Plane] = field(default_factory=dict, repr=False)
 
     @property
@@ -263,19 +287,23 @@ class Volume:
         ValueError
             Unknown name.
         """
-        key = PlaneName(str(getattr(name, "value", name)).lower()).value
+        text = str(getattr(name, "value", name)).lower()
+        key = ACQUIRED if text == ACQUIRED else PlaneName(text).value
         got = self._planes.get(key)
         if got is not None:
             return got
-        normal = _NORMALS[key]
-        axis = int(np.argmax(np.abs(self.directions[:, normal])))
-        right, down = (np.asarray(d) for d in _SCREEN[key])
-        rest = [a for a in range(3) if a != axis]
-        scores = [abs(self.directions[a] @ right) for a in rest]
-        h_axis = rest[int(np.argmax(scores))]
-        v_axis = rest[1 - int(np.argmax(scores))]
-        h_flip = bool(self.directions[h_axis] @ right < 0)
-        v_flip = bool(self.directions[v_axis] @ down < 0)
+        if key == ACQUIRED:  # the slices as stored: rows down, columns right, no flip
+            axis, h_axis, v_axis, h_flip, v_flip = 0, 2, 1, False, False
+        else:
+            normal = _NORMALS[key]
+            axis = int(np.argmax(np.abs(self.directions[:, normal])))
+            right, down = (np.asarray(d) for d in _SCREEN[key])
+            rest = [a for a in range(3) if a != axis]
+            scores = [abs(self.directions[a] @ right) for a in rest]
+            h_axis = rest[int(np.argmax(scores))]
+            v_axis = rest[1 - int(np.argmax(scores))]
+            h_flip = bool(self.directions[h_axis] @ right < 0)
+            v_flip = bool(self.directions[v_axis] @ down < 0)
         shape = (self.shape[v_axis], self.shape[h_axis])
         pixel_mm = (float(self.spacing[v_axis]), float(self.spacing[h_axis]))
         display_mm = min(pixel_mm)
@@ -291,6 +319,16 @@ class Volume:
         self._planes[key] = got
         return got
 
+    def acquired_plane(self) -> Plane:
+        """The plane of the slices as acquired (volume axis 0), oriented as the files store them -- what the
+        2-D viewer shows of each slice (after shear correction, when the stack was tilted)."""
+        return self.plane(ACQUIRED)
+
+    def normal_axis(self, plane: Plane) -> int:
+        """Patient axis (0 x, 1 y, 2 z) a plane's position is given along: x sagittal, y coronal, z axial; for
+        the acquired plane the one closest to its normal."""
+        return _NORMALS.get(plane.name, int(np.argmax(np.abs(self.directions[plane.axis]))))
+
     def index_at(self, plane: Plane, position_mm: float) -> int:
         """Plane index at `position_mm` along the plane's patient normal (x for sagittal, y for coronal, z for
         axial, mm LPS -- what Slice Location reads on axial CT).
@@ -300,7 +338,7 @@ class Volume:
         VolumeError
             The position lies outside the volume (the message gives the range).
         """
-        normal = _NORMALS[plane.name]
+        normal = self.normal_axis(plane)
         step = float(self.directions[plane.axis, normal] * self.spacing[plane.axis])
         first = float(self.origin[normal])
         last = first + step * (plane.count - 1)
@@ -313,7 +351,7 @@ class Volume:
 
     def position_of(self, plane: Plane, index: int) -> float:
         """Patient coordinate (mm) along the plane's normal of plane `index` (inverse of :meth:`index_at`)."""
-        normal = _NORMALS[plane.name]
+        normal = self.normal_axis(plane)
         return float(self.origin[normal] + self.directions[plane.axis, normal] * self.spacing[plane.axis] * index)
 
     def slab_range(self, plane: Plane, index: int, slab_mm: float = 0.0) -> tuple[int, int]:
@@ -429,7 +467,9 @@ def volume_problem(instances: Sequence[Any]) -> tuple[str | None, dict[str, Any]
     -------
     (reason, geometry)
         ``reason`` is None when they do; ``geometry`` then holds ``order`` (indices in stacking order),
-        ``origin``, ``directions`` and ``spacing`` as :class:`Volume` expects them.
+        ``origin``, ``directions`` and ``spacing`` as :class:`Volume` expects them, and ``tilt_deg`` and
+        ``shifts`` (``(n, 2)`` in-plane shift in rows/columns per slice in stacking order, or None) for a
+        sheared stack to be corrected (module docstring).
     """
     n = len(instances)
     if n < 2:
@@ -492,15 +532,25 @@ def volume_problem(instances: Sequence[Any]) -> tuple[str | None, dict[str, Any]
                 f"resampling is not supported, refused"), {}
     along = pos[order[-1]] - pos[order[0]]
     drift = along - (along @ normal) * normal  # in-plane travel of the slice origin over the whole stack
+    tilt, shifts = 0.0, None
     if np.linalg.norm(drift) > 0.5 * min(rs, cs):
         tilt = math.degrees(math.atan2(float(np.linalg.norm(drift)), abs(float(along @ normal))))
-        return (f"gantry/detector tilt of {tilt:.1f} degrees: the slices are sheared (Image Position (Patient) "
-                f"moves in-plane); reformats refused"), {}
+        if tilt > MAX_TILT_DEG:
+            return (f"gantry/detector tilt of {tilt:.1f} degrees (more than {MAX_TILT_DEG:g}): the slices are "
+                    f"sheared too far to be corrected; reformats refused"), {}
+        rel = pos[order] - pos[order[0]]
+        inplane = rel - np.outer(rel @ normal, normal)  # each slice origin's in-plane offset from the first
+        # voxel (k, i, j) of the orthogonal grid is the file's pixel (i - di, j - dj) of slice k
+        shifts = np.stack([inplane @ col_dir / rs, inplane @ row_dir / cs], axis=1)
+        worst = np.abs(shifts).max(axis=0)
+        if worst[0] > head.rows / 2 or worst[1] > head.columns / 2:
+            return (f"gantry/detector tilt of {tilt:.1f} degrees shifts the last slice by {worst[0]:.0f} rows and "
+                    f"{worst[1]:.0f} columns, more than half the field of view; reformats refused"), {}
     slice_dir = normal if d[-1] >= d[0] else -normal
     spacing_mean = abs(float(d[-1] - d[0])) / (n - 1)
     return None, {"order": [int(k) for k in order], "origin": pos[order[0]].copy(),
                   "directions": np.stack([slice_dir, col_dir, row_dir]),
-                  "spacing": np.array([spacing_mean, rs, cs], np.float64)}
+                  "spacing": np.array([spacing_mean, rs, cs], np.float64), "tilt_deg": tilt, "shifts": shifts}
 
 
 def build_volume(series: Any, pixels: Callable[[int], np.ndarray] | None = None,
@@ -548,11 +598,15 @@ def build_volume(series: Any, pixels: Callable[[int], np.ndarray] | None = None,
     sample = np.asarray(get(order[0]))
     dtype = sample.dtype if same_lut else np.dtype(np.float32)
     stored = np.empty((n, head.rows, head.columns), dtype)
+    shifts = geo.get("shifts")
+    pad = float(np.min(sample)) if same_lut else float(np.min(pipes[order[0]].modality_values(sample)))
     for done, k in enumerate(order):
         a = sample if done == 0 else np.asarray(get(k))
         if a.shape != stored.shape[1:]:
             raise VolumeError(f"{_name(instances[k])} decodes to {a.shape}, expected {stored.shape[1:]}")
         stored[done] = a if same_lut else pipes[k].modality_values(a)
+        if shifts is not None and np.any(shifts[done]):
+            _shift_slice(stored[done], float(shifts[done, 0]), float(shifts[done, 1]), pad)
         if progress is not None:
             progress(done + 1, n)
     pipeline = first
@@ -565,5 +619,28 @@ def build_volume(series: Any, pixels: Callable[[int], np.ndarray] | None = None,
                                        "values (float32)"])
     mid = stored[n // 2]
     window = first.windows[0] if first.windows else (None if first.voi_luts else pipeline.auto_window(mid))
+    notes = []
+    if shifts is not None:
+        worst = np.abs(shifts).max(axis=0)
+        notes.append(f"gantry/detector tilt of {geo['tilt_deg']:.1f} degrees shear-corrected: slices shifted in-plane "
+                     f"by up to {worst[0]:.1f} rows and {worst[1]:.1f} columns (edges padded), "
+                     f"{geo['spacing'][0]:.3f} mm between slice planes")
     return Volume(stored=stored, pipeline=pipeline, origin=geo["origin"], directions=geo["directions"],
-                  spacing=geo["spacing"], default_window=window, source=[instances[k] for k in order])
+                  spacing=geo["spacing"], default_window=window, source=[instances[k] for k in order],
+                  tilt_deg=float(geo.get("tilt_deg", 0.0)), shifts=shifts, notes=notes)
+
+
+_CV_WARP_DTYPES = (np.uint8, np.int16, np.uint16, np.float32, np.float64)
+
+
+def _shift_slice(image: np.ndarray, rows: float, cols: float, pad: float) -> None:
+    """Shift a 2-D slice in place by (`rows`, `cols`) pixels: ``out[i, j] = in[i - rows, j - cols]``,
+    bilinear for fractional shifts (exact for whole pixels), `pad` where nothing is shifted in."""
+    m = np.array([[1.0, 0.0, cols], [0.0, 1.0, rows]])
+    src = image if image.dtype.type in _CV_WARP_DTYPES else image.astype(np.float64)
+    out = cv2.warpAffine(np.ascontiguousarray(src), m, (image.shape[1], image.shape[0]), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=pad)
+    if image.dtype.kind in "iu" and out.dtype != image.dtype:
+        info = np.iinfo(image.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    image[...] = out
