@@ -8,7 +8,9 @@ this module only paints its images and forwards the mouse:
   in HU, kept in patient coordinates;
 - wheel: scroll the plane under the cursor (Shift: 5 planes);
 - right drag: window/level, shared by the three planes; double click: the default window;
-- the toolbar above the planes: slab thickness in mm and projection (MIP/MinIP/mean).
+- the toolbar above the planes: slab thickness in mm and projection (MIP/MinIP/mean), and the layout:
+  ``1x3`` (axial, coronal, sagittal side by side) or ``2x2`` (the acquired plane -- the slices as stored --
+  top left, then axial, coronal, sagittal; :meth:`MprView.set_layout`).
 
 :func:`show_mpr` opens it from the main window (View > Layout MPR, Ctrl+3, ``medviewer PATH --layout mpr``):
 the volume of the active viewport's series is built in a worker task, reusing the frames already decoded;
@@ -25,6 +27,7 @@ from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -33,10 +36,16 @@ from PySide6.QtWidgets import (
 )
 
 from medviewer.imaging import Window
-from medviewer.imaging.mpr import PLANES
+from medviewer.imaging.mpr import ACQUIRED, PLANES
 from medviewer.workstation.mpr import PLANE_COLOURS, MprModel
 
-__all__ = ["MprPlaneView", "MprView", "show_mpr", "hide_mpr"]
+__all__ = ["MprPlaneView", "MprView", "show_mpr", "hide_mpr", "LAYOUTS"]
+
+#: the MPR layouts: name -> (plane, row, column) of each plane shown
+LAYOUTS = {
+    "1x3": (("axial", 0, 0), ("coronal", 0, 1), ("sagittal", 0, 2)),
+    "2x2": ((ACQUIRED, 0, 0), ("axial", 0, 1), ("coronal", 1, 0), ("sagittal", 1, 1)),
+}
 
 
 class MprPlaneView(QWidget):
@@ -209,9 +218,10 @@ class MprPlaneView(QWidget):
 
 
 class MprView(QWidget):
-    """The MPR layout: a slab toolbar over three :class:`MprPlaneView` side by side (axial, coronal, sagittal)."""
+    """The MPR layout: a slab toolbar over three :class:`MprPlaneView` side by side (axial, coronal, sagittal),
+    or over four in a 2x2 grid with the acquired plane (see :data:`LAYOUTS`, :meth:`set_layout`)."""
 
-    def __init__(self, model: MprModel, parent: QWidget | None = None) -> None:
+    def __init__(self, model: MprModel, parent: QWidget | None = None, layout: str = "1x3") -> None:
         super().__init__(parent)
         self.model = model
         self.setStyleSheet("background: #000; color: #ddd;")
@@ -237,23 +247,55 @@ class MprView(QWidget):
         self.clear.clicked.connect(model.clear_measurements)
         bar.addWidget(self.clear)
         bar.addSpacing(12)
+        self.layout_box = QComboBox()
+        self.layout_box.addItems(["1×3", "2×2"])
+        self.layout_box.setToolTip("1×3: axial, coronal, sagittal; 2×2: the acquired plane with the three reformats")
+        bar.addWidget(self.layout_box)
+        bar.addSpacing(12)
         self.info = QLabel("")
         bar.addWidget(self.info, 1)
         self.slab.valueChanged.connect(self._slab_changed)
         self.projection.currentIndexChanged.connect(self._slab_changed)
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
-        row.setSpacing(2)
-        self.planes = {name: MprPlaneView(model, name) for name in PLANES}
-        for name in PLANES:
-            row.addWidget(self.planes[name], 1)
+        self.grid = QGridLayout()
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.grid.setSpacing(2)
+        self.planes = {name: MprPlaneView(model, name) for name in (*PLANES, ACQUIRED)}
+        self.layout_name = ""
         col = QVBoxLayout(self)
         col.setContentsMargins(0, 0, 0, 0)
         col.setSpacing(0)
         col.addLayout(bar)
-        col.addLayout(row, 1)
+        col.addLayout(self.grid, 1)
+        self.set_layout(layout)
+        self.layout_box.currentIndexChanged.connect(lambda i: self.set_layout(("1x3", "2x2")[i]))
         model.changed.connect(self._on_changed)
         self._on_changed("crosshair")
+
+    def set_layout(self, name: str) -> None:
+        """Show the planes as ``"1x3"`` (axial, coronal, sagittal in a row) or ``"2x2"`` (acquired, axial /
+        coronal, sagittal). Raises ValueError for another name."""
+        key = str(name).lower().replace("×", "x")
+        if key not in LAYOUTS:
+            raise ValueError(f"MPR layout {name!r}: one of {', '.join(LAYOUTS)}")
+        for view in self.planes.values():
+            self.grid.removeWidget(view)
+            view.hide()
+        for r in range(3):
+            self.grid.setRowStretch(r, 0)
+            self.grid.setColumnStretch(r, 0)
+        for plane, r, c in LAYOUTS[key]:
+            self.grid.addWidget(self.planes[plane], r, c)
+            self.grid.setRowStretch(r, 1)
+            self.grid.setColumnStretch(c, 1)
+            self.planes[plane].show()
+        self.layout_name = key
+        self.layout_box.blockSignals(True)
+        self.layout_box.setCurrentIndex(list(LAYOUTS).index(key))
+        self.layout_box.blockSignals(False)
+
+    def shown_planes(self) -> list[str]:
+        """Names of the planes the current layout shows, in reading order."""
+        return [plane for plane, _r, _c in LAYOUTS[self.layout_name]]
 
     def _tool_changed(self, i: int) -> None:
         for v in self.planes.values():
@@ -329,10 +371,11 @@ def show_mpr(win: Any, wait_ms: int = 120_000) -> None:
             old.close()
             old.deleteLater()
         model = MprModel(volume)
+        layout = old.layout_name if old is not None else "1x3"  # the reader's layout survives a new series
         vp = win.active
         if vp.state.width_w is not None and volume.default_window is not None:  # the reader's window
             model.window = Window(vp.state.center_w, max(1.0, vp.state.width_w), volume.pipeline.voi_function)
-        win.mpr_view = MprView(model)
+        win.mpr_view = MprView(model, layout=layout)
         for v in win.viewports:
             v.setVisible(False)
         win.grid.addWidget(win.mpr_view, 0, 0, 2, 2)

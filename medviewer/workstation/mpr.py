@@ -1,8 +1,12 @@
-"""Qt-free model of the MPR layout: three planes of one volume, a linked crosshair, shared window and slab.
+"""Qt-free model of the MPR layout: three planes of one volume (and the acquired plane of the 2x2 layout), a
+linked crosshair, shared window and slab.
 
 The crosshair is a point in patient coordinates (mm, LPS): each plane shows the plane through it (axial at its
 z, coronal at its y, sagittal at its x), and the other two planes appear on it as reference lines through
-the crosshair. Clicking or dragging on one plane moves the point within that plane, so the other two follow;
+the crosshair. The acquired plane (:data:`~medviewer.imaging.mpr.ACQUIRED`: the slices as stored, shown in
+the 2x2 layout) is a fourth plane through the same point; it coincides with the reformat whose normal is
+closest to the slice normal, so it gets no reference line of its own.
+Clicking or dragging on one plane moves the point within that plane, so the other two follow;
 scrolling one plane moves the point along that plane's normal. Window/level, invert and the slab
 (thickness in mm, MIP/MinIP/mean) are shared by the three planes. The Qt view
 (:mod:`medviewer.gui.mpr_view`) observes :attr:`MprModel.changed` and repaints; the same model drives tests
@@ -22,13 +26,14 @@ from typing import Any
 import numpy as np
 from psygnal import Signal
 
-from medviewer.imaging.mpr import PLANES, Plane, Projection, Volume
+from medviewer.imaging.mpr import ACQUIRED, PLANES, Plane, Projection, Volume
 from medviewer.imaging.window import Window
 
 __all__ = ["MprModel", "MprMeasurement", "PLANE_COLOURS"]
 
 #: colour of each plane's frame and of its reference line on the others (3D Slicer's convention), RGB
-PLANE_COLOURS = {"axial": (230, 70, 70), "coronal": (90, 200, 90), "sagittal": (235, 200, 60)}
+PLANE_COLOURS = {"axial": (230, 70, 70), "coronal": (90, 200, 90), "sagittal": (235, 200, 60),
+                 ACQUIRED: (190, 190, 190)}
 _CACHE = 6  # rendered images kept (three planes, a few windows while dragging)
 
 
@@ -102,7 +107,8 @@ class MprModel:
 
     def __init__(self, volume: Volume) -> None:
         self.volume = volume
-        self.planes: dict[str, Plane] = {name: volume.plane(name) for name in PLANES}
+        #: the three reformats and the acquired plane, by name
+        self.planes: dict[str, Plane] = {name: volume.plane(name) for name in (*PLANES, ACQUIRED)}
         self.crosshair = volume.to_patient(np.floor((np.asarray(volume.shape) - 1) / 2))
         self.window: Window | None = volume.default_window
         self.slab_mm = 0.0
@@ -131,19 +137,21 @@ class MprModel:
         return self.planes[name].to_display(v)
 
     def reference_lines(self, name: str) -> list[tuple[str, str, float]]:
-        """The other planes as lines on plane `name`: ``(other plane, "v" or "h", x or y in display pixels)``."""
+        """The other planes as lines on plane `name`: ``(other plane, "v" or "h", x or y in display pixels)``
+        (a reformat parallel to `name` -- the acquired plane's twin -- has none)."""
         here = self.planes[name]
         x, y = self.crosshair_display(name)
         out = []
         for other in PLANES:
-            if other == name:
+            if other == name or self.planes[other].axis == here.axis:
                 continue
             axis = self.planes[other].axis
             out.append((other, "v", x) if axis == here.h_axis else (other, "h", y))
         return out
 
     def position_mm(self, name: str) -> float:
-        """Patient coordinate (mm) of plane `name` along its normal (z for axial, y coronal, x sagittal)."""
+        """Patient coordinate (mm) of plane `name` along its normal (z for axial, y coronal, x sagittal; for the
+        acquired plane the patient axis closest to the slice normal)."""
         return self.volume.position_of(self.planes[name], self.index(name))
 
     def labels(self, name: str) -> dict[str, str]:
@@ -285,7 +293,7 @@ class MprModel:
     def caption(self, name: str) -> str:
         """One line for the plane's corner: name, index, position in mm and the slab."""
         plane = self.planes[name]
-        axis = "xyz"[{"sagittal": 0, "coronal": 1, "axial": 2}[name]]
+        axis = "xyz"[self.volume.normal_axis(plane)]
         text = f"{name.capitalize()} {self.index(name) + 1}/{plane.count}  {axis} = {self.position_mm(name):.1f} mm"
         first, stop = self.volume.slab_range(plane, self.index(name), self.slab_mm)
         if stop - first > 1:
