@@ -385,7 +385,7 @@ def show_mpr(win: Any, wait_ms: int = 120_000) -> None:
             act.setChecked(True)
         sp = volume.spacing
         win.set_status(f"MPR: {volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]} voxels, "
-                       f"{sp[0]:.2f} x {sp[1]:.3f} x {sp[2]:.3f} mm")
+                       f"{sp[0]:.2f} x {sp[1]:.3f} x {sp[2]:.3f} mm" + "".join(f"; {n}" for n in volume.notes))
 
     task = FnTask(lambda t: build_volume(src), "MPR volume")
     task.signals.result.connect(built)
