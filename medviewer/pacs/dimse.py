@@ -36,6 +36,7 @@ from medviewer.pacs.model import (
     StudyMatch,
     StudyQuery,
     check_matches,
+    check_modalities,
 )
 from medviewer.pacs.node import DEFAULT_AET, Node, PacsError, Protocol
 
@@ -216,8 +217,32 @@ class DimseClient(PacsClient):
         for kw, value in query.filters().items():
             setattr(ds, kw, value)
         matches, self.notes = check_matches(query, [StudyMatch.from_dataset(d) for d in self._find(ds)])
+        matches, self.notes = check_modalities(query, matches, self.notes, self._series_modalities)
         matches.sort(key=lambda m: (m.study_date, m.study_instance_uid), reverse=True)
         return matches[:limit] if limit else matches
+
+    def _series_modalities(self, study_uids: list[str]) -> dict[str, set[str]]:
+        """``{study uid: {Modality of each series}}`` by series-level C-FIND, one association for all."""
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+        ae = self._ae()
+        ae.add_requested_context(FIND)
+        out: dict[str, set[str]] = {}
+        with self._association(ae) as assoc:
+            for uid in study_uids:
+                q = Dataset()
+                q.QueryRetrieveLevel = "SERIES"
+                q.StudyInstanceUID = uid
+                q.SeriesInstanceUID = ""
+                q.Modality = ""
+                t0 = time.perf_counter()
+                for status, ident in assoc.send_c_find(q, FIND):
+                    if status is None or "Status" not in status:
+                        raise PacsError(f"{self.node}: C-FIND: {self._no_response(assoc, 'C-FIND', t0)}")
+                    if int(status.Status) in (0xFF00, 0xFF01) and ident is not None \
+                            and str(ident.get("StudyInstanceUID", uid)) == uid and ident.get("Modality"):
+                        out.setdefault(uid, set()).add(str(ident.Modality).upper())
+        return out
 
     def list_instances(self, study_instance_uid: str, series_instance_uid: str | None = None
                        ) -> list[InstanceRef]:

@@ -10,7 +10,7 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from medviewer.pacs.node import Node, PacsError
 
 __all__ = ["StudyQuery", "StudyMatch", "InstanceRef", "PacsClient", "STUDY_KEYWORDS", "Sink", "dicom_date_range",
-           "check_matches"]
+           "check_matches", "check_modalities", "MAX_SERIES_CHECKS"]
 
 #: the attributes a study-level query returns, as DICOM keywords (PS3.4 C.6.2.1.2 Study level keys)
 STUDY_KEYWORDS = ("StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "StudyDescription",
@@ -150,6 +150,45 @@ def check_matches(query: StudyQuery, matches: list[StudyMatch]) -> tuple[list[St
                          "were left out")
             kept = [m for m in kept if m not in wrong]
     return kept, notes
+
+
+#: at most this many studies without Modalities in Study get their series queried by :func:`check_modalities`
+MAX_SERIES_CHECKS = 50
+
+
+def check_modalities(query: StudyQuery, kept: list[StudyMatch], notes: list[str],
+                     series_modalities: Callable[[list[str]], dict[str, set[str]]]) -> tuple[list[StudyMatch], list[str]]:
+    """After :func:`check_matches`: the studies a PACS returned without Modalities in Study (an optional return
+    key, PS3.4 C.6.2.1.2; dcmtk's dcmqrscp never fills it) are checked with a series-level query, whose
+    Modality (0008,0060) is a required key: those without the modality asked for are dropped, the others get
+    the modalities found. ``series_modalities(study_uids)`` returns ``{study uid: {modality, ...}}`` (studies it
+    could not tell left out). Only for a plain modality (no wild card) and at most :data:`MAX_SERIES_CHECKS`
+    studies; a failed series query leaves the studies kept and says so. Returns ``(kept, notes)``."""
+    mod = query.modality.strip().upper()
+    unknown = [m for m in kept if not m.modalities_in_study]
+    if not mod or any(c in mod for c in "*?\\") or not unknown or len(unknown) > MAX_SERIES_CHECKS:
+        return kept, notes
+    try:
+        found = series_modalities([m.study_instance_uid for m in unknown])
+    except PacsError as exc:
+        return kept, [*notes, f"the series query that checks them failed: {exc}"]
+    checked = {uid: tuple(sorted(mods)) for uid, mods in found.items() if mods}
+    out, dropped = [], 0
+    for m in kept:
+        mods = checked.get(m.study_instance_uid)
+        if m.modalities_in_study or mods is None:
+            out.append(m)
+        elif mod in mods:
+            out.append(replace(m, modalities_in_study=mods))
+        else:
+            dropped += 1
+    still = sum(1 for m in out if not m.modalities_in_study)
+    notes = [n for n in notes if not n.startswith("the PACS returned no Modalities in Study")]
+    text = (f"the PACS returned no Modalities in Study for {len(unknown)} studies; their series were queried: "
+            f"{dropped} without {mod} left out")
+    if still:
+        text += f", {still} could not be checked (they may not contain {mod})"
+    return out, [*notes, text]
 
 
 def _text(ds: Dataset, keyword: str) -> str:

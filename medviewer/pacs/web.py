@@ -25,6 +25,7 @@ from medviewer.pacs.model import (
     StudyMatch,
     StudyQuery,
     check_matches,
+    check_modalities,
 )
 from medviewer.pacs.node import ENV_PASSWORD, ENV_TOKEN, ENV_USER, Credentials, Node, PacsError, Protocol
 
@@ -158,8 +159,19 @@ class WebClient(PacsClient):
             found = self._search_all(self._client.search_for_studies, "StudyInstanceUID", limit=limit,
                                      search_filters=query.filters(), fields=_STUDY_FIELDS)
         matches, self.notes = check_matches(query, [StudyMatch.from_dataset(d) for d in found])
+        matches, self.notes = check_modalities(query, matches, self.notes, self._series_modalities)
         matches.sort(key=lambda m: (m.study_date, m.study_instance_uid), reverse=True)
         return matches[:limit] if limit else matches
+
+    def _series_modalities(self, study_uids: list[str]) -> dict[str, set[str]]:
+        """``{study uid: {Modality of each series}}`` by QIDO-RS ``/studies/{uid}/series``."""
+        out: dict[str, set[str]] = {}
+        with self._errors("QIDO-RS"):
+            for uid in study_uids:
+                for d in self._datasets(self._client.search_for_series(study_instance_uid=uid, fields=["Modality"])):
+                    if d.get("Modality"):
+                        out.setdefault(uid, set()).add(str(d.Modality).upper())
+        return out
 
     def list_instances(self, study_instance_uid: str, series_instance_uid: str | None = None
                        ) -> list[InstanceRef]:
