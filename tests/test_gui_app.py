@@ -584,3 +584,36 @@ def test_measurements_belong_to_the_image_in_the_reading_session(qtbot, settings
     assert not win.reading.measurements.get(left.frame_uid()) and right.render_image(overlays=True, patient=False) == before
     with qtbot.assertNotEmitted(left.measurementsChanged):  # another frame's measurement: not this one's
         win.reading.measurements.add((left.source_key, left.state.frame + 1), m)
+
+
+def test_the_window_is_a_view_of_the_workspace_it_receives(qtbot, settings):
+    """The main window shows a Workspace made without a window: same session and models; the layout and the
+    active viewport changed on the model move the widgets; the menus come back as one MenuBar object."""
+    from medviewer.gui.menus import MenuBar
+    from medviewer.workstation.keybindings import Command
+    from medviewer.workstation.workspace import Workspace
+
+    ws = Workspace(provider="cpu")
+    win = MainWindow(settings, workspace=ws)
+    qtbot.addWidget(win)
+    win.resize(1000, 700)
+    win.show()
+    assert (win.reading, win.ai, win.audit, win.sr_reports) == (ws.reading, ws.ai, ws.audit, ws.sr_reports)
+    assert [vp.model for vp in win.viewports] == ws.viewports and win.linker is ws.linker
+    assert isinstance(win.menu_bar, MenuBar) and win.actions is win.menu_bar.actions
+    assert set(win.menus) == {"File", "View", "Tools", "AI", "Help"}
+    assert win.provider_actions["cpu"].isChecked() and not win.provider_actions["cuda"].isChecked()
+    win.actions[Command.LAYOUT_2X2].trigger()  # a menu command changes the model ...
+    assert ws.layout == "2x2" and sum(v.isVisibleTo(win) for v in win.viewports) == 4
+    ws.set_active(3)  # ... and a model change moves the widgets
+    assert win.active is win.viewports[3] and win.viewports[3].active and not win.viewports[0].active
+    _open(qtbot, win, pydicom_test_file("CT_small.dcm"))
+    assert win.viewports[3].has_image() and ws.reading.sources  # opened into the model's active viewport
+    assert [p.name for p in ws.presets()] == [p.name for p in presets_for("CT")]
+    shown = [a.text() for a in win.menu_bar.presets.actions()]
+    from medviewer.workstation.keybindings import PRESET_KEYS
+
+    n = min(len(presets_for("CT")), len(PRESET_KEYS))  # one number key per preset, 1-9
+    assert len(shown) == n and shown[0].startswith(presets_for("CT")[0].name)
+    win.set_layout("1x1")  # hides viewport 3: the model moves the active one into the grid
+    assert ws.active_index == 0 and win.active is win.viewports[0]

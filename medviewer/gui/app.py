@@ -200,7 +200,10 @@ def run_app(args: argparse.Namespace) -> int:
         return 1
     app = create_app()
     settings = Settings()
-    win = MainWindow(settings, provider=getattr(args, "provider", None), interactive=not screenshot)
+    from medviewer.workstation.workspace import Workspace
+
+    workspace = Workspace(getattr(args, "provider", None) or settings.provider)  # the root model the window shows
+    win = MainWindow(settings, interactive=not screenshot, workspace=workspace)
     paths = [str(p) for p in (getattr(args, "paths", None) or [])]
     demo = bool(getattr(args, "demo", False))
     if demo:

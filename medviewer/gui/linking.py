@@ -32,8 +32,9 @@ def _view_menu(window: Any) -> QMenu:
     return window.menuBar().addMenu("&View")
 
 
-def install_linking(window: Any) -> ViewportLinker:
-    """Link the models of ``window.viewports`` and add View > Link viewports to ``window``.
+def install_linking(window: Any, linker: ViewportLinker | None = None) -> ViewportLinker:
+    """Link the models of ``window.viewports`` (with ``linker``, e.g. the workspace's, else a new one) and
+    add View > Link viewports to ``window``.
 
     ``window`` is the main window: it has ``viewports`` (:class:`~medviewer.gui.viewport.Viewport` s),
     ``active`` (the active one) and a menu bar with a View menu (created when missing).
@@ -43,7 +44,8 @@ def install_linking(window: Any) -> ViewportLinker:
     ViewportLinker
         The linker; its actions are in ``linker.actions`` (property -> QAction).
     """
-    linker = ViewportLinker([vp.model for vp in window.viewports])
+    if linker is None:
+        linker = ViewportLinker([vp.model for vp in window.viewports])
     menu = _view_menu(window).addMenu("Link viewports")
     actions: dict[str, QAction] = {}
     for what, text in LINK_ACTIONS.items():

@@ -155,7 +155,7 @@ class SeriesLoader(QObject):
             return
         for p in paths:
             win.settings.add_recent(p)
-        update_recent_menu(win)
+        update_recent_menu(win.menu_bar, win)
         new_keys = self.reading.add_scan(result)  # the browser observes its series_added events
         self._pending_thumbs += new_keys  # started once the first image is on screen
         msg = f"Opened {sum(len(s.series) for s in studies)} series"

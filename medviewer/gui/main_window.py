@@ -1,9 +1,10 @@
 """The reading workstation's main window: a view of the Qt-free workstation models.
 
-The window lays out the browser, the viewports, the AI panel and the status bar and wires them to
+The window receives a :class:`~medviewer.workstation.workspace.Workspace` -- the Qt-free root model: the
 :class:`~medviewer.workstation.session.ReadingSession` (opened studies, frame sources, measurements, AI
-results) and :class:`~medviewer.workstation.ai.AiController` (model choice, inference, policies), which
-hold the logic; :class:`~medviewer.gui.ai_view.AiView` shows the AI side, :mod:`medviewer.gui.menus` the
+results), the :class:`~medviewer.workstation.ai.AiController` (model choice, inference, policies), the audit
+trail, the SR reports, the viewport models, the layout and the active viewport -- and lays out the browser,
+the viewports, the AI panel and the status bar as views of it; :class:`~medviewer.gui.ai_view.AiView` shows the AI side, :mod:`medviewer.gui.menus` the
 menus, :class:`~medviewer.gui.loading.SeriesLoader` the opening of studies (scan and decoding in Qt
 worker tasks; a folder's first file is shown while the other headers are read). Nothing long runs on the
 GUI thread.
@@ -32,15 +33,14 @@ from medviewer.gui.browser import SeriesBrowser
 from medviewer.gui.dialogs import ExportDialog, ModelCardDialog, ShortcutsDialog, TagBrowser, show_error
 from medviewer.gui.linking import install_linking
 from medviewer.gui.loading import SeriesLoader
-from medviewer.gui.menus import build_menus, update_presets_menu
-from medviewer.gui.settings import LAYOUTS, Settings
+from medviewer.gui.menus import MenuBar, build_menus, update_presets_menu
+from medviewer.gui.settings import Settings
 from medviewer.gui.viewport import Viewport
 from medviewer.gui.workers import Task, warm_imports
-from medviewer.workstation.ai import AiController
-from medviewer.workstation.audit_trail import AuditTrail
 from medviewer.workstation.keybindings import Command
 from medviewer.workstation.measure import Shape
-from medviewer.workstation.session import PredictionEntry, ReadingSession
+from medviewer.workstation.session import PredictionEntry
+from medviewer.workstation.workspace import Workspace
 
 __all__ = ["MainWindow"]
 
@@ -56,13 +56,17 @@ class MainWindow(QMainWindow):
         Execution provider for this session (overrides the saved setting), or None.
     interactive
         False for ``--screenshot`` runs: errors go to stderr instead of modal dialogs.
+    workspace
+        The root model to show; default a new :class:`Workspace` with ``provider`` (or the saved one).
 
     Attributes
     ----------
-    reading
-        The :class:`ReadingSession` shown.
-    ai
-        The :class:`AiController` that runs the models.
+    workspace
+        The :class:`Workspace` shown.
+    reading, ai, audit, sr_reports
+        Its reading session, AI controller, audit trail and SR reports (the same objects).
+    menu_bar
+        The :class:`~medviewer.gui.menus.MenuBar` (``actions``, ``menus``, ``auto_run`` ... are its fields).
     """
 
     predictionShown = Signal(object)  # Prediction, after the panel updated
@@ -71,7 +75,7 @@ class MainWindow(QMainWindow):
     auditFailed = Signal(str)  # noqa: N815 - one line, from the audit trail's thread
 
     def __init__(self, settings: Settings | None = None, provider: str | None = None,
-                 interactive: bool = True) -> None:
+                 interactive: bool = True, workspace: Workspace | None = None) -> None:
         super().__init__()
         self.settings = settings or Settings()
         self.interactive = interactive
@@ -81,11 +85,17 @@ class MainWindow(QMainWindow):
         self.io_pool = QThreadPool(self)
         self.io_pool.setMaxThreadCount(2)
         self._tasks: set[Task] = set()
-        self.reading = ReadingSession()
-        self.ai = AiController(self.reading, provider or self.settings.provider)
+        if workspace is None:
+            workspace = Workspace(provider or self.settings.provider)
+        elif provider:
+            workspace.ai.set_provider(provider)
+        self.workspace = workspace
+        self.reading, self.ai, self.sr_reports = workspace.reading, workspace.ai, workspace.sr_reports
         # audit trail: study opened, AI run (observed), results exported / sent (called); UIDs only, off-thread
+        self.audit = workspace.audit
         self.auditFailed.connect(self.set_status)
-        self.audit = AuditTrail(self.reading, self.ai, on_error=self.auditFailed.emit)
+        workspace.audit_failed.connect(self.auditFailed.emit)  # queued onto the GUI thread by Qt
+        workspace.active_changed.connect(self._on_active_index)
         self.loader = SeriesLoader(self)
         self.force_auto_run = False  # --demo: run on open for this session without changing the setting
         self.errors: list[str] = []
@@ -93,8 +103,8 @@ class MainWindow(QMainWindow):
         self._build_docks()
         self._build_status()
         self.ai_view = AiView(self, self.ai)
-        build_menus(self)
-        self.linker = install_linking(self)  # View > Link viewports (medviewer.gui.linking)
+        self.menu_bar: MenuBar = build_menus(self)
+        self.linker = install_linking(self, workspace.linker)  # View > Link viewports (medviewer.gui.linking)
         self._restore_settings()
         self.set_layout(self.settings.layout)
         self.set_active(self.viewports[0])
@@ -110,8 +120,8 @@ class MainWindow(QMainWindow):
         self.grid = QGridLayout(central)
         self.grid.setContentsMargins(1, 1, 1, 1)
         self.grid.setSpacing(2)
-        for i in range(4):
-            vp = Viewport()
+        for i, model in enumerate(self.workspace.viewports):
+            vp = Viewport(model=model)
             vp.measurements = self.reading.measurements  # measurements belong to the image, not the viewport
             vp.activated.connect(self.set_active)
             vp.frameChanged.connect(lambda k, v=vp: self._on_frame_changed(v))
@@ -142,9 +152,7 @@ class MainWindow(QMainWindow):
         self.ai_dock = self._dock("AI", "ai", scrollable(self.panel), Qt.RightDockWidgetArea)
         self.resizeDocks([self.browser_dock, self.ai_dock], [230, 340], Qt.Horizontal)
         from medviewer.gui.sr_view import SrPanel
-        from medviewer.workstation.sr_reports import SrReports
-        self.sr_reports = SrReports()  # AI reports (TID 1500 SR) found among the opened files
-        self.sr_panel = SrPanel()
+        self.sr_panel = SrPanel()  # the workspace's AI reports (TID 1500 SR) found among the opened files
         self.sr_panel.findingActivated.connect(self.show_sr_finding)
         self.sr_dock = self._dock("AI reports (SR)", "sr", self.sr_panel, Qt.RightDockWidgetArea)
         self.tabifyDockWidget(self.ai_dock, self.sr_dock)  # a tab behind the AI panel, which keeps its height
@@ -211,6 +219,12 @@ class MainWindow(QMainWindow):
     package = property(lambda self: self.ai.package, doc="The selected model package, or None.")
     packages = property(lambda self: self.ai.packages, doc="The model packages found.")
     models_ready = property(lambda self: self.ai_view.models_ready, doc="True once the model list is shown.")
+    # the menu bar's parts, by the names the views and tests use
+    menus = property(lambda self: self.menu_bar.menus, doc="Top-level menus by name.")
+    actions = property(lambda self: self.menu_bar.actions, doc="Command -> QAction.")
+    preset_actions = property(lambda self: self.menu_bar.preset_actions, doc="The number-key preset actions.")
+    auto_run_action = property(lambda self: self.menu_bar.auto_run, doc="AI > Run automatically on open.")
+    provider_actions = property(lambda self: self.menu_bar.providers, doc="Provider name -> QAction.")
 
     def prediction_for(self, vp: Viewport) -> PredictionEntry | None:
         """The selected model's result for the image ``vp`` shows, or None."""
@@ -344,23 +358,34 @@ class MainWindow(QMainWindow):
             show_mpr(self)
             return
         hide_mpr(self)
-        rows, cols = LAYOUTS.get(name, (1, 1))
+        shown = self.workspace.set_layout(name)  # moves the active viewport into the grid when hidden
         for i, vp in enumerate(self.viewports):
-            vp.setVisible(i // 2 < rows and i % 2 < cols)
-        self.settings.layout = name if name in LAYOUTS else "1x1"
-        act = self.actions.get({"1x2": Command.LAYOUT_1X2, "2x2": Command.LAYOUT_2X2}.get(name, Command.LAYOUT_1X1))
+            vp.setVisible(i in shown)
+        self.settings.layout = self.workspace.layout
+        act = self.actions.get({"1x2": Command.LAYOUT_1X2, "2x2": Command.LAYOUT_2X2}.get(self.workspace.layout,
+                                                                                         Command.LAYOUT_1X1))
         if act is not None:
             act.setChecked(True)
         if not self.active.isVisibleTo(self):
             self.set_active(self.viewports[0])
 
     def layout_name(self) -> str:
-        return self.settings.layout
+        return self.workspace.layout
 
     def set_active(self, vp: Viewport) -> None:
         """Make ``vp`` the active viewport (keys, presets, the AI panel follow it)."""
         if vp is self.active and vp.active:
             return
+        if not self.workspace.set_active(self.viewports.index(vp)):  # already the workspace's: show it
+            self._show_active(vp)
+
+    def _on_active_index(self, index: int) -> None:
+        """The workspace's active viewport changed (here or by the model): the widgets follow."""
+        vp = self.viewports[index]
+        if vp is not self.active or not vp.active:
+            self._show_active(vp)
+
+    def _show_active(self, vp: Viewport) -> None:
         for v in self.viewports:
             v.active = v is vp
             v.update()
@@ -370,7 +395,7 @@ class MainWindow(QMainWindow):
 
     def active_changed(self) -> None:
         """The active viewport or its series changed: presets menu, AI panel, status line, title follow."""
-        update_presets_menu(self)
+        update_presets_menu(self.menu_bar, self.workspace)
         self.ai_view.active_changed()
         inst = self.active.current_instance()
         if inst is None:
@@ -409,13 +434,8 @@ class MainWindow(QMainWindow):
             vp.update()
 
     def presets(self) -> list[Any]:
-        """Window presets of the active image's modality."""
-        inst = self.active.current_instance()
-        if inst is None:
-            return []
-        from medviewer.imaging import presets_for
-
-        return list(presets_for(str(getattr(inst, "modality", "") or "")))
+        """Window presets of the active image's modality (:meth:`Workspace.presets`)."""
+        return self.workspace.presets()
 
     def apply_preset(self, n: int) -> None:
         ps = self.presets()
@@ -506,9 +526,9 @@ class MainWindow(QMainWindow):
         """Cancel background work and wait for it (window closing)."""
         for t in list(self._tasks):
             t.cancel()
-        self.ai.shutdown(timeout_ms / 1000)
+        self.workspace.ai.shutdown(timeout_ms / 1000)
         self.io_pool.waitForDone(timeout_ms)
-        self.audit.shutdown()
+        self.workspace.audit.shutdown()
         self.settings.sync()
 
     def closeEvent(self, e: Any) -> None:  # noqa: N802

@@ -2,23 +2,26 @@
 the window presets of the active image's modality, recent folders, the AI menu's extras (the triage
 worklist dock of :mod:`medviewer.gui.worklist_view`, created on first use).
 
-:func:`build_menus` creates them on a :class:`~medviewer.gui.main_window.MainWindow` and connects each to
-the window's public methods; the window keeps no menu code of its own.
+:func:`build_menus` creates them on a window (:class:`MenuHost`: the main window's public commands and its
+:class:`~medviewer.workstation.workspace.Workspace`), connects each to those commands, and returns a
+:class:`MenuBar` holding what it made; it sets nothing on the window. The window keeps no menu code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
-from PySide6.QtWidgets import QMenu
+from PySide6.QtWidgets import QMenu, QMenuBar
 
 from medviewer.workstation.keybindings import KEYS, PRESET_KEYS, Command
 from medviewer.workstation.measure import Shape
+from medviewer.workstation.workspace import Workspace
 
-__all__ = ["build_menus", "update_recent_menu", "update_presets_menu", "TOOLS", "PROVIDERS"]
+__all__ = ["MenuBar", "MenuHost", "build_menus", "update_recent_menu", "update_presets_menu", "TOOLS", "PROVIDERS"]
 
 #: the tool each tool command selects (None: window/level)
 TOOLS = {Command.TOOL_WINDOW: None, Command.TOOL_DISTANCE: Shape.DISTANCE, Command.TOOL_RECT: Shape.RECT,
@@ -27,7 +30,77 @@ TOOLS = {Command.TOOL_WINDOW: None, Command.TOOL_DISTANCE: Shape.DISTANCE, Comma
 PROVIDERS = (("auto", "Automatic (CUDA if available, else CPU)"), ("cuda", "CUDA (GPU)"), ("cpu", "CPU"))
 
 
-def _handlers(win: Any) -> dict[Command, Callable[[], Any]]:
+class MenuHost(Protocol):
+    """What the menus need of the main window: its workspace and settings, and the commands they trigger."""
+
+    workspace: Workspace
+    settings: Any
+    panel: Any
+    active: Any
+
+    def menuBar(self) -> QMenuBar: ...  # Qt API
+    def addAction(self, action: QAction) -> None: ...
+    def close(self) -> bool: ...
+    def isFullScreen(self) -> bool: ...
+    def showNormal(self) -> None: ...
+    def showFullScreen(self) -> None: ...
+    def open_files_dialog(self) -> None: ...
+    def open_folder_dialog(self) -> None: ...
+    def open_paths(self, paths: list[str]) -> None: ...
+    def show_pacs_dialog(self) -> None: ...
+    def export_dialog(self) -> None: ...
+    def toggle_cine(self) -> None: ...
+    def cine_fps(self, delta: int) -> None: ...
+    def toggle_overlays(self) -> None: ...
+    def set_layout(self, name: str) -> None: ...
+    def next_viewport(self) -> None: ...
+    def set_tool(self, tool: Shape | None) -> None: ...
+    def apply_preset(self, n: int) -> None: ...
+    def show_tags(self) -> None: ...
+    def run_ai(self) -> None: ...
+    def cancel(self) -> None: ...
+    def show_model_card(self) -> None: ...
+    def set_provider(self, name: str) -> None: ...
+    def export_results_dialog(self) -> None: ...
+    def save_results_to_pacs(self) -> None: ...
+    def import_model_dialog(self) -> None: ...
+    def load_models(self) -> None: ...
+    def show_shortcuts(self) -> None: ...
+    def show_about(self) -> None: ...
+
+
+@dataclass
+class MenuBar:
+    """What :func:`build_menus` made.
+
+    Attributes
+    ----------
+    menus
+        Top-level menus by name (``File``, ``View``, ``Tools``, ``AI``, ``Help``).
+    actions
+        One action per :class:`~medviewer.workstation.keybindings.Command`, with its shortcut.
+    recent
+        File > Open recent (:func:`update_recent_menu` rebuilds it).
+    presets
+        View > Window presets (:func:`update_presets_menu` rebuilds it for the active image).
+    preset_actions
+        The number-key preset actions, in key order.
+    auto_run
+        AI > Run automatically on open.
+    providers
+        AI > Execution provider entries by name (``auto``, ``cuda``, ``cpu``).
+    """
+
+    menus: dict[str, QMenu]
+    actions: dict[Command, QAction]
+    recent: QMenu
+    presets: QMenu
+    auto_run: QAction
+    preset_actions: list[QAction] = field(default_factory=list)
+    providers: dict[str, QAction] = field(default_factory=dict)
+
+
+def _handlers(win: MenuHost) -> dict[Command, Callable[[], Any]]:
     def vp() -> Any:
         return win.active
 
@@ -83,16 +156,18 @@ def _action(win: Any, text: str, slot: Callable[[], Any], menu: QMenu | None = N
     return act
 
 
-def build_menus(win: Any) -> None:
-    """Create the menu bar of ``win``: sets ``win.menus`` (name -> QMenu), ``win.actions`` (Command -> QAction),
-    ``win.recent_menu``, ``win.presets_menu``, ``win.preset_actions``, ``win.auto_run_action`` and
-    ``win.provider_actions`` (name -> QAction)."""
+def build_menus(win: MenuHost) -> MenuBar:
+    """Create the menu bar of ``win`` and return what it holds; the checked layout, tool and execution
+    provider are the workspace's (``win.workspace``)."""
     mb = win.menuBar()
-    win.menus = {name: mb.addMenu(f"&{name}") for name in ("File", "View", "Tools", "AI", "Help")}
-    win.actions = {}
+    menus = {name: mb.addMenu(f"&{name}") for name in ("File", "View", "Tools", "AI", "Help")}
+    actions: dict[Command, QAction] = {}
+    recent: QMenu | None = None
     handlers = _handlers(win)
     tool_group, layout_group = QActionGroup(win), QActionGroup(win)
-    file_menu = win.menus["File"]
+    file_menu = menus["File"]
+    layout_command = {"1x2": Command.LAYOUT_1X2, "2x2": Command.LAYOUT_2X2}.get(win.workspace.layout,
+                                                                               Command.LAYOUT_1X1)
     for b in KEYS:
         act = QAction(b.text, win)
         act.setShortcut(QKeySequence(b.key))
@@ -104,44 +179,44 @@ def build_menus(win: Any) -> None:
         else:
             if b.command.name.startswith("LAYOUT_"):
                 act.setCheckable(True)
+                act.setChecked(b.command == layout_command)
                 layout_group.addAction(act)
             act.triggered.connect(lambda _=False, f=handlers[b.command]: f())
         if b.command in (Command.NEXT_IMAGE_ALT, Command.PREV_IMAGE_ALT):
             win.addAction(act)  # active but not listed twice in the menu
         else:
-            win.menus[b.menu].addAction(act)
-        win.actions[b.command] = act
+            menus[b.menu].addAction(act)
+        actions[b.command] = act
         if b.command == Command.OPEN_FOLDER:
-            win.recent_menu = file_menu.addMenu("Open recent")
+            recent = file_menu.addMenu("Open recent")
             _action(win, "Query / retrieve from PACS…", win.show_pacs_dialog, file_menu)
         if b.command == Command.EXPORT_PNG:
             _action(win, "Save reading state as DICOM (presentation state)", lambda: _save_state(win), file_menu)
         if b.command in (Command.EXPORT_PNG, Command.LAST_IMAGE, Command.FLIP_V, Command.FULLSCREEN):
-            win.menus[b.menu].addSeparator()
-    win.actions[Command.TOOL_WINDOW].setChecked(True)
+            menus[b.menu].addSeparator()
+    actions[Command.TOOL_WINDOW].setChecked(True)
+    assert recent is not None  # KEYS has OPEN_FOLDER
     # presets: number keys, menu rebuilt for the active image's modality
-    win.presets_menu = win.menus["View"].addMenu("Window presets")
-    win.preset_actions = []
+    bar = MenuBar(menus=menus, actions=actions, recent=recent, presets=menus["View"].addMenu("Window presets"),
+                  auto_run=QAction("Run automatically on open", win))
     for i, key in enumerate(PRESET_KEYS):
         act = _action(win, f"Preset {i + 1}", lambda n=i: win.apply_preset(n))
         act.setShortcut(QKeySequence(key))
         win.addAction(act)
-        win.preset_actions.append(act)
-    ai = win.menus["AI"]
+        bar.preset_actions.append(act)
+    ai = menus["AI"]
     ai.addSeparator()
-    win.auto_run_action = QAction("Run automatically on open", win)
-    win.auto_run_action.setCheckable(True)
-    win.auto_run_action.toggled.connect(win.panel.auto_run.setChecked)
-    ai.addAction(win.auto_run_action)
+    bar.auto_run.setCheckable(True)
+    bar.auto_run.toggled.connect(win.panel.auto_run.setChecked)
+    ai.addAction(bar.auto_run)
     prov = ai.addMenu("Execution provider")
     group = QActionGroup(win)
-    win.provider_actions = {}
     for name, text in PROVIDERS:
         act = _action(win, text, lambda n=name: win.set_provider(n), prov)
         act.setCheckable(True)
-        act.setChecked(name == win.provider)
+        act.setChecked(name == win.workspace.ai.provider)
         group.addAction(act)
-        win.provider_actions[name] = act
+        bar.providers[name] = act
     ai.addSeparator()
     _action(win, "Export results as DICOM…", win.export_results_dialog, ai)
     _action(win, "Save results to PACS…", win.save_results_to_pacs, ai)
@@ -151,8 +226,9 @@ def build_menus(win: Any) -> None:
     ai.addSeparator()
     _action(win, "Import model…", win.import_model_dialog, ai)
     _action(win, "Rescan models", win.load_models, ai)
-    _action(win, "About MedViewer", win.show_about, win.menus["Help"])
-    update_recent_menu(win)
+    _action(win, "About MedViewer", win.show_about, menus["Help"])
+    update_recent_menu(bar, win)
+    return bar
 
 
 def _save_state(win: Any) -> Any:
@@ -173,9 +249,9 @@ def _worklist(win: Any, ask_folder: bool) -> Any:
     return show_worklist(win, ask_folder)
 
 
-def update_recent_menu(win: Any) -> None:
+def update_recent_menu(bar: MenuBar, win: MenuHost) -> None:
     """Rebuild File > Open recent from ``win.settings.recent``."""
-    menu = win.recent_menu
+    menu = bar.recent
     menu.clear()
     for p in win.settings.recent:
         menu.addAction(p).triggered.connect(lambda _=False, path=p: win.open_paths([path]))
@@ -183,18 +259,17 @@ def update_recent_menu(win: Any) -> None:
         menu.addAction("(none)").setEnabled(False)
     else:
         menu.addSeparator()
-        menu.addAction("Clear list").triggered.connect(lambda: (win.settings.clear_recent(), update_recent_menu(win)))
+        menu.addAction("Clear list").triggered.connect(lambda: (win.settings.clear_recent(),
+                                                                 update_recent_menu(bar, win)))
 
 
-def update_presets_menu(win: Any) -> None:
-    """Rebuild View > Window presets for the active image's modality (``win.presets()``)."""
-    if not hasattr(win, "presets_menu"):
-        return
-    win.presets_menu.clear()
-    ps = win.presets()
-    for i, act in enumerate(win.preset_actions):
+def update_presets_menu(bar: MenuBar, workspace: Workspace) -> None:
+    """Rebuild View > Window presets for the active image's modality (:meth:`Workspace.presets`)."""
+    bar.presets.clear()
+    ps = workspace.presets()
+    for i, act in enumerate(bar.preset_actions):
         if i < len(ps):
             act.setText(f"{ps[i].name}  (W {ps[i].width:g} / L {ps[i].center:g})")
-            win.presets_menu.addAction(act)
+            bar.presets.addAction(act)
     if not ps:
-        win.presets_menu.addAction("(no presets for this image)").setEnabled(False)
+        bar.presets.addAction("(no presets for this image)").setEnabled(False)
