@@ -63,8 +63,12 @@ def test_states_listed_in_the_browser_and_another_chosen(qtbot, tmp_path, study)
     win.resize(1200, 800)
     win.show()
     qtbot.waitUntil(lambda: win.models_ready, timeout=TIMEOUT)
+    said: list[str] = []
+    set_status = win.set_status
+    win.set_status = lambda text, *a, **k: (said.append(text), set_status(text, *a, **k))
     win.open_paths([str(folder)])
     qtbot.waitUntil(lambda: _shapes(win) == ["ellipse", "rect"], timeout=TIMEOUT)  # the newest applied
+    assert "Opened 1 series with 2 presentation states" in said  # counted, not silently left out
     browser = win.browser
     qtbot.waitUntil(lambda: browser.state_item(second) is not None and browser.state_item(first) is not None,
                     timeout=TIMEOUT)

@@ -149,3 +149,25 @@ def test_mpr_refuses_a_series_with_a_missing_slice(qtbot, settings, errors, ct_s
     assert len(errors) == 1
     assert errors[0].startswith("Cannot show MPR: 1 slice(s) missing between 1-042.dcm and 1-044.dcm")
     assert getattr(win, "mpr_view", None) is None and win.viewports[0].isVisible()
+
+
+def test_view_menu_opens_mpr_2x2_with_the_acquired_plane(qtbot, settings, errors, tmp_path, ct_series_dir):
+    """View > Layout MPR 2x2: the volume is built and shown in the 2x2 grid (acquired plane first); once MPR
+    is shown the same entry only changes the grid."""
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for k in range(40, 60):
+        src = ct_series_dir / f"1-{k:03d}.dcm"
+        shutil.copy(src, folder / src.name)
+    win = _window(qtbot, settings)
+    win.open_paths([str(folder)])
+    entry = next(a for a in win.menus["View"].actions() if a.text().startswith("Layout MPR 2×2"))
+    entry.trigger()
+    qtbot.waitUntil(lambda: getattr(win, "mpr_view", None) is not None and win.mpr_view.isVisible()
+                    or bool(win.errors), timeout=TIMEOUT)
+    assert errors == [] and win.mpr_view.layout_name == "2x2"
+    assert win.mpr_view.shown_planes()[0] == "acquired" and len(win.mpr_view.shown_planes()) == 4
+    win.mpr_view.set_layout("1x3")
+    entry.trigger()  # shown: the grid changes, no new volume
+    view = win.mpr_view
+    assert view.layout_name == "2x2" and win.mpr_view is view

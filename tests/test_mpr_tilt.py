@@ -112,3 +112,25 @@ def test_fractional_tilt_interpolates_and_too_much_tilt_is_refused(slices, origi
     assert ((got >= lo - 1) & (got <= hi + 1)).all()
     with pytest.raises(VolumeError, match=rf"tilt of 50.0 degrees \(more than {MAX_TILT_DEG:g}\)"):
         build_volume(tilt(50))
+
+
+def test_cli_render_says_the_stack_was_shear_corrected(ct_series_dir, tmp_path, capsys):
+    """`medviewer render` of a tilted series written to disk: the picture, and a note on stderr that the
+    stack was shear-corrected (the same words as the MPR view's status line)."""
+    import pydicom
+
+    from medviewer.cli import main
+
+    files = sorted(ct_series_dir.glob("*.dcm"))
+    order = sorted(files, key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    folder = tmp_path / "tilted"
+    folder.mkdir()
+    for k, path in enumerate(order[40:60]):
+        ds = pydicom.dcmread(path)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + k * 3.0 * math.tan(math.radians(12)), z]
+        ds.save_as(folder / f"{k:03d}.dcm")
+    out = tmp_path / "c.png"
+    assert main(["render", str(folder), "--plane", "coronal", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "medviewer: note: " in err and "12.0 degrees shear-corrected" in err and out.is_file()

@@ -135,3 +135,17 @@ def test_stow_200_without_a_response_is_a_client_note(stow_server, tmp_path):  #
         assert client.notes == ["STOW-RS: HTTP 200 without a Store Instances Response (no Referenced or Failed SOP "
                                 "Sequence): 2 instances not confirmed"]
         assert type(client).notes == []  # the class default is not mutated
+
+
+def test_cli_get_prints_the_partial_c_get_warning(partial_get_scp, audit_dir, tmp_path, capsys):  # noqa: F811
+    """`pacs get` says what the PACS said (status B000 with its counts and the first failed UID), not only
+    that instances are missing."""
+    from medviewer.cli import main
+
+    port, study, uids = partial_get_scp
+    rc = main(["pacs", "get", f"dicom://PARTIAL@127.0.0.1:{port}", study, "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "partial retrieval, 2 of 6 instances missing" in err
+    warning = next(line for line in err.splitlines() if "status B000" in line)
+    assert warning.startswith("medviewer: warning: ") and "4 instances sent, 2 failed" in warning
+    assert uids[PARTIAL_SENT] in warning

@@ -311,6 +311,8 @@ def run(args: argparse.Namespace) -> int:
                     "missing": len(result.missing)})
             _print(f"{result.study_dir()}: {total - len(result.missing)} of {total} instances "
                    f"({len(result.written)} retrieved, {result.skipped} already present)")
+            for note in result.notes:  # e.g. C-GET ended with warning status B000, with its counts
+                print(f"medviewer: warning: {client.node}: {note}", file=sys.stderr)
             if result.missing:
                 shown = ", ".join(r.sop_instance_uid for r in result.missing[:5])
                 more = f" (+{len(result.missing) - 5} more)" if len(result.missing) > 5 else ""

@@ -149,6 +149,8 @@ def _run_mpr(args: argparse.Namespace, path: Path, window: Window | None, preset
     print(f"wrote {display_path(Path(args.out))} ({image.shape[1]}x{image.shape[0]} gray, {plane.name} {index}/"
           f"{plane.count - 1} at {axis} = {volume.position_of(plane, index):.1f} mm{slab}, "
           f"{plane.display_mm:.3f} mm pixels, {how}{', inverted' if args.invert else ''})")
+    for note in volume.notes:  # e.g. a gantry tilt shear-corrected, rescale differing between slices
+        print(f"medviewer: note: {note}", file=sys.stderr)
     return 0
 
 

@@ -190,6 +190,9 @@ def build_menus(win: MenuHost) -> MenuBar:
         if b.command == Command.OPEN_FOLDER:
             recent = file_menu.addMenu("Open recent")
             _action(win, "Query / retrieve from PACS…", win.show_pacs_dialog, file_menu)
+        if b.command == Command.LAYOUT_MPR:  # the same layout with the acquired plane (2x2); no key of its own
+            _action(win, "Layout MPR 2×2 (acquired plane, axial, coronal, sagittal)", lambda: _mpr_2x2(win),
+                    menus["View"])
         if b.command == Command.EXPORT_PNG:
             _action(win, "Save reading state as DICOM (presentation state)", lambda: _save_state(win), file_menu)
         if b.command in (Command.EXPORT_PNG, Command.LAST_IMAGE, Command.FLIP_V, Command.FULLSCREEN):
@@ -229,6 +232,12 @@ def build_menus(win: MenuHost) -> MenuBar:
     _action(win, "About MedViewer", win.show_about, menus["Help"])
     update_recent_menu(bar, win)
     return bar
+
+
+def _mpr_2x2(win: Any) -> None:
+    from medviewer.gui.mpr_view import show_mpr_layout
+
+    show_mpr_layout(win, "2x2")
 
 
 def _save_state(win: Any) -> Any:

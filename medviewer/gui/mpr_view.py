@@ -39,7 +39,7 @@ from medviewer.imaging import Window
 from medviewer.imaging.mpr import ACQUIRED, PLANES
 from medviewer.workstation.mpr import PLANE_COLOURS, MprModel
 
-__all__ = ["MprPlaneView", "MprView", "show_mpr", "hide_mpr", "LAYOUTS"]
+__all__ = ["MprPlaneView", "MprView", "show_mpr", "show_mpr_layout", "hide_mpr", "LAYOUTS"]
 
 #: the MPR layouts: name -> (plane, row, column) of each plane shown
 LAYOUTS = {
@@ -328,6 +328,21 @@ def hide_mpr(win: Any) -> None:
         timer.stop()
 
 
+def show_mpr_layout(win: Any, name: str) -> None:
+    """Show the MPR layout in ``win`` with the planes laid out as ``name`` (``"1x3"`` or ``"2x2"``): the
+    shown MPR view changes its grid; otherwise the volume is built (:func:`show_mpr`) and shown that way.
+    Raises ValueError for another name."""
+    key = str(name).lower().replace("×", "x")
+    if key not in LAYOUTS:
+        raise ValueError(f"MPR layout {name!r}: one of {', '.join(LAYOUTS)}")
+    view = getattr(win, "mpr_view", None)
+    if view is not None and view.isVisible():
+        view.set_layout(key)
+        return
+    win._mpr_layout_request = key
+    win.set_layout("mpr")
+
+
 def show_mpr(win: Any, wait_ms: int = 120_000) -> None:
     """Show the active viewport's series as MPR in ``win`` (a :class:`~medviewer.gui.main_window.MainWindow`).
 
@@ -372,6 +387,8 @@ def show_mpr(win: Any, wait_ms: int = 120_000) -> None:
             old.deleteLater()
         model = MprModel(volume)
         layout = old.layout_name if old is not None else "1x3"  # the reader's layout survives a new series
+        layout = getattr(win, "_mpr_layout_request", None) or layout  # View > Layout MPR 2x2 asked for one
+        win._mpr_layout_request = None
         vp = win.active
         if vp.state.width_w is not None and volume.default_window is not None:  # the reader's window
             model.window = Window(vp.state.center_w, max(1.0, vp.state.width_w), volume.pipeline.voi_function)
