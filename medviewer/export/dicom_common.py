@@ -12,6 +12,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from medviewer.errors import MedViewerError
+from medviewer.inference.applicability import Status
 
 __all__ = ["SCHEME", "MANUFACTURER", "SR_SERIES_NUMBER", "SC_SERIES_NUMBER", "DicomExportError", "label_code",
            "with_type2", "coding_scheme_identification", "as_applicability_dict"]
@@ -46,9 +47,9 @@ def _codes():
         "threshold": CodedConcept("THRESHOLD", SCHEME, "Operating point threshold"),
         "peak": CodedConcept("CAMPEAK", SCHEME, "Peak class activation in region"),
         "applicability": CodedConcept("APPLICABILITY", SCHEME, "Model applicability"),
-        "in_scope": CodedConcept("IN_SCOPE", SCHEME, "In scope"),
-        "out_of_scope": CodedConcept("OUT_OF_SCOPE", SCHEME, "Out of scope"),
-        "unknown": CodedConcept("UNKNOWN_SCOPE", SCHEME, "Intended use not stated"),
+        Status.IN_SCOPE.value: CodedConcept("IN_SCOPE", SCHEME, "In scope"),
+        Status.OUT_OF_SCOPE.value: CodedConcept("OUT_OF_SCOPE", SCHEME, "Out of scope"),
+        Status.UNKNOWN.value: CodedConcept("UNKNOWN_SCOPE", SCHEME, "Intended use not stated"),
         "ood_score": CodedConcept("OOD_SCORE", SCHEME, "Out-of-distribution score"),
         "ood_threshold": CodedConcept("OOD_THRESHOLD", SCHEME, "Out-of-distribution threshold"),
         "overridden": CodedConcept("OVERRIDDEN", SCHEME, "Intended use overridden"),

@@ -28,6 +28,7 @@ from medviewer.export.dicom_common import (
     label_code,
     with_type2,
 )
+from medviewer.inference.applicability import Status
 
 __all__ = ["build_sr"]
 
@@ -59,7 +60,7 @@ def _outline(region: Any, rows: int, cols: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Applicability:
-    status: str
+    status: Status
     reasons: list[str]
     ood_score: float | None
     ood_threshold: float | None
@@ -87,9 +88,11 @@ def _ascii_punctuation(text: str) -> str:
 def _applicability(applicability: Mapping[str, Any] | None) -> _Applicability | None:
     if applicability is None:
         return None
-    status = str(applicability.get("status", ""))
-    if status not in ("in_scope", "out_of_scope", "unknown"):
-        raise DicomExportError(f"applicability status {status!r} is not 'in_scope', 'out_of_scope' or 'unknown'")
+    try:
+        status = Status(str(applicability.get("status", "")))  # the serialised value back to the typed one
+    except ValueError:
+        raise DicomExportError(f"applicability status {applicability.get('status')!r} is not one of "
+                               f"{', '.join(repr(s.value) for s in Status)}") from None
     reasons = [str(r) for r in applicability.get("reasons", []) or []]
     return _Applicability(status, reasons, _finite(applicability.get("ood_score")),
                           _finite(applicability.get("ood_threshold")), bool(applicability.get("overridden", False)))
@@ -139,7 +142,7 @@ def build_sr(source: Dataset, prediction: Any, card: Any, *, applicability: Any 
     if applicability is None:
         applicability = getattr(prediction, "applicability", None)
     app = _applicability(as_applicability_dict(applicability))
-    withheld = app is not None and app.status == "out_of_scope" and not app.overridden
+    withheld = app is not None and app.status is Status.OUT_OF_SCOPE and not app.overridden
     rows, cols = int(source.get("Rows", 0) or 0), int(source.get("Columns", 0) or 0)
     frames = _frame_number(source, frame)
 
@@ -186,7 +189,7 @@ def build_sr(source: Dataset, prediction: Any, card: Any, *, applicability: Any 
         measurements = [hd.sr.Measurement(name=c[key], value=value, unit=c["no_units"])
                         for key, value in (("ood_score", app.ood_score), ("ood_threshold", app.ood_threshold))
                         if value is not None]
-        evaluations = [hd.sr.QualitativeEvaluation(name=c["applicability"], value=c[app.status])]
+        evaluations = [hd.sr.QualitativeEvaluation(name=c["applicability"], value=c[app.status.value])]
         if app.overridden:
             evaluations.append(hd.sr.QualitativeEvaluation(name=c["overridden"], value=codes.SCT.Present))
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
