@@ -58,7 +58,10 @@ from medviewer.imaging.window import Window
 from medviewer.limits import get_limits
 
 __all__ = ["Volume", "VolumeError", "Plane", "PlaneName", "Projection", "build_volume", "volume_problem",
-           "orientation_label", "PLANES", "ACQUIRED", "MAX_TILT_DEG"]
+           "orientation_label", "PLANES", "ACQUIRED", "MAX_TILT_DEG", "Point"]
+
+#: a point or voxel index as 3 numbers (x, y, z in mm, or volume indices): a sequence or a ``(3,)`` array
+Point = Sequence[float] | np.ndarray
 
 #: patient axis (LPS) normal to each plane
 _NORMALS = {"axial": 2, "coronal": 1, "sagittal": 0}
@@ -164,7 +167,7 @@ class Plane:
     display_mm: float
     labels: dict[str, str] = field(hash=False, compare=False)
 
-    def to_display(self, voxel: Sequence[float]) -> tuple[float, float]:
+    def to_display(self, voxel: Point) -> tuple[float, float]:
         """Continuous volume index ``(k, i, j)`` -> display point ``(x, y)`` in rendered-image pixels
         (pixel ``(r, c)`` covers ``[c, c+1) x [r, r+1)``)."""
         h, w = self.shape
@@ -258,18 +261,18 @@ class Volume:
         return self.to_patient((np.asarray(self.shape, np.float64) - 1) / 2)
 
     # ------------------------------------------------------------------ coordinates
-    def to_patient(self, voxel: Sequence[float]) -> np.ndarray:
+    def to_patient(self, voxel: Point) -> np.ndarray:
         """Continuous volume index ``(k, i, j)`` -> patient position (mm, LPS), float64 ``(3,)``."""
         v = np.asarray(voxel, np.float64)
         return self.origin + (v * self.spacing) @ self.directions
 
-    def to_voxel(self, point: Sequence[float]) -> np.ndarray:
+    def to_voxel(self, point: Point) -> np.ndarray:
         """Patient position (mm, LPS) -> continuous volume index ``(k, i, j)`` (float64 ``(3,)``; may lie
         outside the volume)."""
         d = np.asarray(point, np.float64) - self.origin
         return (self.directions @ d) / self.spacing
 
-    def clamp_voxel(self, voxel: Sequence[float]) -> np.ndarray:
+    def clamp_voxel(self, voxel: Point) -> np.ndarray:
         """A volume index clipped into the volume."""
         return np.clip(np.asarray(voxel, np.float64), 0, np.asarray(self.shape, np.float64) - 1)
 
@@ -447,7 +450,7 @@ class Volume:
             image = cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_LINEAR)
         return image
 
-    def hu_at(self, voxel: Sequence[float]) -> float:
+    def hu_at(self, voxel: Point) -> float:
         """Modality value (HU on CT) of the voxel nearest to the continuous index ``(k, i, j)``."""
         k, i, j = (int(round(float(c))) for c in self.clamp_voxel(voxel))
         return float(self.pipeline.modality_values(self.stored[k:k + 1, i, j])[0])

@@ -72,7 +72,7 @@ __all__ = [
     "save_card",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION: Literal[1, 2, 3] = 3
 #: schema versions this app reads
 SUPPORTED_SCHEMAS = (1, 2, 3)
 

@@ -177,8 +177,6 @@ def check_gate_graph(package_dir: Path, spec: GateSpec) -> None:
     ModelPackageError
         One line: not loadable, wrong input/output, or non-probability output.
     """
-    from medviewer.inference.package import dry_run_input  # the package module imports this one
-
     path = Path(package_dir) / spec.file
     try:
         gate = Gate(package_dir, spec)
@@ -187,7 +185,7 @@ def check_gate_graph(package_dir: Path, spec: GateSpec) -> None:
     inp = spec.input
     for batch in (1, 2):
         try:
-            p = gate.probabilities(dry_run_input(batch, inp.channels, inp.height, inp.width))
+            p = gate.probabilities(_ort.dry_run_input(batch, inp.channels, inp.height, inp.width))
         except InferenceError as exc:
             raise ModelPackageError(package_dir, f"dry run of {path.name}: {exc}") from None
         if not np.all(np.isfinite(p)) or np.any(p < -1e-4) or not np.allclose(p.sum(1), 1.0, atol=1e-3):

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from medviewer.errors import ModelPackageError
-from medviewer.inference._ort import (  # dry_run_input: re-exported (inference.gate)
+from medviewer.inference._ort import (  # dry_run_input: re-exported
     dry_run_input,
     quiet_session,
 )
@@ -148,7 +148,7 @@ class ModelPackage:
         if card.ood is not None:
             ood = OODDetector.load(p, card.ood, feature_dim)
         if card.gate is not None:
-            from medviewer.inference.gate import check_gate_graph  # imports this module
+            from medviewer.inference.gate import check_gate_graph  # lazily: onnxruntime graph checks
 
             check_gate_graph(p, card.gate)
         readme = p / "README.md"
