@@ -197,3 +197,44 @@ def test_kit_trains_exports_and_packages_a_gate(package, tmp_path):
 
     pred = Session(pkg, "cpu").predict([demo], regions="none")[0]
     assert set(pred.gate) == set(pkg.card.gate.classes) and sum(pred.gate.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_revalidate_replaces_the_leave_one_source_out_evidence(package, tmp_path):
+    """`python -m training.gate revalidate`: a new leave-one-source-out run replaces the card's LOSO entries
+    and the README's table; the graphs, thresholds and other validation rows are untouched, the old version
+    is in the history with what it claimed, and every file is re-hashed (the app loads and verifies it)."""
+    pytest.importorskip("torch")
+    from training import gate as kit
+
+    def row(name: str, n: int, rate: float, measure: str = "out of scope") -> dict:
+        return {"set": name, "n": n, "patients": n // 3, "measure": measure, "rate": rate,
+                "ci95": [rate - 0.1, min(1.0, rate + 0.05)]}
+
+    loso = [{"run": "adult chest: train on NIH only, test on Hannover", "left_out": ["hannover"], "epochs": 14,
+             "rows": [row("paediatric validation (val)", 784, 0.991, "in scope"), row("hannover (all)", 243, 0.897)]},
+            {"run": "not a radiograph: no pydicom files in training, test on them", "left_out": ["pydicom"],
+             "epochs": 14, "rows": [row("pydicom (all)", 45, 0.8)]}]
+    (tmp_path / "loso").mkdir()
+    (tmp_path / "loso" / "loso.json").write_text(json.dumps(loso))
+    out = tmp_path / "pkg"
+    assert kit.main(["revalidate", "--package", str(package.path), "--loso", str(tmp_path / "loso"), "--out", str(out),
+                     "--version", "9.9.9", "--previous-epochs", "6"]) == 0
+    pkg = ModelPackage.load(out)  # hashes verified
+    old, new = package.card, pkg.card
+    assert new.version == "9.9.9" and new.gate.threshold == old.gate.threshold and new.ood == old.ood
+    assert new.files["gate.onnx"] == old.files["gate.onnx"] and new.files["model.onnx"] == old.files["model.onnx"]
+    assert new.files["README.md"] != old.files["README.md"]
+    loso_rows = [v for v in new.gate.validation if v["protocol"] == "leave-one-source-out"]
+    assert [(v["set"], v["rate"]) for v in loso_rows] == [
+        ("paediatric validation (val) [adult chest: train on NIH only, test on Hannover]", 0.991),
+        ("hannover [adult chest: train on NIH only, test on Hannover]", 0.897),
+        ("pydicom [not a radiograph: no pydicom files in training, test on them]", 0.8)]
+    assert [v for v in new.gate.validation if v["protocol"] != "leave-one-source-out"] == \
+        [v for v in old.gate.validation if v["protocol"] != "leave-one-source-out"]
+    assert new.history[0].version == old.version and "6-epoch gates" in new.history[0].changes
+    readme = (out / "README.md").read_text()
+    assert readme.startswith(f"# {new.name} 9.9.9") and "14 epochs as the shipped gate" in readme
+    assert "| hannover (all) | 243 | 81 | out of scope | 89.7 % | 79.7-94.7 % |" in readme
+    assert f"- {old.version}: same graphs and thresholds" in readme
+    old_rates = {str(v["set"]) for v in old.gate.validation if v["protocol"] == "leave-one-source-out"}
+    assert not any(f"| {s.split(' [')[0]} (all) | " in readme for s in old_rates if "knee" in s)  # the old table went

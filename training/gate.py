@@ -21,7 +21,8 @@ Usage (``python -m training.gate``)::
     python -m training.gate package --out resources/models/pneumonia-cxr --version 2.1.0   # into the package
 
 ``train`` writes ``gate.onnx``, ``gate.pt`` and ``report.json`` (threshold, validation per source, shortcut
-checks); ``loso`` trains once per held-out source and reports each held-out source's detection rate.
+checks); ``loso`` trains once per held-out source and reports each held-out source's detection rate;
+``revalidate --version V --previous-epochs N`` puts a new ``loso`` run into a package's card and README.
 """
 
 from __future__ import annotations
@@ -368,7 +369,8 @@ def cmd_loso(args: argparse.Namespace) -> int:
         thr, cal = _calibrate(model, sources)
         rows = evaluate(model, sources, thr, {"kermany": "val", **held}, shortcut_checks=False)
         print(_fmt_rows(rows))
-        runs.append({"run": title, "left_out": left_out, "threshold": thr, "calibration": cal, "rows": rows})
+        runs.append({"run": title, "left_out": left_out, "epochs": cfg.epochs, "threshold": thr, "calibration": cal,
+                     "rows": rows})
         (out / "loso.json").write_text(json.dumps(runs, indent=1))
     return 0
 
@@ -395,6 +397,22 @@ def _validation_entries(report: dict, loso: list[dict]) -> list[dict]:
     return out
 
 
+LOSO_HEADING = "Leave-one-source-out (the gate retrained without the source, then tested on all of it)"
+
+
+def _loso_table(loso: list[dict]) -> list[str]:
+    """The README's leave-one-source-out table (its heading line first), one row per run and evaluated set."""
+    epochs = sorted({int(run["epochs"]) for run in loso if "epochs" in run})
+    how = f", {'/'.join(map(str, epochs))} epochs as the shipped gate" if epochs else ""
+    lines = [f"{LOSO_HEADING}{how}:", "",
+             "| run | held-out set | n | patients | measure | rate | 95 % CI |", "|---|---|---:|---:|---|---:|---|"]
+    for run in loso:
+        for r in run["rows"]:
+            lines.append(f"| {run['run']} | {r['set']} | {r['n']} | {r['patients']} | {r['measure']} | "
+                         f"{100 * r['rate']:.1f} % | {100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f} % |")
+    return lines
+
+
 def _readme_section(gate, report: dict, loso: list[dict]) -> str:
     lines = ["## Applicability gate (pixels): what the image is", "",
              f"- `{gate.file}` {gate.version}: a 0.29 M-parameter CNN at 64 x 64 px classifying "
@@ -409,12 +427,7 @@ def _readme_section(gate, report: dict, loso: list[dict]) -> str:
         lines.append(f"| {r['set']} | {r['n']} | {r['patients']} | {r['measure']} | {100 * r['rate']:.1f} % | "
                      f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f} % |")
     if loso:
-        lines += ["", "Leave-one-source-out (the gate retrained without the source, then tested on all of it):", "",
-                  "| run | held-out set | n | patients | measure | rate | 95 % CI |", "|---|---|---:|---:|---|---:|---|"]
-        for run in loso:
-            for r in run["rows"]:
-                lines.append(f"| {run['run']} | {r['set']} | {r['n']} | {r['patients']} | {r['measure']} | "
-                             f"{100 * r['rate']:.1f} % | {100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f} % |")
+        lines += ["", *_loso_table(loso)]
     lines += ["", "Not tested, for want of data: real lateral chest films, hands, arms, paediatric films from other "
               "hospitals or ages outside 1-5 years. The held-out NIH films are 64 px and the knee images crops: the gate "
               "sees every image at 64 px, and the shortcut rows above (paediatric films degraded to 64 and 32 px, "
@@ -535,8 +548,50 @@ def cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_revalidate(args: argparse.Namespace) -> int:
+    """Replace a package's leave-one-source-out evidence (the card's gate validation entries and the README's
+    table) with a new ``loso`` run: new version, the previous one in the history, every file re-hashed. The
+    graphs and thresholds are not touched; the change is what the card says about transfer."""
+    import shutil
+
+    from medviewer.inference.card import HistoryEntry, ModelCard, load_card, save_card, sha256_file
+
+    src, out = Path(args.package), Path(args.out)
+    prev = load_card(src)
+    if prev.gate is None:
+        raise SystemExit(f"{src}: the card has no applicability gate")
+    loso = json.loads((Path(args.loso) / "loso.json").read_text())
+    if out.resolve() != src.resolve():
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(src, out)
+    old_loso = [v for v in prev.gate.validation if v.get("protocol") == "leave-one-source-out"]
+    held = [v for v in old_loso if not str(v["set"]).startswith("paediatric")]
+    summary = ", ".join(f"{str(v['set']).split(' [')[0]} {100 * float(v['rate']):.1f} %" for v in held)
+    kept = [v for v in prev.gate.validation if v.get("protocol") != "leave-one-source-out"]
+    gate = prev.gate.model_copy(update={"validation": kept + _validation_entries({"rows": []}, loso)})
+    history = [HistoryEntry(version=prev.version, created=prev.created,
+                            changes=f"same graphs and thresholds; leave-one-source-out estimated with "
+                                    f"{args.previous_epochs}-epoch gates ({summary or 'none'})",
+                            metrics=prev.metrics)] + list(prev.history)
+    card = prev.model_copy(update={"version": args.version, "gate": gate, "history": history})
+    readme = (out / "README.md").read_text(encoding="utf-8").split("\n")
+    start = next(i for i, line in enumerate(readme) if line.startswith(LOSO_HEADING))
+    stop = next(i for i in range(start + 2, len(readme)) if not readme[i].startswith("|"))
+    readme[start:stop] = _loso_table(loso)
+    text = "\n".join(readme).replace(f"# {prev.name} {prev.version}", f"# {prev.name} {args.version}", 1)
+    text = text.replace("## History\n", f"## History\n\n- {prev.version}: {history[0].changes}", 1)
+    (out / "README.md").write_text(text, encoding="utf-8")
+    files = {p.relative_to(out).as_posix(): sha256_file(p) for p in sorted(out.rglob("*"))
+             if p.is_file() and not p.is_symlink() and p.name != "model.json"}
+    card = ModelCard.model_validate({**card.model_dump(), "files": files})
+    save_card(card, out)
+    print(f"wrote {out}: {card.name} {card.version} with the leave-one-source-out runs of {args.loso}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m training.gate train|loso|package``; see the module docstring."""
+    """``python -m training.gate train|loso|package|revalidate``; see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m training.gate", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn in (("train", cmd_train), ("loso", cmd_loso)):
@@ -560,6 +615,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="move the Mahalanobis threshold to this quantile of the calibration films' shifted copies")
     p.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
     p.set_defaults(fn=cmd_package)
+    p = sub.add_parser("revalidate", help="replace a package's leave-one-source-out evidence with a new 'loso' run")
+    p.add_argument("--package", default="resources/models/pneumonia-cxr", help="the package (default: %(default)s)")
+    p.add_argument("--loso", default="runs/gate-loso", help="the output of 'loso' (default: %(default)s)")
+    p.add_argument("--out", required=True, help="the new package folder (may be --package itself)")
+    p.add_argument("--version", required=True, help="the new package version, e.g. 2.1.1")
+    p.add_argument("--previous-epochs", type=int, required=True,
+                   help="epochs of the gates behind the evidence being replaced (for the history)")
+    p.set_defaults(fn=cmd_revalidate)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 
