@@ -290,3 +290,39 @@ def test_render_notes_an_hu_preset_on_values_that_are_not_hu(capsys, tmp_path):
     assert err.strip().endswith("preset 'lung' is in HU, but this image's values are in unspecified units "
                                 "(Modality CT, Rescale Type US); rendered with it anyway")
     assert (tmp_path / "ct_us.png").is_file()
+
+
+def test_binary_numbers_read_without_pydicom_conversion_equal_pydicom(tmp_path):
+    """The fast path of header.value for unconverted US/SS/UL/SL/FL/FD elements gives exactly pydicom's
+    values, on every such element of pydicom's test files (both byte orders, implicit and explicit VR)."""
+    from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+
+    compared, orders = 0, set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in sorted((Path(pydicom.__file__).parent / "data" / "test_files").rglob("*.dcm")):
+            try:
+                fast = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+                tags = list(fast.keys())
+            except Exception:
+                continue
+            slow = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            for tag in tags:
+                raw = fast.get_item(tag)
+                keyword = keyword_for_tag(tag)
+                if not isinstance(raw, RawDataElement) or not keyword or tag_for_keyword(keyword) != tag:
+                    continue  # converted already, private, or a repeating group (60xx overlays)
+                vr = raw.VR or dictionary_VR(tag)
+                if vr not in ("US", "SS", "UL", "SL", "FL", "FD"):
+                    continue
+                try:
+                    expected = slow[tag].value
+                except Exception:
+                    continue
+                expected = None if expected in (None, "", b"") else (
+                    list(expected) if isinstance(expected, pydicom.multival.MultiValue | list) else expected)
+                assert hdr.value(fast, keyword) == expected, (path, keyword)
+                compared += 1
+                orders.add(raw.is_little_endian)
+    assert compared > 500 and orders == {True, False}

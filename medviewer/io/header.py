@@ -43,6 +43,7 @@ Rescale and units, per frame (PS3.3 C.11.1).
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,8 @@ __all__ = [
 ]
 
 _STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI", "UC"})
+#: binary numeric VRs read here with struct (PS3.5 6.2): the format character of one value
+_BINARY_VRS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
 
 #: Modality values beyond this magnitude are refused: float32 (the pixel pipeline's type) overflows at
 #: 3.4e38, and no real modality (HU, counts, SUV) comes near it.
@@ -94,8 +97,9 @@ def value(ds: Dataset | None, keyword: str) -> Any:
     """An attribute's value, ``None`` when absent or empty.
 
     Fast path for browsing: an unconverted string element whose bytes are plain ASCII is decoded here
-    (split on backslash into a list of str when multi-valued) instead of by pydicom's general conversion,
-    which dominates header-reading time. Anything else (binary VRs, non-ASCII text needing the Specific
+    (split on backslash into a list of str when multi-valued), and an unconverted binary number (US, SS,
+    UL, SL, FL, FD; PS3.5 6.2) is unpacked in the element's byte order, instead of by pydicom's general
+    conversion, which dominates header-reading time. Anything else (binary VRs, non-ASCII text needing the Specific
     Character Set, already converted elements) goes through pydicom; a Person Name becomes ``str``.
 
     Raises
@@ -118,6 +122,13 @@ def value(ds: Dataset | None, keyword: str) -> Any:
                 return None
             parts = [t.strip() for t in decoded.split("\\")]
             return parts if len(parts) > 1 else parts[0]
+        code = _BINARY_VRS.get(vr)
+        if code is not None and raw.value:  # Rows, Columns, Bits Allocated ...: unpacked, no pydicom conversion
+            count, rest = divmod(len(raw.value), struct.calcsize(code))
+            if rest == 0:
+                order = "<" if raw.is_little_endian in (True, None) else ">"
+                numbers = struct.unpack(f"{order}{count}{code}", raw.value)
+                return list(numbers) if count > 1 else numbers[0]
     val = ds[tag].value
     if val is None or val == "":
         return None
