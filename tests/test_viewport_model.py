@@ -229,7 +229,7 @@ def test_linking_flags_are_checked():
 
 def test_screen_layer_is_the_image_at_its_on_screen_size():
     """An axis-aligned view gets the display layer resampled to the image's on-screen rectangle (copied
-    without scaling); a rotated or strongly magnified view gets None and scales the layer itself."""
+    without scaling); a magnified or rotated view gets the part of the view the image covers, warped."""
     m, src, _ = _ct_model((100, 90))
     src.decode(0)
     m.on_frame_decoded(0)  # fitted into 100 x 90: the 128^2 slice shown at about 0.69x
@@ -241,8 +241,34 @@ def test_screen_layer_is_the_image_at_its_on_screen_size():
     assert img.dtype == np.uint8 and m.screen_layer()[2] is img  # cached under the layer's key
     # the same grey levels as the display layer (a resampling, not another rendering)
     assert abs(float(img.mean()) - float(m.display_layer().image.mean())) < 2.0
+    def check(points_inside: int) -> None:  # every screen pixel shows the layer pixel the matrix puts there
+        x, y, img = m.screen_layer()
+        layer, mat = m.display_layer(), m.matrix()
+        to_layer = np.linalg.inv(mat @ np.diag([layer.scale_x, layer.scale_y, 1.0]))
+        lh, lw = layer.image.shape[:2]
+        rng, seen = np.random.default_rng(0), 0
+        for _ in range(400):
+            sy, sx = int(rng.integers(0, img.shape[0])), int(rng.integers(0, img.shape[1]))
+            lx, ly = (to_layer @ np.array([x + sx + 0.5, y + sy + 0.5, 1.0]))[:2]  # the pixel centre in the layer
+            if not (1 <= lx < lw - 1 and 1 <= ly < lh - 1):
+                continue
+            near = layer.image[int(ly - 0.5):int(ly - 0.5) + 2, int(lx - 0.5):int(lx - 0.5) + 2].astype(int)
+            assert near.min() - 1 <= int(img[sy, sx]) <= near.max() + 1, (sx, sy)  # bilinear between neighbours
+            seen += 1
+        assert seen >= points_inside
+
+    # magnified 4x: only the part of the view the image covers, which is all of it here
+    m.state.zoom *= 4
+    x, y, img = m.screen_layer()
+    assert (x, y) == (0, 0) and img.shape[:2] == (m.view_size[1], m.view_size[0])
+    check(300)
+    # fitted again and rotated 90 degrees, then 30 degrees and mirrored: the picture turned, black outside
+    m.state.zoom /= 4
     m.state.rotation = 90
-    assert m.screen_layer() is None
-    m.state.rotation = 0
-    m.state.zoom *= 4  # magnified: the painter's filtered scaling
+    check(300)
+    m.state.rotation, m.state.flip_h = 30, True
+    check(150)
+    x, y, img = m.screen_layer()
+    assert int(img[0, 0]) == 0  # a corner outside the turned image is the view's black
+    m.state.center = (1e6, 1e6)  # panned away: nothing of the image in the view
     assert m.screen_layer() is None
