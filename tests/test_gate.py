@@ -57,7 +57,7 @@ def test_builtin_card_ships_a_hashed_gate(package):
     assert card.gate.classes[0] == card.gate.in_scope_class == "paediatric_chest"
     assert 0 < card.gate.threshold < 1 and card.gate.validation
     assert any(v["protocol"] == "leave-one-source-out" for v in card.gate.validation)
-    assert card.history and card.history[0].version == "2.0.0"  # the card's history is kept
+    assert [h.version for h in card.history][:2] == ["2.1.0", "2.0.0"]  # the card's history is kept
 
 
 def test_changed_gate_file_is_refused(package, tmp_path):
@@ -232,6 +232,7 @@ def test_revalidate_replaces_the_leave_one_source_out_evidence(package, tmp_path
     assert [v for v in new.gate.validation if v["protocol"] != "leave-one-source-out"] == \
         [v for v in old.gate.validation if v["protocol"] != "leave-one-source-out"]
     assert new.history[0].version == old.version and "6-epoch gates" in new.history[0].changes
+    assert new.history[0].created == old.created and new.created > old.created
     readme = (out / "README.md").read_text()
     assert readme.startswith(f"# {new.name} 9.9.9") and "14 epochs as the shipped gate" in readme
     assert "| hannover (all) | 243 | 81 | out of scope | 89.7 % | 79.7-94.7 % |" in readme

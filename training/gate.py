@@ -34,6 +34,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
@@ -574,7 +575,8 @@ def cmd_revalidate(args: argparse.Namespace) -> int:
                             changes=f"same graphs and thresholds; leave-one-source-out estimated with "
                                     f"{args.previous_epochs}-epoch gates ({summary or 'none'})",
                             metrics=prev.metrics)] + list(prev.history)
-    card = prev.model_copy(update={"version": args.version, "gate": gate, "history": history})
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    card = prev.model_copy(update={"version": args.version, "created": created, "gate": gate, "history": history})
     readme = (out / "README.md").read_text(encoding="utf-8").split("\n")
     start = next(i for i, line in enumerate(readme) if line.startswith(LOSO_HEADING))
     stop = next(i for i in range(start + 2, len(readme)) if not readme[i].startswith("|"))
