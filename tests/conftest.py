@@ -59,3 +59,15 @@ def _audit_log_in_tmp(tmp_path_factory) -> None:
     """Commands run by tests (infer, anonymize) write their audit records to a temporary folder, never to
     the developer's real audit log (tests that check the log set MEDVIEWER_AUDIT_DIR themselves)."""
     os.environ.setdefault("MEDVIEWER_AUDIT_DIR", str(tmp_path_factory.mktemp("audit")))
+
+
+@pytest.fixture(autouse=True)
+def _no_unsaved_prompt_on_close(request, monkeypatch) -> None:
+    """Windows that tests close (pytest-qt closes each at teardown) would ask about unsaved measurements in a
+    modal dialog that nobody answers; they close as if "Discard" was chosen. Tests of the prompt itself are
+    marked ``unsaved_prompt`` and get the real one."""
+    if "qtbot" not in request.fixturenames or request.node.get_closest_marker("unsaved_prompt") is not None:
+        return  # no window (and no Qt import for tests without one), or the test of the prompt itself
+    import medviewer.gui.presentation as gui_presentation
+
+    monkeypatch.setattr(gui_presentation, "ask_to_save_unsaved", lambda win: True)

@@ -85,3 +85,69 @@ def test_reading_state_saved_and_restored(qtbot, tmp_path, ct_series_dir):
     assert vp2.model.view_size == vp.model.view_size
     assert s.zoom == pytest.approx(2.0, rel=0.02) and s.center == pytest.approx((250.0, 230.0), abs=1.0)
     assert "applied: 2 measurement(s)" in again.status_msg.text()
+
+
+@pytest.mark.unsaved_prompt
+def test_closing_with_unsaved_measurements_asks_and_saves(qtbot, tmp_path, ct_series_dir, monkeypatch):
+    """Nothing the reader made is lost on close: measurements not saved -> Save / Discard / Cancel. Cancel keeps
+    the window; Save writes a presentation state per unsaved series (one shown in a viewport, one not) into its
+    folder, where reopening finds them; measurements that came from a saved state do not count as unsaved."""
+    from PySide6.QtWidgets import QMessageBox
+
+    from medviewer.workstation.presentation import find_presentation_states
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, ks in ((a, range(50, 54)), (b, range(80, 84))):
+        folder.mkdir()
+        for k in ks:
+            shutil.copy(ct_series_dir / f"1-{k:03d}.dcm", folder)
+    win = MainWindow(Settings(QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat)), provider="cpu")
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.models_ready, timeout=TIMEOUT)
+    _open(qtbot, win, a)
+    key_a = win.active.source_key
+    # b: the same series UID would merge into a; give b's copies their own series (a second acquisition)
+    from pydicom.uid import generate_uid
+
+    series_b = generate_uid()
+    for f in b.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = series_b, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(f)
+    _open(qtbot, win, b)  # shown in the active viewport now; a is shown nowhere
+    key_b = win.active.source_key
+    assert key_b != key_a and win.reading.measurements.unsaved_series() == []
+    win.reading.measurements.add((key_a, 1), Measurement(Shape.DISTANCE, (10.0, 10.0), (200.0, 10.0)))
+    win.reading.measurements.add((key_b, 2), Measurement(Shape.RECT, (50.0, 60.0), (120.0, 140.0)))
+    assert win.reading.measurements.unsaved_series() == sorted([key_a, key_b])
+
+    answers = [QMessageBox.Cancel, QMessageBox.Save]
+    asked: list[str] = []
+
+    def exec_(box):
+        asked.append(box.text())
+        return answers.pop(0)
+
+    monkeypatch.setattr(QMessageBox, "exec", exec_)
+    assert not win.close() and win.isVisible()  # Cancel: the window stays, nothing written
+    assert asked == ["Measurements in 2 series have not been saved."]
+    assert find_presentation_states([a, b]) == []
+    assert win.close()  # Save: one presentation state per series, then the window closes
+    found = find_presentation_states([a, b])
+    assert sorted(s.path.parent.name for s in found) == ["a", "b"] and not win.errors
+    assert win.reading.measurements.unsaved_series() == []
+    by_folder = {s.path.parent.name: s.state for s in found}
+    assert [x.kind for x in by_folder["a"].annotations] == ["distance"]
+    assert [x.kind for x in by_folder["b"].annotations] == ["rect"]
+
+    # reopened: the saved states bring the measurements back -- loaded, not unsaved; closing asks nothing
+    again = MainWindow(Settings(QSettings(str(tmp_path / "t.ini"), QSettings.IniFormat)), provider="cpu")
+    qtbot.addWidget(again)
+    again.show()
+    qtbot.waitUntil(lambda: again.models_ready, timeout=TIMEOUT)
+    _open(qtbot, again, a)
+    qtbot.waitUntil(lambda: any(again.reading.measurements.values()), timeout=TIMEOUT)
+    assert again.reading.measurements.unsaved_series() == []
+    assert again.close() and len(asked) == 2

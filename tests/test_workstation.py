@@ -385,3 +385,23 @@ def test_scan_on_first_is_reused_not_read_twice(tmp_path, monkeypatch):
     firsts.clear()
     scan_mod.scan(d / "CT_small.dcm", on_first=firsts.append)
     assert firsts == []  # one file: nothing to show early
+
+
+def test_measurements_know_which_series_are_unsaved():
+    """A reader's add or remove marks the series unsaved; what a saved state brings or takes back does not;
+    mark_saved clears one series."""
+    from medviewer.workstation.session import Measurements
+
+    store = Measurements()
+    loaded, own = object(), object()
+    store.add(("s1", 0), loaded, loaded=True)
+    assert store.unsaved_series() == []
+    store.add(("s1", 2), own)
+    store.remove(("s2", 0))  # nothing there: no change
+    assert store.unsaved_series() == ["s1"]
+    store.mark_saved("s1")
+    store.remove(("s1", 0), loaded, loaded=True)  # a state withdrawn when another is chosen
+    assert store.unsaved_series() == []
+    store.remove(("s1", 2), own)  # the reader deletes a measurement: that is a change to save too
+    store.add(("s2", 1), object())
+    assert store.unsaved_series() == ["s1", "s2"]

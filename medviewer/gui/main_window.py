@@ -532,6 +532,11 @@ class MainWindow(QMainWindow):
         self.settings.sync()
 
     def closeEvent(self, e: Any) -> None:  # noqa: N802
+        from medviewer.gui.presentation import ask_to_save_unsaved
+
+        if not ask_to_save_unsaved(self):  # unsaved measurements: save, discard, or stay open
+            e.ignore()
+            return
         for vp in self.viewports:
             vp.stop_cine()
         self.shutdown()

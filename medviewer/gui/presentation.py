@@ -31,7 +31,8 @@ from medviewer.workstation.presentation import (
     write_presentation_state,
 )
 
-__all__ = ["save_reading_state", "find_and_apply", "measurement_label", "choose_state", "apply_state"]
+__all__ = ["save_reading_state", "ask_to_save_unsaved", "find_and_apply", "measurement_label", "choose_state",
+           "apply_state"]
 
 #: how long a found state waits for the series it references to be shown (ms)
 WAIT_MS = 60_000
@@ -68,9 +69,45 @@ def save_reading_state(win: Any, folder: str | Path | None = None) -> Path | Non
     except (ValueError, OSError, PresentationStateError) as exc:
         win.error("Could not save the reading state", str(exc))
         return None
+    win.reading.measurements.mark_saved(vp.source_key)
     win.set_status(f"Reading state saved as DICOM (presentation state): {path}")
     _add_saved(win, path, vp)
     return path
+
+
+def ask_to_save_unsaved(win: Any) -> bool:
+    """Before the window closes: when series hold measurements the reader has not saved, ask Save / Discard /
+    Cancel. Save writes a presentation state per series into its folder
+    (:func:`medviewer.workstation.presentation.save_unsaved`). Returns True when the window may close (nothing
+    unsaved, saved, or discarded), False to keep it open (cancelled, or a series could not be saved: the
+    reason is shown and nothing is lost). Never asks in a non-interactive (``--screenshot``) window."""
+    from PySide6.QtWidgets import QMessageBox
+
+    from medviewer.workstation.presentation import save_unsaved
+
+    unsaved = win.reading.measurements.unsaved_series()
+    if not unsaved or not getattr(win, "interactive", True):
+        return True
+    n = len(unsaved)
+    box = QMessageBox(QMessageBox.Warning, "Unsaved measurements",
+                      f"Measurements in {n} series {'have' if n != 1 else 'has'} not been saved.", parent=win)
+    box.setInformativeText("Save them as DICOM presentation states in their study folders before closing?")
+    box.setStandardButtons(QMessageBox.Save | QMessageBox.Discard | QMessageBox.Cancel)
+    box.setDefaultButton(QMessageBox.Save)
+    answer = box.exec()
+    if answer == QMessageBox.Discard:
+        return True
+    if answer != QMessageBox.Save:
+        return False
+    written, problems = save_unsaved(win.reading.measurements, win.reading.sources,
+                                     [vp.model for vp in win.viewports], measurement_label)
+    for path in written:
+        win.set_status(f"Reading state saved as DICOM (presentation state): {path}")
+    if problems:
+        win.error("Could not save every reading state", "; ".join(problems[:3]) + (
+            f" (+{len(problems) - 3} more)" if len(problems) > 3 else "") + ". The window stays open.")
+        return False
+    return True
 
 
 def _add_saved(win: Any, path: Path, vp: Any) -> None:

@@ -14,7 +14,7 @@ Measurements are duck-typed (``shape`` with a ``value`` of ``distance``/``rect``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,15 @@ from typing import Any
 from medviewer.export.presentation_state import (
     GSPS_SOP_CLASS,
     Annotation,
+    PresentationStateError,
     ReadingState,
     build_presentation_state,
     read_presentation_state,
 )
+from medviewer.workstation.viewport import ViewportModel
 
-__all__ = ["FoundState", "state_of_viewport", "apply_to_viewport", "withdraw", "write_presentation_state",
-           "find_presentation_states", "latest_for", "states_of_study"]
+__all__ = ["FoundState", "state_of_viewport", "apply_to_viewport", "withdraw", "save_unsaved",
+           "write_presentation_state", "find_presentation_states", "latest_for", "states_of_study"]
 
 _SHAPES = ("distance", "rect", "ellipse")
 
@@ -146,7 +148,7 @@ def apply_to_viewport(found: FoundState, model: Any, measurements: Any,
             skipped += 1
             continue
         m = make(a.kind, a.points[0], a.points[1])
-        measurements.add((key, k), m)
+        measurements.add((key, k), m, loaded=True)
         if keep is not None:
             keep.append(((key, k), m))
         added += 1
@@ -163,7 +165,45 @@ def apply_to_viewport(found: FoundState, model: Any, measurements: Any,
 def withdraw(measurements: Any, items: Iterable[tuple[tuple[str, int], Any]]) -> int:
     """Remove the measurements a presentation state added (``keep`` of :func:`apply_to_viewport`) from the
     session; those the reader drew since stay. Returns how many were removed."""
-    return sum(len(measurements.remove(uid, m)) for uid, m in items)
+    return sum(len(measurements.remove(uid, m, loaded=True)) for uid, m in items)
+
+
+def save_unsaved(measurements: Any, sources: Mapping[str, Any], models: Iterable[Any],
+                 label_of: Callable[[Any, int, Any], str] | None = None) -> tuple[list[Path], list[str]]:
+    """Write a presentation state for every series with unsaved measurements
+    (:meth:`~medviewer.workstation.session.Measurements.unsaved_series`), each into its series' folder, and
+    mark it saved.
+
+    A series shown in one of ``models`` (viewport models) is saved with that viewport's display state (window,
+    rotation, flip, displayed area); one shown nowhere with a fresh model on ``sources[key]`` (its file window,
+    no rotation). Returns the paths written and one line per series that could not be saved (e.g. PNG/JPEG
+    images, which a presentation state cannot reference, or an unwritable folder); those stay unsaved.
+    """
+    shown = {m.source_key: m for m in models if getattr(m, "source", None) is not None}
+    written: list[Path] = []
+    problems: list[str] = []
+    for key in measurements.unsaved_series():
+        model = shown.get(key)
+        if model is None:
+            source = sources.get(key)
+            if source is None:
+                problems.append(f"{key}: the series is no longer open")
+                continue
+            model = ViewportModel()
+            model.set_source(source, key)
+        try:
+            written.append(write_presentation_state(model, measurements, None, label_of))
+        except (ValueError, OSError, PresentationStateError) as exc:
+            problems.append(f"{_series_name(model)}: {exc}")
+            continue
+        measurements.mark_saved(key)
+    return written, problems
+
+
+def _series_name(model: Any) -> str:
+    inst = model.source.instance(0) if model.source is not None and len(model.source) else None
+    desc = str(getattr(inst, "series_description", "") or "") if inst is not None else ""
+    return desc or model.source_key
 
 
 def _to_dicom(rotation: int, flip_h: bool, flip_v: bool) -> tuple[int, bool]:

@@ -134,12 +134,18 @@ class Measurements(Mapping):
         The group to emit on, with ``measurement_added`` and ``measurement_removed`` signals (the session's
         :class:`SessionEvents`); default a new :class:`MeasurementEvents`.
 
+    It also knows which series hold measurements the reader has not saved (:meth:`unsaved_series`): a
+    reader's add or remove marks the series, :meth:`mark_saved` clears it once its reading state is written,
+    and what a saved presentation state brings or takes back (``loaded=True``) does not count, so closing the
+    workstation can ask before anything the reader made is lost.
+
     Thread-safe; events are emitted in the thread that made the change, after the change.
     """
 
     def __init__(self, events: Any = None) -> None:
         self.events = events if events is not None else MeasurementEvents()
         self._by_frame: dict[FrameUid, list[Any]] = {}
+        self._dirty: set[str] = set()
         self._lock = threading.RLock()
 
     def __getitem__(self, uid: FrameUid) -> list[Any]:
@@ -154,16 +160,20 @@ class Measurements(Mapping):
         with self._lock:
             return len(self._by_frame)
 
-    def add(self, uid: FrameUid, measurement: Any) -> None:
-        """Add ``measurement`` to frame ``uid``; emits ``measurement_added(uid, measurement)``."""
+    def add(self, uid: FrameUid, measurement: Any, *, loaded: bool = False) -> None:
+        """Add ``measurement`` to frame ``uid``; emits ``measurement_added(uid, measurement)``. ``loaded``: it
+        comes from a saved reading state (the series is not marked unsaved)."""
         uid = (str(uid[0]), int(uid[1]))
         with self._lock:
             self._by_frame.setdefault(uid, []).append(measurement)
+            if not loaded:
+                self._dirty.add(uid[0])
         self.events.measurement_added.emit(uid, measurement)
 
-    def remove(self, uid: FrameUid, measurement: Any = None) -> list[Any]:
+    def remove(self, uid: FrameUid, measurement: Any = None, *, loaded: bool = False) -> list[Any]:
         """Remove ``measurement`` from frame ``uid`` (``None``: all of the frame's); returns what was removed
-        (empty when nothing matched) and emits ``measurement_removed(uid, m)`` for each."""
+        (empty when nothing matched) and emits ``measurement_removed(uid, m)`` for each. ``loaded``: a saved
+        state's measurements withdrawn (the series is not marked unsaved)."""
         uid = (str(uid[0]), int(uid[1]))
         with self._lock:
             items = self._by_frame.get(uid, [])
@@ -173,9 +183,21 @@ class Measurements(Mapping):
                 self._by_frame[uid] = kept
             else:
                 self._by_frame.pop(uid, None)
+            if gone and not loaded:
+                self._dirty.add(uid[0])
         for m in gone:
             self.events.measurement_removed.emit(uid, m)
         return gone
+
+    def unsaved_series(self) -> list[str]:
+        """Keys of the series whose measurements the reader changed since they were last saved, sorted."""
+        with self._lock:
+            return sorted(self._dirty)
+
+    def mark_saved(self, series_key: str) -> None:
+        """The reading state of ``series_key`` was written: its measurements are saved."""
+        with self._lock:
+            self._dirty.discard(str(series_key))
 
 
 class ReadingSession:
