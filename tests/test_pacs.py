@@ -531,6 +531,54 @@ def test_send_sr_and_sc_arrive_in_the_study(env, protocol, ai_objects, ct_uids, 
                                             pydicom.uid.SecondaryCaptureImageStorage])
 
 
+# -- a saved reading state (GSPS) to the PACS and back --------------------------------------------------------
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_reading_state_sent_to_the_pacs_comes_back_with_the_study(env, protocol, ct_uids, tmp_path, capsys):
+    """A presentation state written as the workstation writes it (File > Save reading state) is stored with
+    `pacs send` into the CT's study, and `pacs get` of that study brings it back: the scan lists it as a
+    presentation state and its measurement is on the same image at the same pixels."""
+    import shutil
+
+    from medviewer.io import scan
+    from medviewer.workstation.measure import Measurement, Shape
+    from medviewer.workstation.presentation import find_presentation_states, write_presentation_state
+    from medviewer.workstation.session import ReadingSession
+    from medviewer.workstation.viewport import ViewportModel
+
+    local = tmp_path / "local"
+    local.mkdir()
+    for f in sorted(CT_SERIES.glob("*.dcm"))[60:63]:
+        shutil.copy(f, local)
+    reading = ReadingSession()
+    key = reading.add_scan(scan(local))[0]
+    model = ViewportModel()
+    model.set_source(reading.sources[key], key)
+    line = Measurement(Shape.DISTANCE, (101.5, 200.0), (301.0, 260.5))
+    reading.measurements.add((key, 1), line)
+    model.set_window(40, 350)
+    gsps = write_presentation_state(model, reading.measurements, tmp_path)
+    ds = pydicom.dcmread(gsps, stop_before_pixels=True)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()  # one per protocol: each send is checked on its own
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(gsps, enforce_file_format=True)
+    study = str(ds.StudyInstanceUID)
+    assert study == ct_uids[str(pydicom.dcmread(next(local.iterdir()), stop_before_pixels=True).SOPInstanceUID)]
+
+    assert main(["pacs", "send", url(env, protocol), str(gsps)]) == 0
+    assert "sent 1 of 1 instance to" in capsys.readouterr().out
+    out = tmp_path / "retrieved"
+    assert main(["pacs", "get", url(env, protocol), study, "--series", str(ds.SeriesInstanceUID), "--out", str(out),
+                 "--no-progress"]) == 0
+    assert [n.kind for n in scan(out).non_images] == ["presentation state"]
+    found = [s for s in find_presentation_states([out])
+             if pydicom.dcmread(s.path, stop_before_pixels=True).SOPInstanceUID == ds.SOPInstanceUID]
+    assert len(found) == 1 and found[0].state.window == (40.0, 350.0)
+    (ann,) = found[0].state.annotations
+    second = reading.sources[key].frames[1][0]
+    assert ann.kind == "distance" and ann.sop_instance_uid == str(second.sop_instance_uid)
+    assert [tuple(p) for p in ann.points] == [(101.5, 200.0), (301.0, 260.5)]
+
+
 # -- infer --dicom --anonymize --send: de-identified AI results stored, consistent with `medviewer anonymize` --
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_infer_sends_deidentified_sr_sc_matching_anonymize(env, protocol, tmp_path, monkeypatch, capsys):
