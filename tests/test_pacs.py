@@ -704,3 +704,56 @@ def test_gui_save_results_to_pacs_and_failure_dialog(env, tmp_path, qtbot, monke
     qtbot.waitUntil(lambda: not dlg2.running, timeout=30000)
     assert len(shown) == 1 and "connection refused" in shown[0] and "\n" not in shown[0], shown
     win.close()
+
+
+def test_gui_save_reading_state_to_pacs(env, ct_uids, tmp_path, qtbot, monkeypatch):
+    """File > Save reading state to PACS…: the state is saved beside the series (and no longer unsaved) and
+    stored in the study on Orthanc; the send is audited; an unreachable node is one dialog."""
+    import shutil
+
+    from PySide6.QtCore import QSettings
+
+    from medviewer import audit
+    from medviewer.gui.main_window import MainWindow
+    from medviewer.gui.presentation import save_reading_state_to_pacs
+    from medviewer.gui.settings import Settings
+    from medviewer.workstation.measure import Measurement, Shape
+
+    monkeypatch.setenv("MEDVIEWER_AUDIT_DIR", str(tmp_path / "audit"))
+    shown: list[str] = []
+    monkeypatch.setattr("medviewer.gui.dialogs.QMessageBox.critical",
+                        lambda parent, title, text: shown.append(f"{title}: {text}"))
+    assert main(["pacs", "add", "orthanc", env.dimse_url]) == 0
+    local = tmp_path / "study"
+    local.mkdir()
+    for f in sorted(CT_SERIES.glob("*.dcm"))[70:72]:
+        shutil.copy(f, local)
+    win = MainWindow(Settings(QSettings(str(tmp_path / "mv.ini"), QSettings.IniFormat)), provider="cpu")
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.models_ready, timeout=30000)
+    win.open_paths([str(local)])
+    qtbot.waitUntil(lambda: win.active.has_image() and not win.loader.scanning, timeout=30000)
+    key = win.active.source_key
+    win.reading.measurements.add((key, 0), Measurement(Shape.DISTANCE, (20.0, 30.0), (220.0, 30.0)))
+    assert any(a.text() == "Save reading state to PACS…" for a in win.menus["File"].actions())
+
+    task = save_reading_state_to_pacs(win, "orthanc")
+    assert task is not None
+    qtbot.waitUntil(lambda: "Reading state stored on" in win.status_msg.text(), timeout=30000)
+    saved = sorted(local.glob("PR_*.dcm"))
+    assert len(saved) == 1 and win.reading.measurements.unsaved_series() == [] and not shown
+    ds = pydicom.dcmread(saved[0], stop_before_pixels=True)
+    study = ct_uids[str(pydicom.dcmread(next(iter(sorted(local.glob("1-*.dcm")))),
+                                        stop_before_pixels=True).SOPInstanceUID)]
+    with connect(env.dimse_url) as client:
+        listed = {r.sop_instance_uid: r.sop_class_uid for r in client.list_instances(study)}
+    assert listed.get(str(ds.SOPInstanceUID)) == str(ds.SOPClassUID)
+    rec = [r for r in audit.read() if r["action"] == "sent"][-1]
+    assert rec["outcome"] == "success" and rec["detail"]["instances"] == 1
+
+    assert save_reading_state_to_pacs(win, f"dicom://NOBODY@127.0.0.1:{free_port()}") is not None
+    qtbot.waitUntil(lambda: bool(shown), timeout=30000)
+    assert len(shown) == 1 and shown[0].startswith("Save reading state to PACS failed") and "\n" not in shown[0]
+    qtbot.waitUntil(lambda: [r["outcome"] for r in audit.read() if r["action"] == "sent"][-1] == "serious failure",
+                    timeout=10000)  # the failed send is audited too

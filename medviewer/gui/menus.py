@@ -195,6 +195,7 @@ def build_menus(win: MenuHost) -> MenuBar:
                     menus["View"])
         if b.command == Command.EXPORT_PNG:
             _action(win, "Save reading state as DICOM (presentation state)", lambda: _save_state(win), file_menu)
+            _action(win, "Save reading state to PACS…", lambda: _save_state_to_pacs(win), file_menu)
         if b.command in (Command.EXPORT_PNG, Command.LAST_IMAGE, Command.FLIP_V, Command.FULLSCREEN):
             menus[b.menu].addSeparator()
     actions[Command.TOOL_WINDOW].setChecked(True)
@@ -244,6 +245,12 @@ def _save_state(win: Any) -> Any:
     from medviewer.gui.presentation import save_reading_state
 
     return save_reading_state(win)
+
+
+def _save_state_to_pacs(win: Any) -> Any:
+    from medviewer.gui.presentation import save_reading_state_to_pacs
+
+    return save_reading_state_to_pacs(win)
 
 
 def _compare_prior(win: Any) -> Any:

@@ -31,7 +31,7 @@ from medviewer.workstation.presentation import (
     write_presentation_state,
 )
 
-__all__ = ["save_reading_state", "ask_to_save_unsaved", "find_and_apply", "measurement_label", "choose_state",
+__all__ = ["save_reading_state", "save_reading_state_to_pacs", "ask_to_save_unsaved", "find_and_apply", "measurement_label", "choose_state",
            "apply_state"]
 
 #: how long a found state waits for the series it references to be shown (ms)
@@ -73,6 +73,63 @@ def save_reading_state(win: Any, folder: str | Path | None = None) -> Path | Non
     win.set_status(f"Reading state saved as DICOM (presentation state): {path}")
     _add_saved(win, path, vp)
     return path
+
+
+def save_reading_state_to_pacs(win: Any, node: str | None = None) -> Any:
+    """File > Save reading state to PACS…: save the active series' reading state as File > Save reading state
+    does (into its folder, listed in the browser), then store that presentation state on a PACS node (asked
+    for among the saved nodes, or a URL, when ``node`` is None) in a worker task. The outcome is a status line,
+    or one dialog with the PACS's reason; the send is audited (``sent``). Returns the task, or None when
+    nothing was sent (no node chosen, nothing to save, or the save failed: already reported)."""
+    from PySide6.QtWidgets import QInputDialog
+
+    from medviewer.gui.workers import FnTask
+
+    if node is None:
+        from medviewer.pacs import load_nodes
+
+        try:
+            names = list(load_nodes())
+        except Exception:  # noqa: BLE001 - a broken nodes file: a URL can still be typed
+            names = []
+        node, ok = QInputDialog.getItem(win, "Save reading state to PACS", "PACS node (a saved name or a URL):",
+                                        names, 0, True)
+        if not ok:
+            return None
+    node = str(node or "").strip()
+    if not node:
+        win.set_status("Save reading state to PACS: no PACS node chosen")
+        return None
+    path = save_reading_state(win)
+    if path is None:
+        return None
+
+    def work(task: Any) -> Any:
+        from medviewer.workstation.results import send_files
+
+        return send_files(node, [path], cancel=lambda: task.cancelled)
+
+    def done(report: Any) -> None:
+        audit = getattr(win, "audit", None)
+        if audit is not None:
+            audit.sent(report.destination or node, report.study_uids, report.stored, stored=len(report.stored),
+                       failed=len(report.failed), deidentified=False)
+        if report.failed:
+            win.error("Save reading state to PACS failed", "; ".join(f"{n}: {why}" for n, why in report.failed))
+        elif report.stored:
+            win.set_status(f"Reading state stored on {report.destination or node} (and saved as {path.name})")
+
+    def failed(reason: str) -> None:  # nothing stored (unreachable, refused): audited as a failed send too
+        audit = getattr(win, "audit", None)
+        if audit is not None:
+            study = str(getattr(win.active.current_instance(), "study_instance_uid", "") or "")
+            audit.sent(node, [study] if study else [], [], stored=0, failed=1, deidentified=False)
+        win.error("Save reading state to PACS failed", reason)
+
+    task = FnTask(work, "send reading state")
+    task.signals.result.connect(done)
+    task.signals.failed.connect(failed)
+    return win.start(task)
 
 
 def ask_to_save_unsaved(win: Any) -> bool:
