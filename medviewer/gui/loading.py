@@ -159,10 +159,8 @@ class SeriesLoader(QObject):
         new_keys = self.reading.add_scan(result)  # the browser observes its series_added events
         self._pending_thumbs += new_keys  # started once the first image is on screen
         msg = f"Opened {sum(len(s.series) for s in studies)} series"
-        kinds = [n.kind for n in getattr(result, "non_images", None) or []]
-        if kinds:  # presentation states and SRs: read, applied or listed, not skipped
-            msg += " with " + ", ".join(f"{kinds.count(k)} {k}{'s' if kinds.count(k) != 1 else ''}"
-                                        for k in sorted(set(kinds)))
+        if result.non_images:  # presentation states and SRs: read, applied or listed, not skipped
+            msg += f" with {result.non_image_summary()}"
         if skipped:
             first = f"{_printable(Path(str(skipped[0].path)).name)}: {skipped[0].reason}"
             msg += f"; skipped {len(skipped)} file(s), e.g. {first}"

@@ -53,6 +53,7 @@ import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.values import convert_numbers
 
 from medviewer.io.enum import PixelSpacingSource, RescaleType
 
@@ -80,7 +81,7 @@ __all__ = [
 ]
 
 _STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI", "UC"})
-#: binary numeric VRs read here with struct (PS3.5 6.2): the format character of one value
+#: binary numeric VRs decoded here (PS3.5 6.2): the struct format character of one value
 _BINARY_VRS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
 
 #: Modality values beyond this magnitude are refused: float32 (the pixel pipeline's type) overflows at
@@ -98,8 +99,8 @@ def value(ds: Dataset | None, keyword: str) -> Any:
 
     Fast path for browsing: an unconverted string element whose bytes are plain ASCII is decoded here
     (split on backslash into a list of str when multi-valued), and an unconverted binary number (US, SS,
-    UL, SL, FL, FD; PS3.5 6.2) is unpacked in the element's byte order, instead of by pydicom's general
-    conversion, which dominates header-reading time. Anything else (binary VRs, non-ASCII text needing the Specific
+    UL, SL, FL, FD; PS3.5 6.2) goes straight to ``pydicom.values.convert_numbers``, instead of through
+    pydicom's general element conversion, which dominates header-reading time. Anything else (binary VRs, non-ASCII text needing the Specific
     Character Set, already converted elements) goes through pydicom; a Person Name becomes ``str``.
 
     Raises
@@ -123,12 +124,9 @@ def value(ds: Dataset | None, keyword: str) -> Any:
             parts = [t.strip() for t in decoded.split("\\")]
             return parts if len(parts) > 1 else parts[0]
         code = _BINARY_VRS.get(vr)
-        if code is not None and raw.value:  # Rows, Columns, Bits Allocated ...: unpacked, no pydicom conversion
-            count, rest = divmod(len(raw.value), struct.calcsize(code))
-            if rest == 0:
-                order = "<" if raw.is_little_endian in (True, None) else ">"
-                numbers = struct.unpack(f"{order}{count}{code}", raw.value)
-                return list(numbers) if count > 1 else numbers[0]
+        if code is not None and raw.value and len(raw.value) % struct.calcsize(code) == 0:
+            # Rows, Columns, Bits Allocated ...: pydicom's own number decoder, without building the element
+            return convert_numbers(raw.value, raw.is_little_endian is not False, code)
     val = ds[tag].value
     if val is None or val == "":
         return None
