@@ -112,10 +112,7 @@ class Viewport(ViewportPainting, QWidget):
         self.cine_fps = 10
         self._cine = QTimer(self)
         self._cine.timeout.connect(self._cine_step)
-        # the image drawn: (render key, QImage, sx, sy) and its pixels; both follow the model's keyed cache
-        self._small: tuple[tuple, QImage | None, float, float] | None = None
         self._blit: tuple[np.ndarray, QImage] | None = None  # the model's screen layer as a QImage
-        self._display: np.ndarray | None = None
         self._overlay_q: tuple[np.ndarray, QImage] | None = None  # (the model's RGBA layer, its QImage)
         self._drag: dict[str, Any] | None = None
         self._drawing: Measurement | None = None
@@ -226,19 +223,9 @@ class Viewport(ViewportPainting, QWidget):
         m = self.model.matrix()
         return QTransform(m[0, 0], m[1, 0], m[0, 1], m[1, 1], m[0, 2], m[1, 2])
 
-    def _ensure_display(self) -> None:
-        """Point ``_display``/``_small`` at the model's display layer (a QImage made once per render key)."""
-        layer = self.model.display_layer()
-        if layer is None:
-            self._display = None
-            return
-        if self._small is None or self._small[0] != layer.key:  # its QImage is made when first drawn scaled
-            self._small = (layer.key, None, layer.scale_x, layer.scale_y)
-        self._display = layer.image
-
     def _screen_image(self) -> tuple[int, int, QImage] | None:
         """The model's :meth:`~medviewer.workstation.viewport.ViewportModel.screen_layer` as a QImage (made once
-        per layer), or None when the painter must scale the display layer."""
+        per layer), or None when there is nothing of the image to draw."""
         layer = self.model.screen_layer()
         if layer is None:
             return None
@@ -272,22 +259,13 @@ class Viewport(ViewportPainting, QWidget):
         p.setRenderHint(QPainter.SmoothPixmapTransform, True)
         p.setRenderHint(QPainter.Antialiasing, True)
         t = self.transform()
-        self._ensure_display()
-        if self._display is not None and self._small is not None:
-            _, qimg, sx, sy = self._small
-            blit = self._screen_image()
-            p.save()
-            if blit is not None:  # axis-aligned: the image at its on-screen size, copied without scaling
+        if self.model.display_layer() is not None:
+            blit = self._screen_image()  # the image resampled to the screen by the model: copied, never scaled
+            if blit is not None:
+                p.save()
                 p.resetTransform()
                 p.drawImage(QPointF(blit[0], blit[1]), blit[2])
-            else:
-                if qimg is None:
-                    qimg = rgb32_qimage(self._display)
-                    self._small = (self._small[0], qimg, sx, sy)
-                p.setTransform(t)
-                p.scale(sx, sy)
-                p.drawImage(QPointF(0, 0), qimg)
-            p.restore()
+                p.restore()
             layer = self._overlay_image(regions=overlays)
             if layer is not None:
                 p.save()
