@@ -383,10 +383,11 @@ def fit_intended_use(onnx_path: Path, spec: Preprocessing, inp: InputSpec, block
 
 
 def finalize_files(out: Path, card: ModelCard) -> ModelCard:
-    """Hash every regular file of the package but ``model.json`` into ``card.files`` and write the card."""
+    """Hash every regular file of the package but ``model.json`` into ``card.files`` and write the card
+    (schema 2: the ``files`` table; schema 3 when it carries an applicability gate)."""
     files = {p.relative_to(out).as_posix(): sha256_file(p) for p in sorted(out.rglob("*"))
              if p.is_file() and not p.is_symlink() and p.name != "model.json"}
-    card = card.model_copy(update={"files": files, "schema_version": 2})
+    card = card.model_copy(update={"files": files, "schema_version": 3 if card.gate is not None else 2})
     card = ModelCard.model_validate(card.model_dump())
     save_card(card, out)
     return card

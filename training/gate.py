@@ -477,22 +477,30 @@ def _recalibrated_ood(package_dir: Path, card, data: Path, quantile: float):
                         f"{ood.n_fit} training images")})
 
 
+def _copy_package(src: Path, out: Path) -> None:
+    """``out`` becomes a copy of the package ``src`` (replaced when it exists; nothing when it is ``src``)."""
+    import shutil
+
+    if out.resolve() != src.resolve():
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(src, out)
+
+
 def cmd_package(args: argparse.Namespace) -> int:
     """Add the trained gate to a copy of an existing package: schema 3, new version, history kept."""
     import shutil
 
-    from medviewer.inference.card import GateSpec, HistoryEntry, ModelCard, load_card, save_card, sha256_file
+    from medviewer.inference.card import GateSpec, HistoryEntry, load_card
     from medviewer.spec import InputSpec, Preprocessing
+    from training.export import finalize_files
 
     src, gate_dir, out = Path(args.package), Path(args.gate), Path(args.out)
     prev = load_card(src)
     report = json.loads((gate_dir / "report.json").read_text())
     loso_file = Path(args.loso) / "loso.json" if args.loso else None
     loso = json.loads(loso_file.read_text()) if loso_file and loso_file.is_file() else []
-    if out.resolve() != src.resolve():
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(src, out)
+    _copy_package(src, out)
     shutil.copy2(gate_dir / "gate.onnx", out / "gate.onnx")
     cal = report["calibration"]
     counts = report["counts"]
@@ -541,10 +549,7 @@ def cmd_package(args: argparse.Namespace) -> int:
     readme = readme.replace(marker, section + "\n" + marker, 1) if marker in readme else readme + "\n" + section
     readme = readme.replace(marker + "\n", marker + "\n\n- " + prev.version + ": " + history[0].changes + "\n", 1)
     (out / "README.md").write_text(readme, encoding="utf-8")
-    files = {p.relative_to(out).as_posix(): sha256_file(p) for p in sorted(out.rglob("*"))
-             if p.is_file() and not p.is_symlink() and p.name != "model.json"}
-    card = ModelCard.model_validate({**card.model_dump(), "files": files})
-    save_card(card, out)
+    card = finalize_files(out, card)
     print(f"wrote {out}: {card.name} {card.version} (schema 3) with {gate.file} (threshold {gate.threshold:.4f})")
     return 0
 
@@ -553,19 +558,15 @@ def cmd_revalidate(args: argparse.Namespace) -> int:
     """Replace a package's leave-one-source-out evidence (the card's gate validation entries and the README's
     table) with a new ``loso`` run: new version, the previous one in the history, every file re-hashed. The
     graphs and thresholds are not touched; the change is what the card says about transfer."""
-    import shutil
-
-    from medviewer.inference.card import HistoryEntry, ModelCard, load_card, save_card, sha256_file
+    from medviewer.inference.card import HistoryEntry, load_card
+    from training.export import finalize_files
 
     src, out = Path(args.package), Path(args.out)
     prev = load_card(src)
     if prev.gate is None:
         raise SystemExit(f"{src}: the card has no applicability gate")
     loso = json.loads((Path(args.loso) / "loso.json").read_text())
-    if out.resolve() != src.resolve():
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(src, out)
+    _copy_package(src, out)
     old_loso = [v for v in prev.gate.validation if v.get("protocol") == "leave-one-source-out"]
     held = [v for v in old_loso if not str(v["set"]).startswith("paediatric")]
     summary = ", ".join(f"{str(v['set']).split(' [')[0]} {100 * float(v['rate']):.1f} %" for v in held)
@@ -584,10 +585,7 @@ def cmd_revalidate(args: argparse.Namespace) -> int:
     text = "\n".join(readme).replace(f"# {prev.name} {prev.version}", f"# {prev.name} {args.version}", 1)
     text = text.replace("## History\n", f"## History\n\n- {prev.version}: {history[0].changes}", 1)
     (out / "README.md").write_text(text, encoding="utf-8")
-    files = {p.relative_to(out).as_posix(): sha256_file(p) for p in sorted(out.rglob("*"))
-             if p.is_file() and not p.is_symlink() and p.name != "model.json"}
-    card = ModelCard.model_validate({**card.model_dump(), "files": files})
-    save_card(card, out)
+    card = finalize_files(out, card)
     print(f"wrote {out}: {card.name} {card.version} with the leave-one-source-out runs of {args.loso}")
     return 0
 
@@ -606,22 +604,23 @@ def main(argv: list[str] | None = None) -> int:
         if name == "loso":
             p.add_argument("--runs", type=int, default=len(LOSO), help="how many of the LOSO runs (default: all)")
         p.set_defaults(fn=fn)
+    def package_args(p: argparse.ArgumentParser) -> None:  # what both package-writing commands take
+        p.add_argument("--package", default="resources/models/pneumonia-cxr",
+                       help="the package (default: %(default)s)")
+        p.add_argument("--loso", default="runs/gate-loso", help="the output of 'loso' (default: %(default)s)")
+        p.add_argument("--out", required=True, help="the new package folder (may be --package itself)")
+        p.add_argument("--version", required=True, help="the new package version, e.g. 2.1.0")
+
     p = sub.add_parser("package", help="add a trained gate to a copy of a model package (card schema 3)")
-    p.add_argument("--package", default="resources/models/pneumonia-cxr", help="the package (default: %(default)s)")
+    package_args(p)
     p.add_argument("--gate", default="runs/gate", help="the output of 'train' (default: %(default)s)")
-    p.add_argument("--loso", default="runs/gate-loso", help="the output of 'loso' (default: %(default)s)")
-    p.add_argument("--out", required=True, help="the new package folder (may be --package itself)")
-    p.add_argument("--version", required=True, help="the new package version, e.g. 2.1.0")
     p.add_argument("--gate-version", default="1.0.0", help="the gate's version (default: %(default)s)")
     p.add_argument("--ood-quantile", type=float, default=None,
                    help="move the Mahalanobis threshold to this quantile of the calibration films' shifted copies")
     p.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
     p.set_defaults(fn=cmd_package)
     p = sub.add_parser("revalidate", help="replace a package's leave-one-source-out evidence with a new 'loso' run")
-    p.add_argument("--package", default="resources/models/pneumonia-cxr", help="the package (default: %(default)s)")
-    p.add_argument("--loso", default="runs/gate-loso", help="the output of 'loso' (default: %(default)s)")
-    p.add_argument("--out", required=True, help="the new package folder (may be --package itself)")
-    p.add_argument("--version", required=True, help="the new package version, e.g. 2.1.1")
+    package_args(p)
     p.add_argument("--previous-epochs", type=int, required=True,
                    help="epochs of the gates behind the evidence being replaced (for the history)")
     p.set_defaults(fn=cmd_revalidate)
