@@ -48,6 +48,14 @@ LAYOUTS = {
 }
 
 
+
+def layout_key(name: str) -> str:
+    """``"2x2"``, ``"2×2"``, ``"1X3"`` ... -> the :data:`LAYOUTS` key; ValueError naming the choices otherwise."""
+    key = str(name).lower().replace("×", "x")
+    if key not in LAYOUTS:
+        raise ValueError(f"MPR layout {name!r}: one of {', '.join(LAYOUTS)}")
+    return key
+
 class MprPlaneView(QWidget):
     """One plane of an :class:`MprModel`: image fitted with its aspect in mm, labels, reference lines."""
 
@@ -274,9 +282,7 @@ class MprView(QWidget):
     def set_layout(self, name: str) -> None:
         """Show the planes as ``"1x3"`` (axial, coronal, sagittal in a row) or ``"2x2"`` (acquired, axial /
         coronal, sagittal). Raises ValueError for another name."""
-        key = str(name).lower().replace("×", "x")
-        if key not in LAYOUTS:
-            raise ValueError(f"MPR layout {name!r}: one of {', '.join(LAYOUTS)}")
+        key = layout_key(name)
         for view in self.planes.values():
             self.grid.removeWidget(view)
             view.hide()
@@ -332,19 +338,17 @@ def show_mpr_layout(win: Any, name: str) -> None:
     """Show the MPR layout in ``win`` with the planes laid out as ``name`` (``"1x3"`` or ``"2x2"``): the
     shown MPR view changes its grid; otherwise the volume is built (:func:`show_mpr`) and shown that way.
     Raises ValueError for another name."""
-    key = str(name).lower().replace("×", "x")
-    if key not in LAYOUTS:
-        raise ValueError(f"MPR layout {name!r}: one of {', '.join(LAYOUTS)}")
+    key = layout_key(name)
     view = getattr(win, "mpr_view", None)
     if view is not None and view.isVisible():
         view.set_layout(key)
         return
-    win._mpr_layout_request = key
-    win.set_layout("mpr")
+    show_mpr(win, layout=key)
 
 
-def show_mpr(win: Any, wait_ms: int = 120_000) -> None:
-    """Show the active viewport's series as MPR in ``win`` (a :class:`~medviewer.gui.main_window.MainWindow`).
+def show_mpr(win: Any, wait_ms: int = 120_000, layout: str | None = None) -> None:
+    """Show the active viewport's series as MPR in ``win`` (a :class:`~medviewer.gui.main_window.MainWindow`),
+    its planes laid out as ``layout`` (a key of :data:`LAYOUTS`; None: as the last MPR view, else 1x3).
 
     While a folder is still being scanned (``medviewer PATH --layout mpr``) it waits for the full series. The
     volume is built in a worker task from the series' frames (the decoded ones are reused); a series that is
@@ -370,7 +374,7 @@ def show_mpr(win: Any, wait_ms: int = 120_000) -> None:
             if (s is not None and win.reading.sources.get(win.active.source_key) is s and not win.loader.scanning) \
                     or waited[0] > wait_ms:
                 timer.stop()
-                show_mpr(win, 0)
+                show_mpr(win, 0, layout)
 
         timer.timeout.connect(again)
         timer.start(100)
@@ -386,13 +390,12 @@ def show_mpr(win: Any, wait_ms: int = 120_000) -> None:
             old.close()
             old.deleteLater()
         model = MprModel(volume)
-        layout = old.layout_name if old is not None else "1x3"  # the reader's layout survives a new series
-        layout = getattr(win, "_mpr_layout_request", None) or layout  # View > Layout MPR 2x2 asked for one
-        win._mpr_layout_request = None
+        # asked for (View > Layout MPR 2x2), else the reader's layout survives a new series
+        grid = layout or (old.layout_name if old is not None else "1x3")
         vp = win.active
         if vp.state.width_w is not None and volume.default_window is not None:  # the reader's window
             model.window = Window(vp.state.center_w, max(1.0, vp.state.width_w), volume.pipeline.voi_function)
-        win.mpr_view = MprView(model, layout=layout)
+        win.mpr_view = MprView(model, layout=grid)
         for v in win.viewports:
             v.setVisible(False)
         win.grid.addWidget(win.mpr_view, 0, 0, 2, 2)
