@@ -31,8 +31,8 @@ from medviewer.workstation.presentation import (
     write_presentation_state,
 )
 
-__all__ = ["save_reading_state", "save_reading_state_to_pacs", "ask_to_save_unsaved", "find_and_apply", "measurement_label", "choose_state",
-           "apply_state"]
+__all__ = ["save_reading_state", "save_reading_state_to_pacs", "ask_to_save_unsaved", "find_and_apply",
+           "measurement_label", "choose_state", "apply_state"]
 
 #: how long a found state waits for the series it references to be shown (ms)
 WAIT_MS = 60_000
@@ -100,6 +100,7 @@ def save_reading_state_to_pacs(win: Any, node: str | None = None) -> Any:
     if not node:
         win.set_status("Save reading state to PACS: no PACS node chosen")
         return None
+    study = str(getattr(win.active.current_instance(), "study_instance_uid", "") or "")  # of the state saved
     path = save_reading_state(win)
     if path is None:
         return None
@@ -122,7 +123,6 @@ def save_reading_state_to_pacs(win: Any, node: str | None = None) -> Any:
     def failed(reason: str) -> None:  # nothing stored (unreachable, refused): audited as a failed send too
         audit = getattr(win, "audit", None)
         if audit is not None:
-            study = str(getattr(win.active.current_instance(), "study_instance_uid", "") or "")
             audit.sent(node, [study] if study else [], [], stored=0, failed=1, deidentified=False)
         win.error("Save reading state to PACS failed", reason)
 
@@ -158,8 +158,8 @@ def ask_to_save_unsaved(win: Any) -> bool:
         return False
     written, problems = save_unsaved(win.reading.measurements, win.reading.sources,
                                      [vp.model for vp in win.viewports], measurement_label)
-    for path in written:
-        win.set_status(f"Reading state saved as DICOM (presentation state): {path}")
+    if written:
+        win.set_status(f"{len(written)} reading state(s) saved as DICOM presentation states, the last: {written[-1]}")
     if problems:
         win.error("Could not save every reading state", "; ".join(problems[:3]) + (
             f" (+{len(problems) - 3} more)" if len(problems) > 3 else "") + ". The window stays open.")
