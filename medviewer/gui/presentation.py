@@ -147,7 +147,7 @@ def ask_to_save_unsaved(win: Any) -> bool:
         return True
     n = len(unsaved)
     box = QMessageBox(QMessageBox.Warning, "Unsaved measurements",
-                      f"Measurements in {n} series {'have' if n != 1 else 'has'} not been saved.", parent=win)
+                      f"Measurements in {n} series have not been saved.", parent=win)
     box.setInformativeText("Save them as DICOM presentation states in their study folders before closing?")
     box.setStandardButtons(QMessageBox.Save | QMessageBox.Discard | QMessageBox.Cancel)
     box.setDefaultButton(QMessageBox.Save)
