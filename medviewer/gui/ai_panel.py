@@ -304,7 +304,8 @@ class AiPanel(QWidget):
         self.scores_box.setTitle("Findings")
         while self.scores_layout.count():
             w = self.scores_layout.takeAt(0).widget()
-            if w is not None:
+            if w is not None:  # detached now (no longer a child that paints or is found), deleted later
+                w.setParent(None)
                 w.deleteLater()
         self.regions.clear()
         self.cam_note.setText("")
@@ -411,6 +412,7 @@ class AiPanel(QWidget):
     def _clear_sections(self) -> None:
         for sec in self.sections:
             self.others_layout.removeWidget(sec)
+            sec.setParent(None)
             sec.deleteLater()
         self.sections = []
         self.others_box.setVisible(False)
